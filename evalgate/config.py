@@ -1,0 +1,220 @@
+"""Typed view of params.yaml, validated before any model loads.
+
+Every stage reads params.yaml through `load()`; a bad key fails here with one line that names it
+(`ConfigError`), so a typo never costs a model load. What an *engine* can or cannot do is checked by
+the engine adapter (`Engine.check`), not here: this module knows no engine's flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml; the message names the key."""
+
+
+# Engine-neutral variant vocabulary. Adapters map these to their own arguments and refuse what they
+# cannot do; new methods are added here and in the adapter that implements them.
+QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "nf4", "fp8", "w4a16", "w8a8", "checkpoint")
+KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2")
+SPEC_METHODS = ("none", "ngram", "draft")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from: a local folder (the fixture by default) or a hub id."""
+    source: str          # "local" | "hub"
+    id: str              # path for local, repo id for hub
+    draft: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimization to try; empty fields mean "as the baseline"."""
+    name: str
+    quantization: dict = field(default_factory=lambda: {"method": "none"})
+    kv_cache: dict = field(default_factory=lambda: {"dtype": "auto"})
+    speculative: dict = field(default_factory=lambda: {"method": "none"})
+    dtype: str | None = None
+    engine_args: dict = field(default_factory=dict)
+
+    def as_params(self) -> dict:
+        """Flat params for MLflow (`quantization.method`, …)."""
+        out: dict[str, Any] = {"dtype": self.dtype or "model"}
+        for group in ("quantization", "kv_cache", "speculative", "engine_args"):
+            for k, v in getattr(self, group).items():
+                out[f"{group}.{k}"] = v
+        return out
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str              # lm-eval key "task/metric[/filter]" or a fidelity key
+    max_loss_abs: float | None
+    max_loss_rel_pct: float | None
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    model: ModelSpec
+    engine: dict
+    workload: dict
+    eval: dict
+    gate: dict
+    thresholds: tuple[Threshold, ...]
+    slo: dict
+    mlflow: dict
+    report: dict
+    variants: dict[str, Variant]
+    raw: dict
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ConfigError(f"variants.{name}: unknown variant (known: {', '.join(self.variants)})")
+        return self.variants[name]
+
+
+# Profile metrics an SLO may bound (vLLM's serving names; see evalgate.metrics).
+SLO_METRICS = {f"{s}_{m}_ms" for s in ("mean", "median", "p90", "p99") for m in ("ttft", "tpot", "itl", "e2el")} | {
+    "output_throughput", "request_throughput", "mem_peak_mb"}
+
+
+def _need(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise ConfigError(f"{where}.{key}: missing")
+    return d[key]
+
+
+def _mapping(v: Any, where: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__}")
+    return v
+
+
+def _choice(v: Any, allowed: tuple, where: str) -> str:
+    if v not in allowed:
+        raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(str, allowed))}")
+    return v
+
+
+def parse_variant(name: str, spec: Any) -> Variant:
+    spec = _mapping(spec, f"variants.{name}")
+    unknown = set(spec) - {f.name for f in dataclasses.fields(Variant)} - {"name"}
+    if unknown:
+        raise ConfigError(f"variants.{name}.{sorted(unknown)[0]}: unknown field")
+    q = {"method": "none", **_mapping(spec.get("quantization"), f"variants.{name}.quantization")}
+    kv = {"dtype": "auto", **_mapping(spec.get("kv_cache"), f"variants.{name}.kv_cache")}
+    sp = {"method": "none", **_mapping(spec.get("speculative"), f"variants.{name}.speculative")}
+    _choice(q["method"], QUANT_METHODS, f"variants.{name}.quantization.method")
+    _choice(kv["dtype"], KV_DTYPES, f"variants.{name}.kv_cache.dtype")
+    _choice(sp["method"], SPEC_METHODS, f"variants.{name}.speculative.method")
+    if sp["method"] != "none":
+        k = sp.setdefault("num_tokens", 4)
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"variants.{name}.speculative.num_tokens: must be an integer ≥ 1, got {k!r}")
+    dtype = spec.get("dtype")
+    if dtype is not None:
+        _choice(dtype, DTYPES, f"variants.{name}.dtype")
+    return Variant(name=name, quantization=q, kv_cache=kv, speculative=sp, dtype=dtype,
+                   engine_args=_mapping(spec.get("engine_args"), f"variants.{name}.engine_args"))
+
+
+def _parse_thresholds(quality: Any, tasks: list[str]) -> tuple[Threshold, ...]:
+    out = []
+    for metric, lim in _mapping(quality, "gate.quality").items():
+        where = f"gate.quality.{metric}"
+        lim = _mapping(lim, where)
+        parts = metric.split("/")
+        if parts[0] != "fidelity" and (len(parts) not in (2, 3) or parts[0] not in tasks):
+            raise ConfigError(f"{where}: expected '<task>/<metric>[/<filter>]' with a task from eval.tasks "
+                              f"({', '.join(tasks)})")
+        unknown = set(lim) - {"max_loss_abs", "max_loss_rel_pct"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (use max_loss_abs, max_loss_rel_pct)")
+        a, r = lim.get("max_loss_abs"), lim.get("max_loss_rel_pct")
+        if a is None and r is None:
+            raise ConfigError(f"{where}: set max_loss_abs and/or max_loss_rel_pct")
+        if a is not None and (not isinstance(a, (int, float)) or a < 0):
+            raise ConfigError(f"{where}.max_loss_abs: must be a number ≥ 0, got {a!r}")
+        if r is not None and (not isinstance(r, (int, float)) or not 0 <= r <= 100):
+            raise ConfigError(f"{where}.max_loss_rel_pct: must be within [0, 100], got {r!r}")
+        out.append(Threshold(metric, a, r))
+    return tuple(out)
+
+
+def _parse_slo(slo: Any) -> dict:
+    slo = _mapping(slo, "gate.slo")
+    for metric, lim in slo.items():
+        if metric not in SLO_METRICS:
+            raise ConfigError(f"gate.slo.{metric}: unknown profile metric (known: {', '.join(sorted(SLO_METRICS))})")
+        lim = _mapping(lim, f"gate.slo.{metric}")
+        if not lim or set(lim) - {"max", "min"}:
+            raise ConfigError(f"gate.slo.{metric}: expected {{max: X}} and/or {{min: X}}")
+        for k, v in lim.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"gate.slo.{metric}.{k}: must be a number ≥ 0, got {v!r}")
+    return slo
+
+
+def _parse_model(m: Any) -> ModelSpec:
+    m = _mapping(m, "model")
+    source = _choice(_need(m, "source", "model"), ("local", "hub"), "model.source")
+    mid = _need(m, "id", "model")
+    if not isinstance(mid, str) or not mid:
+        raise ConfigError("model.id: must be a non-empty string")
+    return ModelSpec(source=source, id=mid, draft=m.get("draft"), revision=m.get("revision"),
+                     dtype=_choice(m.get("dtype", "auto"), DTYPES, "model.dtype"))
+
+
+def parse(raw: dict) -> Config:
+    """Validate a composed params dict (schema only: no files, no imports of engines)."""
+    from evalgate.engines import ENGINES  # registry names only; adapters import their libraries lazily
+
+    raw = _mapping(raw, "params")
+    engine = _mapping(_need(raw, "engine", "params"), "engine")
+    _choice(_need(engine, "name", "engine"), tuple(ENGINES), "engine.name")
+    ev = _mapping(_need(raw, "eval", "params"), "eval")
+    tasks = _need(ev, "tasks", "eval")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise ConfigError("eval.tasks: expected a non-empty list of lm-eval task names")
+    limit = ev.get("limit")
+    if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
+        raise ConfigError(f"eval.limit: must be null or a number > 0, got {limit!r}")
+    gate = _mapping(_need(raw, "gate", "params"), "gate")
+    variants_raw = _mapping(_need(raw, "variants", "params"), "variants")
+    if not variants_raw:
+        raise ConfigError("variants: at least one variant (the baseline) is needed")
+    variants = {n: parse_variant(n, s) for n, s in variants_raw.items()}
+    baseline = _need(gate, "baseline", "gate")
+    if baseline not in variants:
+        raise ConfigError(f"gate.baseline: {baseline!r} is not a variant (known: {', '.join(variants)})")
+    wl = _mapping(_need(raw, "workload", "params"), "workload")
+    for k in ("num_prompts", "output_len", "warmup", "repeats"):
+        v = _need(wl, k, "workload")
+        if not isinstance(v, int) or v < (0 if k == "warmup" else 1):
+            raise ConfigError(f"workload.{k}: must be an integer ≥ {0 if k == 'warmup' else 1}, got {v!r}")
+    return Config(
+        seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
+        workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
+        slo=_parse_slo(gate.get("slo")), mlflow=_mapping(raw.get("mlflow"), "mlflow"),
+        report=_mapping(raw.get("report"), "report"), variants=variants, raw=raw)
+
+
+def load(path: str | os.PathLike = "params.yaml") -> Config:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: not found (compose it with `python -m stages.compose`)")
+    with open(p) as f:
+        return parse(yaml.safe_load(f) or {})

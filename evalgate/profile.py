@@ -1,0 +1,92 @@
+"""Load profile of a served variant: a fixed workload, warm-up, repeats; per-request TTFT/TPOT/ITL/E2EL.
+
+The workload (prompts) is built once per pipeline (`stages/workload.py`) so every variant sees the
+same requests. Output length is fixed (EOS ignored) so that it does not confound speed.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from evalgate.metrics import stat_keys
+
+
+def build_workload(wl: dict, tm, tokenizer, seed: int) -> list[dict]:
+    """Prompts drawn from lm-eval tasks (through the tasks' own `doc_to_text`) plus synthetic ones
+    of a fixed token length, in a seeded order."""
+    rng = random.Random(seed)
+    n = wl["num_prompts"]
+    n_syn = round(n * wl.get("synthetic_fraction", 0.5)) if wl.get("tasks") else n
+    prompts: list[dict] = []
+    tasks = wl.get("tasks") or []
+    if tasks:
+        loaded = tm.load_task_or_group(tasks)
+        texts = []
+        for name in tasks:
+            task = loaded[name]
+            docs = list(task.eval_docs)
+            texts += [(name, task.doc_to_text(d)) for d in docs]
+        for name, text in rng.sample(texts, min(n - n_syn, len(texts))):
+            prompts.append({"source": name, "prompt": text})
+    vocab = [i for i in range(len(tokenizer)) if i not in set(tokenizer.all_special_ids)]
+    in_len = wl.get("synthetic_input_len", 64)
+    for _ in range(n_syn):
+        # like vLLM's random dataset: random token ids, decoded to text, re-cut to the target length
+        ids = tokenizer(tokenizer.decode(rng.choices(vocab, k=in_len))).input_ids[:in_len]
+        prompts.append({"source": "synthetic", "prompt": tokenizer.decode(ids)})
+    rng.shuffle(prompts)
+    return prompts
+
+
+def _request_metrics(times: list[float]) -> dict:
+    n = len(times)
+    return {"ttft": times[0], "e2el": times[-1], "output_tokens": n,
+            "tpot": (times[-1] - times[0]) / (n - 1) if n > 1 else None,
+            "itl": [b - a for a, b in zip(times, times[1:])]}
+
+
+def _ms(requests: list[dict], key: str) -> list[float]:
+    """All samples of one metric in ms (ITL contributes every gap of every request)."""
+    out: list[float] = []
+    for q in requests:
+        v = q[key]
+        out += [1000 * x for x in (v if isinstance(v, list) else [v]) if x is not None]
+    return out
+
+
+def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
+    """Warm up, then run the workload `repeats` times, one request at a time."""
+    out_len = wl["output_len"]
+    for p in prompts[: wl["warmup"]]:
+        endpoint.generate(p["prompt"], out_len)
+    requests, runs = [], []
+    total = wl["repeats"] * len(prompts)
+    with tqdm(total=total, desc="profile", unit="req") as bar:
+        for r in range(wl["repeats"]):
+            t0, toks = time.perf_counter(), 0
+            for i, p in enumerate(prompts):
+                g = endpoint.generate(p["prompt"], out_len)
+                m = _request_metrics(g.token_times)
+                toks += m["output_tokens"]
+                requests.append({"repeat": r, "index": i, "source": p["source"], "prompt_tokens": g.prompt_tokens, **m})
+                bar.update()
+            wall = time.perf_counter() - t0
+            runs.append({"duration_s": wall, "output_throughput": toks / wall, "request_throughput": len(prompts) / wall})
+    summary: dict[str, float] = {"completed": len(requests), "concurrency": 1}
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        summary.update(stat_keys(metric, _ms(requests, metric)))
+    for key in ("output_throughput", "request_throughput"):
+        vals = [run[key] for run in runs]
+        summary[key] = statistics.fmean(vals)
+        summary[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    summary.update(endpoint.stats())
+    return {"summary": summary, "runs": runs, "requests": requests}
+
+
+def write_profile(profile: dict, path: Path) -> None:
+    path.write_text(json.dumps(profile, indent=1))

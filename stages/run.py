@@ -1,0 +1,84 @@
+"""run@<variant>: serve one variant once, then profile and evaluate it through that same endpoint.
+
+Bad config → one line, exit 2, before any model loads. A variant the engine cannot run, or one that
+fails while running, is recorded in status.json (and rejected by the gate) and the stage exits 0, so
+the other variants still run and nothing already produced is lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from evalgate import config
+from evalgate.cli import stage_main
+
+
+def _write(out: Path, name: str, obj) -> None:
+    (out / name).write_text(json.dumps(obj, indent=1))
+
+
+@stage_main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--workload", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    cfg = config.load(a.params)
+    variant = cfg.variant(a.variant)
+
+    from evalgate.engines import get_engine
+    from evalgate.engines.base import VariantUnsupported
+    from evalgate.evaluate import evaluate, task_manager
+    from evalgate.models import resolve_model
+
+    engine = get_engine(cfg.engine["name"], cfg.engine)
+    tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
+    resolve_model(cfg.model)                                          # missing path / offline hub → ConfigError
+    prompts = [json.loads(line) for line in open(a.workload)]
+    out = Path(a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    _write(out, "variant.json", {"name": variant.name, **variant.as_params()})
+    try:
+        engine.check(cfg.model, variant)
+    except VariantUnsupported as e:
+        print(f"run@{variant.name}: not supported: {e}")
+        _write(out, "status.json", {"ok": False, "phase": "check", "error": str(e)})
+        return 0
+
+    from evalgate.profile import run_profile
+
+    phase, times, t_all = "start", {}, time.perf_counter()
+    try:
+        with engine.serve(cfg.model, variant, out) as ep:
+            times["start_s"] = ep.info.start_seconds
+            phase, t = "profile", time.perf_counter()
+            profile = run_profile(ep, prompts, cfg.workload)
+            times["profile_s"] = time.perf_counter() - t
+            _write(out, "profile.json", profile)
+            phase, t = "eval", time.perf_counter()
+            quality = evaluate(ep.lm_eval_model(), cfg.eval["tasks"], tm, out, limit=cfg.eval.get("limit"),
+                               bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
+            times["eval_s"] = time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
+        (out / "error.log").write_text(traceback.format_exc())
+        print(f"run@{variant.name}: failed during {phase}: {type(e).__name__}: {e}")
+        _write(out, "status.json", {"ok": False, "phase": phase, "error": f"{type(e).__name__}: {e}"[:2000]})
+        return 0
+    times["total_s"] = time.perf_counter() - t_all
+    metrics = {**profile["summary"], **quality, **{f"time/{k}": v for k, v in times.items()}}
+    _write(out, "metrics.json", metrics)
+    _write(out, "status.json", {"ok": True})
+    print(f"run@{variant.name}: {metrics['output_throughput']:.1f} tok/s, " +
+          ", ".join(f"{k.removeprefix('lmeval/')}={v:.4g}" for k, v in quality.items() if "stderr" not in k))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
