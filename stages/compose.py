@@ -11,17 +11,22 @@ from pathlib import Path
 import yaml
 
 from evalgate.cli import stage_main
-from evalgate.config import parse
+from evalgate.config import ConfigError, parse
 
 HEADER = "# Composed from conf/ by `python -m stages.compose` (or `dvc exp run`); edit conf/, not this file.\n"
 
 
 def compose(overrides: list[str], conf_dir: Path = Path("conf")) -> dict:
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
-        return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+    try:
+        with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
+            return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:  # e.g. an unknown variant file
+        raise ConfigError(f"conf: {str(e).strip().splitlines()[0]}") from None
 
 
 @stage_main

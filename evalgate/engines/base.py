@@ -25,7 +25,7 @@ class VariantUnsupported(RuntimeError):
 class Generation:
     """One timed request: token arrival times in seconds after the request was sent."""
     token_times: list[float]
-    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
 
 

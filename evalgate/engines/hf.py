@@ -65,12 +65,13 @@ class HFEndpoint(Endpoint):
         t0 = time.perf_counter()
         streamer = _TimingStreamer(t0)
         with torch.inference_mode():
-            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_len,
+            seq = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_len,
                                 min_new_tokens=output_len, do_sample=False, streamer=streamer,
                                 pad_token_id=self.tok.pad_token_id, **self.gen_kwargs)
         self._decode_forwards += self._forwards - before - 1   # minus the prefill
         self._new_tokens += len(streamer.times) - 1            # the first token comes from the prefill
-        return Generation(token_times=streamer.times, prompt_tokens=ids.shape[1])
+        return Generation(token_times=streamer.times, token_ids=seq[0, ids.shape[1]:].tolist(),
+                          prompt_tokens=ids.shape[1])
 
     def stats(self) -> dict[str, float]:
         out = dict(self.info.metrics)

@@ -1,0 +1,60 @@
+"""Every config composes and validates; every kind of bad input fails with one line naming its key."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evalgate.config import ConfigError, parse
+from stages.compose import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="module")
+def params():
+    return compose([], CONF)
+
+
+def test_committed_params_match_conf(params):
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert committed == params, "params.yaml is stale: run `python -m stages.compose`"
+
+
+@pytest.mark.parametrize("group", sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "variant"))
+def test_every_option_composes(group):
+    for option in sorted((CONF / group).glob("*.yaml")):
+        parse(compose([f"{group}={option.stem}"], CONF))
+
+
+def test_every_variant_file_validates():
+    names = sorted(p.stem for p in (CONF / "variant").glob("*.yaml"))
+    cfg = parse(compose([f"variant=[{','.join(names)}]"], CONF))
+    assert sorted(cfg.variants) == names  # the package line of each file matches its file name
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda p: p["engine"].update(name="tensorrt"), "engine.name"),
+    (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_rel_pct=150), "max_loss_rel_pct"),
+    (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_abs=-1), "max_loss_abs"),
+    (lambda p: p["gate"]["quality"].update({"fx_nope/acc": {"max_loss_abs": 0.1}}), "gate.quality.fx_nope/acc"),
+    (lambda p: p["gate"].update(baseline="nope"), "gate.baseline"),
+    (lambda p: p["variants"]["baseline"].update(quantization={"method": "int3"}), "variants.baseline.quantization.method"),
+    (lambda p: p["variants"]["baseline"].update(colour="red"), "variants.baseline.colour"),
+    (lambda p: p["gate"].update(slo={"p99_ttfb_ms": {"max": 1}}), "gate.slo.p99_ttfb_ms"),
+    (lambda p: p["workload"].update(output_len=0), "workload.output_len"),
+    (lambda p: p["model"].update(source="ftp"), "model.source"),
+    (lambda p: p["eval"].update(tasks=[]), "eval.tasks"),
+])
+def test_bad_input_names_the_key(params, mutate, key):
+    bad = copy.deepcopy(params)
+    mutate(bad)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        parse(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_variant_is_a_config_error(params):
+    with pytest.raises(ConfigError, match="variants.nope: unknown variant"):
+        parse(params).variant("nope")

@@ -1,0 +1,78 @@
+"""The hf adapter on a tiny random Llama: variant mapping, refusals, timing, lossless speculation."""
+import pytest
+
+from evalgate.config import ModelSpec, parse_variant
+from evalgate.engines import get_engine
+from evalgate.engines.base import VariantUnsupported
+from evalgate.profile import run_profile
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 2-layer Llama and a 1-layer draft sharing a small BPE tokenizer, saved like the fixture."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator([f"{a}+{b}={a + b}\nthe cat sat on the mat {a}" for a in range(50) for b in range(20)],
+                           trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    for name, layers in (("model", 2), ("draft", 1)):
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        m.save_pretrained(d / name)
+        tok.save_pretrained(d / name)
+    return ModelSpec(source="local", id=str(d / "model"), draft=str(d / "draft"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return get_engine("hf", {"device": "cpu", "eval_batch_size": 4})
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ({"quantization": {"method": "w4a16"}}, "quantization.method"),
+    ({"engine_args": {"max_num_seqs": 8}}, "engine_args.max_num_seqs"),
+    ({"engine_args": {"attn_implementation": "flash"}}, "attn_implementation"),
+])
+def test_check_refuses_what_it_cannot_run(engine, tiny, spec, msg):
+    with pytest.raises(VariantUnsupported, match=msg):
+        engine.check(tiny, parse_variant("v", spec))
+
+
+def test_draft_needs_a_draft_model(engine, tiny):
+    no_draft = ModelSpec(source="local", id=tiny.id)
+    with pytest.raises(VariantUnsupported, match="model.draft"):
+        engine.check(no_draft, parse_variant("v", {"speculative": {"method": "draft"}}))
+
+
+def test_generate_times_exactly_output_len_tokens(engine, tiny, tmp_path):
+    with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
+        g = ep.generate("1+2=", 12)
+        prof = run_profile(ep, [{"prompt": "1+2=", "source": "t"}, {"prompt": "the cat", "source": "t"}],
+                           {"output_len": 6, "warmup": 1, "repeats": 2})
+    assert len(g.token_times) == len(g.token_ids) == 12
+    assert g.token_times == sorted(g.token_times) and g.token_times[0] > 0
+    s = prof["summary"]
+    assert s["completed"] == 4 and len(prof["runs"]) == 2
+    for key in ("median_ttft_ms", "p99_tpot_ms", "median_itl_ms", "p90_e2el_ms", "output_throughput", "mem_peak_mb"):
+        assert s[key] > 0, key
+    assert s["median_ttft_ms"] <= s["median_e2el_ms"]
+
+
+@pytest.mark.parametrize("spec", [{"method": "ngram", "num_tokens": 3}, {"method": "draft", "num_tokens": 3}])
+def test_speculation_keeps_greedy_outputs(engine, tiny, tmp_path, spec):
+    prompts = ["1+2=3\n1+2=", "the cat sat on the mat the cat sat", "7+7="]
+    with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
+        ref = [ep.generate(p, 16).token_ids for p in prompts]
+    with engine.serve(tiny, parse_variant("spec", {"speculative": spec}), tmp_path) as ep:
+        got = [ep.generate(p, 16).token_ids for p in prompts]
+        stats = ep.stats()
+    assert got == ref
+    assert stats["spec_decode_acceptance_length"] >= 1.0
