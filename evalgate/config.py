@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 # Engine-neutral variant vocabulary. Adapters map these to their own arguments and refuse what they
 # cannot do; new methods are added here and in the adapter that implements them.
-QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "nf4", "fp8", "w4a16", "w8a8", "checkpoint")
+QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "int2", "nf4", "fp8", "w4a16", "w8a8", "checkpoint")
 KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2")
 SPEC_METHODS = ("none", "ngram", "draft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -60,24 +60,25 @@ def _ms(requests: list[dict], key: str) -> list[float]:
 
 
 def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
-    """Warm up, then run the workload `repeats` times, one request at a time."""
-    out_len = wl["output_len"]
-    for p in prompts[: wl["warmup"]]:
-        endpoint.generate(p["prompt"], out_len)
+    """Warm up, then run the workload `repeats` times, `endpoint.batch_size` requests at a time."""
+    out_len, bs = wl["output_len"], endpoint.batch_size
+    for i in range(0, wl["warmup"], bs):
+        endpoint.generate_batch([p["prompt"] for p in prompts[i:i + bs]], out_len)
     requests, runs = [], []
-    total = wl["repeats"] * len(prompts)
-    with tqdm(total=total, desc="profile", unit="req") as bar:
+    with tqdm(total=wl["repeats"] * len(prompts), desc="profile", unit="req") as bar:
         for r in range(wl["repeats"]):
             t0, toks = time.perf_counter(), 0
-            for i, p in enumerate(prompts):
-                g = endpoint.generate(p["prompt"], out_len)
-                m = _request_metrics(g.token_times)
-                toks += m["output_tokens"]
-                requests.append({"repeat": r, "index": i, "source": p["source"], "prompt_tokens": g.prompt_tokens, **m})
-                bar.update()
+            for i in range(0, len(prompts), bs):
+                batch = prompts[i:i + bs]
+                for j, (p, g) in enumerate(zip(batch, endpoint.generate_batch([p["prompt"] for p in batch], out_len))):
+                    m = _request_metrics(g.token_times)
+                    toks += m["output_tokens"]
+                    requests.append({"repeat": r, "index": i + j, "source": p["source"],
+                                     "prompt_tokens": g.prompt_tokens, **m})
+                bar.update(len(batch))
             wall = time.perf_counter() - t0
             runs.append({"duration_s": wall, "output_throughput": toks / wall, "request_throughput": len(prompts) / wall})
-    summary: dict[str, float] = {"completed": len(requests), "concurrency": 1}
+    summary: dict[str, float] = {"completed": len(requests), "concurrency": bs}
     for metric in ("ttft", "tpot", "itl", "e2el"):
         summary.update(stat_keys(metric, _ms(requests, metric)))
     for key in ("output_throughput", "request_throughput"):

@@ -38,8 +38,8 @@ def main(argv=None):
     from evalgate.models import resolve_model
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
-    tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     resolve_model(cfg.model)                                          # missing path / offline hub → ConfigError
+    tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     prompts = [json.loads(line) for line in open(a.workload)]
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)

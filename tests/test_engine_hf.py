@@ -76,3 +76,26 @@ def test_speculation_keeps_greedy_outputs(engine, tiny, tmp_path, spec):
         stats = ep.stats()
     assert got == ref
     assert stats["spec_decode_acceptance_length"] >= 1.0
+
+
+@pytest.mark.parametrize("spec", [
+    {"quantization": {"method": "int8"}},
+    {"quantization": {"method": "int4"}},
+    {"quantization": {"method": "int2"}},
+    {"quantization": {"method": "int8_dynamic"}},
+    {"kv_cache": {"dtype": "int4"}},
+    {"kv_cache": {"dtype": "int2", "backend": "quanto"}},
+    {"kv_cache": {"dtype": "fp8"}},
+    {"engine_args": {"batch_size": 3}},
+    {"engine_args": {"cache_implementation": "static"}},
+    {"quantization": {"method": "int8"}, "speculative": {"method": "ngram", "num_tokens": 3}},
+])
+def test_variant_families_serve_and_generate(engine, tiny, tmp_path, spec):
+    v = parse_variant("v", spec)
+    engine.check(tiny, v)
+    with engine.serve(tiny, v, tmp_path) as ep:
+        gens = ep.generate_batch(["1+2=", "the cat sat", "3+4="], 10)
+        stats = ep.stats()
+    assert [len(g.token_ids) for g in gens] == [10, 10, 10]
+    assert all(len(g.token_times) == 10 for g in gens)
+    assert stats["mem_weights_mb"] > 0

@@ -41,10 +41,15 @@ class Endpoint(abc.ABC):
     """A served model: timed generation for the profile, an lm-eval model for the evaluation."""
 
     info: ServeInfo
+    batch_size: int = 1    # requests the profile sends at once
 
     @abc.abstractmethod
     def generate(self, prompt: str, output_len: int) -> Generation:
         """Greedy-generate exactly `output_len` tokens (EOS ignored), recording token arrival times."""
+
+    def generate_batch(self, prompts: list[str], output_len: int) -> list[Generation]:
+        """`batch_size` requests at once; engines that batch override this."""
+        return [self.generate(p, output_len) for p in prompts]
 
     @abc.abstractmethod
     def lm_eval_model(self):

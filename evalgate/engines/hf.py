@@ -1,15 +1,23 @@
 """`hf` engine: transformers in this process (the CPU default).
 
-Variant mapping (engine-neutral field → transformers):
-  dtype                    → `from_pretrained(dtype=…)`
-  speculative.method=ngram → prompt-lookup decoding (`prompt_lookup_num_tokens`)
-  speculative.method=draft → assisted generation with the model's draft (`assistant_model`)
-  engine_args              → attn_implementation, eval_batch_size
-Quantization and KV-cache methods are refused here until this adapter implements them.
+Variant mapping (engine-neutral field → transformers), the only place these flags are known:
+  dtype                      → `from_pretrained(dtype=…)`
+  quantization.method        → weight quantization, by backend (`quantization.backend` picks another):
+      int8         torchao Int8WeightOnlyConfig           (or quanto qint8, bitsandbytes 8-bit)
+      int8_dynamic torchao Int8DynamicActivationInt8WeightConfig
+      int4         torchao IntxWeightOnlyConfig(int4, per-group) (or quanto qint4)
+      int2         quanto qint2
+      nf4          bitsandbytes 4-bit NF4
+  kv_cache.dtype             → transformers' quantized cache: int4/int2 (quanto or hqq backend), fp8
+  speculative.method=ngram   → prompt-lookup decoding (`prompt_lookup_num_tokens`)
+  speculative.method=draft   → assisted generation with `model.draft` (`assistant_model`)
+  engine_args                → attn_implementation, cache_implementation, batch_size (profile batch),
+                               eval_batch_size (lm-eval batch), max_model_len (lm-eval context)
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import resource
 import time
 from pathlib import Path
@@ -18,7 +26,34 @@ from evalgate.config import ModelSpec, Variant
 from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported
 from evalgate.models import resolve_model
 
-ENGINE_ARGS = {"attn_implementation": ("eager", "sdpa"), "eval_batch_size": None}
+ENGINE_ARGS = {"attn_implementation": ("eager", "sdpa"), "cache_implementation": ("dynamic", "static"),
+               "batch_size": int, "eval_batch_size": int, "max_model_len": int}
+# (method, backend) → the library it needs; the first backend listed for a method is its default
+QUANT_BACKENDS = {
+    ("int8", "torchao"): "torchao", ("int8", "quanto"): "optimum.quanto", ("int8", "bitsandbytes"): "bitsandbytes",
+    ("int8_dynamic", "torchao"): "torchao",
+    ("int4", "torchao"): "torchao", ("int4", "quanto"): "optimum.quanto",
+    ("int2", "quanto"): "optimum.quanto",
+    ("nf4", "bitsandbytes"): "bitsandbytes",
+}
+KV_BACKENDS = {("int4", "quanto"): "optimum.quanto", ("int4", "hqq"): "hqq", ("int2", "quanto"): "optimum.quanto",
+               ("int2", "hqq"): "hqq", ("fp8", "fp8"): None}
+
+
+def _default_backend(table: dict, method: str) -> str | None:
+    return next((b for m, b in table if m == method), None)
+
+
+def _need_library(module: str | None, what: str) -> None:
+    if module is None:
+        return
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (optimum of optimum.quanto) is missing
+        found = False
+    if not found:
+        raise VariantUnsupported(f"engine hf: {what} needs the {module.split('.')[-1]!r} library "
+                                 f"(pip install {module.replace('.', '-')})")
 
 
 def _torch_dtype(name: str | None):
@@ -28,7 +63,9 @@ def _torch_dtype(name: str | None):
 
 
 class _TimingStreamer:
-    """transformers streamer that timestamps each arriving token (the first `put` is the prompt)."""
+    """transformers streamer that timestamps each generation step (the first `put` is the prompt).
+
+    Every sequence of a batch gets a token per step, so one list of times serves the whole batch."""
 
     def __init__(self, t0: float):
         self.t0, self.times, self._prompt_seen = t0, [], False
@@ -38,45 +75,104 @@ class _TimingStreamer:
             self._prompt_seen = True
             return
         now = time.perf_counter() - self.t0
-        self.times.extend([now] * int(value.numel()))
+        # decode steps put one token per sequence ([batch]); assisted decoding puts [1, accepted + 1]
+        per_seq = value.shape[-1] if value.dim() > 1 else 1
+        self.times.extend([now] * per_seq)
 
     def end(self):
         pass
 
 
+def _quantize_kwargs(variant: Variant) -> tuple[dict, object]:
+    """from_pretrained kwargs and/or a post-load function for the variant's weight quantization."""
+    import torch
+
+    q = variant.quantization
+    method, backend = q["method"], q.get("backend") or _default_backend(QUANT_BACKENDS, q["method"])
+    if method == "none":
+        return {}, None
+    if backend == "torchao":
+        from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
+                                          IntxWeightOnlyConfig, PerGroup)
+        from transformers import TorchAoConfig
+
+        cfg = {"int8": lambda: Int8WeightOnlyConfig(),
+               "int8_dynamic": lambda: Int8DynamicActivationInt8WeightConfig(),
+               "int4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4,
+                                                    granularity=PerGroup(q.get("group_size", 32)))}[method]()
+        return {"quantization_config": TorchAoConfig(cfg)}, None
+    if backend == "bitsandbytes":
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_8bit=True) if method == "int8" else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4")
+        return {"quantization_config": bnb}, None
+    # quanto: quantize the loaded model in place (its int4/int2 tensors reject inference_mode, hence no_grad)
+
+    def quanto(model):
+        from optimum import quanto as oq
+
+        oq.quantize(model, weights={"int8": oq.qint8, "int4": oq.qint4, "int2": oq.qint2}[method])
+        oq.freeze(model)
+        return model
+
+    return {}, quanto
+
+
+def _kv_generate_kwargs(variant: Variant) -> dict:
+    kv = variant.kv_cache
+    if kv["dtype"] == "auto":
+        return {}
+    backend = kv.get("backend") or _default_backend(KV_BACKENDS, kv["dtype"])
+    if backend == "fp8":
+        return {"cache_implementation": "quantized", "cache_config": {"backend": "fp8"}}
+    # residual_length: recent tokens kept unquantized (KIVI); transformers' default 128 exceeds the
+    # fixture's sequences and would quantize nothing, so it is set from the variant (default 0)
+    return {"cache_implementation": "quantized",
+            "cache_config": {"backend": backend, "nbits": int(kv["dtype"][3:]),
+                             "q_group_size": kv.get("group_size", 32), "residual_length": kv.get("residual_length", 0)}}
+
+
 class HFEndpoint(Endpoint):
-    def __init__(self, model, tokenizer, gen_kwargs: dict, eval_batch_size: int, start_s: float, disk_mb: float):
-        self.model, self.tok, self.gen_kwargs, self.eval_batch_size = model, tokenizer, gen_kwargs, eval_batch_size
+    def __init__(self, model, tokenizer, gen_kwargs: dict, args: dict, start_s: float, disk_mb: float):
+        self.model, self.tok, self.gen_kwargs, self.args = model, tokenizer, gen_kwargs, args
+        self.batch_size = int(args.get("batch_size", 1))
+        self._speculative = any(k in gen_kwargs for k in ("prompt_lookup_num_tokens", "assistant_model"))
         self.info = ServeInfo(start_seconds=start_s)
-        self._forwards = 0
+        self._forwards = self._new_tokens = self._decode_forwards = 0
         model.register_forward_hook(self._count)  # target forward passes → speculative acceptance length
-        self._new_tokens = 0
-        self._decode_forwards = 0
         self.info.metrics.update({"mem_weights_mb": model.get_memory_footprint() / 2**20, "disk_model_mb": disk_mb})
 
     def _count(self, *_):
         self._forwards += 1
 
-    def generate(self, prompt: str, output_len: int) -> Generation:
+    def generate_batch(self, prompts: list[str], output_len: int) -> list[Generation]:
+        """One static batch, left-padded; every request of it shares the batch's step times."""
         import torch
 
-        ids = self.tok(prompt, return_tensors="pt").input_ids.to(self.model.device)
+        if len(prompts) > 1 and self._speculative:  # transformers speculates on one sequence at a time
+            return [self.generate_batch([p], output_len)[0] for p in prompts]
+        self.tok.padding_side = "left"
+        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.model.device)
         before = self._forwards
         t0 = time.perf_counter()
         streamer = _TimingStreamer(t0)
-        with torch.inference_mode():
-            seq = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_len,
-                                min_new_tokens=output_len, do_sample=False, streamer=streamer,
-                                pad_token_id=self.tok.pad_token_id, **self.gen_kwargs)
+        with torch.no_grad():
+            seq = self.model.generate(**enc, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False,
+                                      streamer=streamer, pad_token_id=self.tok.pad_token_id, **self.gen_kwargs)
         self._decode_forwards += self._forwards - before - 1   # minus the prefill
         self._new_tokens += len(streamer.times) - 1            # the first token comes from the prefill
-        return Generation(token_times=streamer.times, token_ids=seq[0, ids.shape[1]:].tolist(),
-                          prompt_tokens=ids.shape[1])
+        width = enc.input_ids.shape[1]
+        return [Generation(token_times=list(streamer.times), token_ids=seq[i, width:].tolist(),
+                           prompt_tokens=int(enc.attention_mask[i].sum())) for i in range(len(prompts))]
+
+    def generate(self, prompt: str, output_len: int) -> Generation:
+        return self.generate_batch([prompt], output_len)[0]
 
     def stats(self) -> dict[str, float]:
         out = dict(self.info.metrics)
         out["mem_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self.gen_kwargs and self._decode_forwards:
+        if self._speculative and self._decode_forwards:
             # tokens per target decode step: 1.0 without speculation; vLLM's "acceptance length"
             out["spec_decode_acceptance_length"] = self._new_tokens / self._decode_forwards
         return out
@@ -84,18 +180,18 @@ class HFEndpoint(Endpoint):
     def lm_eval_model(self):
         from lm_eval.models.huggingface import HFLM
 
-        gen_kwargs = self.gen_kwargs
+        gen_kwargs, speculative = self.gen_kwargs, self._speculative
 
         class VariantHFLM(HFLM):
-            """HFLM that adds this variant's generate() arguments (speculation) to every request."""
+            """HFLM that adds this variant's generate() arguments (speculation, KV cache) to every request."""
 
             def _model_generate(self, context, max_length, stop, **kw):
                 return super()._model_generate(context, max_length, stop, **{**kw, **gen_kwargs})
 
-        # transformers' assisted and prompt-lookup decoding accept one sequence at a time
-        bs = 1 if gen_kwargs else self.eval_batch_size
+        bs = 1 if speculative else int(self.args.get("eval_batch_size", 32))
+        extra = {"max_length": int(self.args["max_model_len"])} if "max_model_len" in self.args else {}
         return VariantHFLM(pretrained=self.model, tokenizer=self.tok, batch_size=bs,
-                           device=str(self.model.device))
+                           device=str(self.model.device), **extra)
 
 
 class HFEngine(Engine):
@@ -103,24 +199,42 @@ class HFEngine(Engine):
 
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
-        if v.quantization["method"] != "none":
-            raise VariantUnsupported(f"engine hf: quantization.method {v.quantization['method']!r} is not supported")
-        if v.kv_cache["dtype"] != "auto":
-            raise VariantUnsupported(f"engine hf: kv_cache.dtype {v.kv_cache['dtype']!r} is not supported")
+        q = v.quantization
+        if q["method"] != "none":
+            backend = q.get("backend") or _default_backend(QUANT_BACKENDS, q["method"])
+            if (q["method"], backend) not in QUANT_BACKENDS:
+                raise VariantUnsupported(f"engine hf: quantization.method {q['method']!r} with backend {backend!r} "
+                                         f"is not supported (supported: {sorted(QUANT_BACKENDS)})")
+            _need_library(QUANT_BACKENDS[(q["method"], backend)], f"quantization {q['method']}/{backend}")
+        kv = v.kv_cache
+        if kv["dtype"] != "auto":
+            backend = kv.get("backend") or _default_backend(KV_BACKENDS, kv["dtype"])
+            if (kv["dtype"], backend) not in KV_BACKENDS:
+                raise VariantUnsupported(f"engine hf: kv_cache.dtype {kv['dtype']!r} with backend {backend!r} is "
+                                         f"not supported (supported: {sorted(KV_BACKENDS)})")
+            _need_library(KV_BACKENDS[(kv["dtype"], backend)], f"kv_cache {kv['dtype']}/{backend}")
         if v.speculative["method"] == "draft" and not model.draft:
             raise VariantUnsupported("engine hf: speculative.method 'draft' needs model.draft")
+        if v.speculative["method"] != "none" and int(v.engine_args.get("batch_size", 1)) > 1:
+            raise VariantUnsupported("engine hf: speculative decoding runs one sequence at a time (batch_size 1)")
         for k, val in v.engine_args.items():
-            if k not in ENGINE_ARGS:
+            allowed = ENGINE_ARGS.get(k)
+            if allowed is None:
                 raise VariantUnsupported(f"engine hf: engine_args.{k} is unknown (known: {', '.join(ENGINE_ARGS)})")
-            if ENGINE_ARGS[k] and val not in ENGINE_ARGS[k]:
-                raise VariantUnsupported(f"engine hf: engine_args.{k}={val!r} is not one of {ENGINE_ARGS[k]}")
+            if allowed is int and not (isinstance(val, int) and val >= 1):
+                raise VariantUnsupported(f"engine hf: engine_args.{k} must be an integer ≥ 1, got {val!r}")
+            if isinstance(allowed, tuple) and val not in allowed:
+                raise VariantUnsupported(f"engine hf: engine_args.{k}={val!r} is not one of {allowed}")
 
-    def _load(self, path: str, dtype, attn: str | None):
+    def _load(self, path: str, dtype, attn: str | None, load_kwargs: dict | None = None, post=None):
         from transformers import AutoModelForCausalLM
 
         kw = {"attn_implementation": attn} if attn else {}
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
-        return m.to(self.options.get("device", "cpu")).eval().requires_grad_(False)
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **(load_kwargs or {}))
+        if not (load_kwargs or {}).get("quantization_config"):  # quantized loads place themselves
+            m = m.to(self.options.get("device", "cpu"))
+        m = m.eval().requires_grad_(False)
+        return post(m) if post else m
 
     @contextlib.contextmanager
     def serve(self, model: ModelSpec, variant: Variant, workdir: Path):
@@ -131,8 +245,11 @@ class HFEngine(Engine):
         dtype = _torch_dtype(variant.dtype or model.dtype)
         attn = variant.engine_args.get("attn_implementation")
         tok = AutoTokenizer.from_pretrained(path)
-        m = self._load(path, dtype, attn)
-        gen_kwargs: dict = {}
+        load_kwargs, post = _quantize_kwargs(variant)
+        m = self._load(path, dtype, attn, load_kwargs, post)
+        gen_kwargs: dict = _kv_generate_kwargs(variant)
+        if "cache_implementation" in variant.engine_args:
+            gen_kwargs.setdefault("cache_implementation", variant.engine_args["cache_implementation"])
         sp = variant.speculative
         if sp["method"] == "ngram":
             gen_kwargs["prompt_lookup_num_tokens"] = sp["num_tokens"]
@@ -142,8 +259,8 @@ class HFEngine(Engine):
             draft.generation_config.num_assistant_tokens_schedule = "constant"
             gen_kwargs["assistant_model"] = draft
         disk = sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**20
-        bs = int(variant.engine_args.get("eval_batch_size", self.options.get("eval_batch_size", 32)))
-        ep = HFEndpoint(m, tok, gen_kwargs, bs, time.perf_counter() - t0, disk)
+        args = {"eval_batch_size": self.options.get("eval_batch_size", 32), **variant.engine_args}
+        ep = HFEndpoint(m, tok, gen_kwargs, args, time.perf_counter() - t0, disk)
         try:
             yield ep
         finally:

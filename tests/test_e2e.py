@@ -1,0 +1,122 @@
+"""The real pipeline on a tiny fixture: DVC (repro, no-op, one-variant change, exp run -S through
+Hydra), lm-eval, gate, report and MLflow, asserted on the artifacts it leaves."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = "variant=[baseline,prompt_lookup]"
+TINY = ["fixture=tiny", "workload=tiny", VARIANTS, "eval.limit=24",
+        # a variant the hf engine cannot run: rejected with its error, the others still run
+        "+variants.unsupported.quantization.method=w4a16"]
+
+
+def sh(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and p.returncode:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def mlflow_runs(proj):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["evalgate"], output_format="list")
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    """A copy of the working tree (tracked + untracked-not-ignored files) as its own git repo."""
+    d = tmp_path_factory.mktemp("e2e") / "proj"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("fixtures/", "results/", "reports/", "data/")):
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, d / f)
+    (d / "dvc.lock").unlink(missing_ok=True)
+    sh(["git", "init", "-q"], d)
+    sh([sys.executable, "-m", "stages.compose", *TINY], d)
+    first = sh(["dvc", "repro"], d)
+    return d, first.stdout
+
+
+def test_pipeline_outputs(proj):
+    d, _ = proj
+    fx = json.loads((d / "fixtures/metrics.json").read_text())
+    assert 0 <= fx["target_add_exact_match"] <= 1
+    for v in ("baseline", "prompt_lookup"):
+        assert json.loads((d / f"results/{v}/status.json").read_text()) == {"ok": True}
+        m = json.loads((d / f"results/{v}/metrics.json").read_text())
+        for k in ("median_ttft_ms", "p99_tpot_ms", "output_throughput", "lmeval/fx_add/exact_match/none",
+                  "lmeval/fx_recall/acc/none", "lmeval/fx_ppl/word_perplexity/none", "time/eval_s"):
+            assert k in m, k
+        assert (d / f"results/{v}/samples_fx_add.jsonl").read_text().count("\n") == 24
+    gate = json.loads((d / "reports/gate.json").read_text())
+    assert gate["variants"]["baseline"]["verdict"] == "accept"
+    bad = gate["variants"]["unsupported"]
+    assert bad["verdict"] == "reject" and "w4a16" in bad["reason"]
+    summary = (d / "reports/summary.md").read_text()
+    assert "`unsupported`" in summary and "Best accepted variant" in summary
+    assert (d / "reports/pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_parent_and_nested_runs(proj):
+    d, _ = proj
+    runs = mlflow_runs(d)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["baseline", "prompt_lookup", "unsupported"]
+    base = next(r for r in children if r.info.run_name == "baseline")
+    assert base.data.tags["verdict"] == "accept" and "output_throughput" in base.data.metrics
+    import mlflow
+
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(base.info.run_id, "results")}
+    assert {"results/lm_eval.json", "results/profile.json", "results/samples_fx_add.jsonl"} <= arts
+
+
+def test_noop_repro_runs_and_logs_nothing(proj):
+    d, _ = proj
+    before = len(mlflow_runs(d))
+    out = sh(["dvc", "repro"], d).stdout
+    assert "Running stage" not in out
+    sh(["dvc", "repro", "-f", "report"], d)          # forced report: same sweep id, nothing logged twice
+    assert len(mlflow_runs(d)) == before
+
+
+def test_bad_variant_is_one_line_before_loading(proj):
+    d, _ = proj
+    p = sh([sys.executable, "-m", "stages.run", "--variant", "nope", "--workload", "data/workload.jsonl",
+            "--out", "/tmp/x"], d, check=False)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "variants.nope" in p.stderr
+
+
+def test_one_variant_change_reruns_only_it(proj):
+    d, _ = proj
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["variants"]["prompt_lookup"]["speculative"]["num_tokens"] = 2
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro"], d).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"run@prompt_lookup", "gate", "report"}
+
+
+def test_dvc_exp_run_composes_conf_through_hydra(proj):
+    d, _ = proj
+    sh(["git", "add", "-A"], d)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], d)  # exp run needs HEAD
+    overrides = [x for o in [*TINY, "variants.prompt_lookup.speculative.num_tokens=3"] for x in ("-S", o)]
+    out = sh(["dvc", "exp", "run", *overrides], d).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"run@prompt_lookup", "gate", "report"}
+    assert yaml.safe_load((d / "params.yaml").read_text())["variants"]["prompt_lookup"]["speculative"]["num_tokens"] == 3
