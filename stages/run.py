@@ -27,6 +27,7 @@ def main(argv=None):
     ap.add_argument("--variant", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workload", required=True)
+    ap.add_argument("--checkpoint", help="quantize@<variant>'s output: served instead of the model if it holds one")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     cfg = config.load(a.params)
@@ -35,10 +36,11 @@ def main(argv=None):
     from evalgate.engines import get_engine
     from evalgate.engines.base import VariantUnsupported
     from evalgate.evaluate import evaluate, task_manager
-    from evalgate.models import resolve_model
+    from evalgate.models import resolve_model, served_model
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
-    resolve_model(cfg.model)                                          # missing path / offline hub → ConfigError
+    model = served_model(cfg.model, variant, a.checkpoint)
+    resolve_model(model)                                              # missing path / offline hub → ConfigError
     tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     prompts = [json.loads(line) for line in open(a.workload)]
     out = Path(a.out)
@@ -46,7 +48,7 @@ def main(argv=None):
     out.mkdir(parents=True)
     _write(out, "variant.json", {"name": variant.name, **variant.as_params()})
     try:
-        engine.check(cfg.model, variant)
+        engine.check(model, variant)
     except VariantUnsupported as e:
         print(f"run@{variant.name}: not supported: {e}")
         _write(out, "status.json", {"ok": False, "phase": "check", "error": str(e)})
@@ -56,7 +58,7 @@ def main(argv=None):
 
     phase, times, t_all = "start", {}, time.perf_counter()
     try:
-        with engine.serve(cfg.model, variant, out) as ep:
+        with engine.serve(model, variant, out) as ep:
             times["start_s"] = ep.info.start_seconds
             phase, t = "profile", time.perf_counter()
             profile = run_profile(ep, prompts, cfg.workload)

@@ -22,16 +22,26 @@ def test_committed_params_match_conf(params):
     assert committed == params, "params.yaml is stale: run `python -m stages.compose`"
 
 
-@pytest.mark.parametrize("group", sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "variant"))
+LISTS = ("variant", "combo")  # groups whose option is a list of files
+
+
+@pytest.mark.parametrize("group", sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in LISTS))
 def test_every_option_composes(group):
     for option in sorted((CONF / group).glob("*.yaml")):
         parse(compose([f"{group}={option.stem}"], CONF))
 
 
-def test_every_variant_file_validates():
-    names = sorted(p.stem for p in (CONF / "variant").glob("*.yaml"))
-    cfg = parse(compose([f"variant=[{','.join(names)}]"], CONF))
-    assert sorted(cfg.variants) == names  # the package line of each file matches its file name
+@pytest.mark.parametrize("group", LISTS)
+def test_every_variant_and_combination_file_validates(group):
+    names = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    cfg = parse(compose(["variant=[baseline]", "combo=[]", f"{group}=[{','.join(names)}]"], CONF))
+    assert set(names) <= set(cfg.variants)  # the package line of each file matches its file name
+
+
+def test_a_combination_merges_its_families():
+    cfg = parse(compose(["variant=[baseline]", "combo=[int8_prompt_lookup]"], CONF))
+    v = cfg.variants["int8_prompt_lookup"]
+    assert v.quantization["method"] == "int8" and v.speculative["method"] == "ngram"
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -8,30 +8,6 @@ from evalgate.profile import run_profile
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random 2-layer Llama and a 1-layer draft sharing a small BPE tokenizer, saved like the fixture."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny")
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tk.train_from_iterator([f"{a}+{b}={a + b}\nthe cat sat on the mat {a}" for a in range(50) for b in range(20)],
-                           trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    for name, layers in (("model", 2), ("draft", 1)):
-        torch.manual_seed(0)
-        m = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2))
-        m.save_pretrained(d / name)
-        tok.save_pretrained(d / name)
-    return ModelSpec(source="local", id=str(d / "model"), draft=str(d / "draft"), dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def engine():
     return get_engine("hf", {"device": "cpu", "eval_batch_size": 4})
 
@@ -99,3 +75,24 @@ def test_variant_families_serve_and_generate(engine, tiny, tmp_path, spec):
     assert [len(g.token_ids) for g in gens] == [10, 10, 10]
     assert all(len(g.token_times) == 10 for g in gens)
     assert stats["mem_weights_mb"] > 0
+
+
+@pytest.mark.parametrize("method", ["w4a16", "w8a8"])
+def test_offline_checkpoint_is_quantized_and_served(engine, tiny, tmp_path, method):
+    """quantize@V writes a compressed-tensors checkpoint; the engine serves it, and refuses a plain model."""
+    import json
+    from evalgate.models import served_model
+    from evalgate.quantize import quantize_checkpoint
+
+    info = quantize_checkpoint(tiny.id, method, tmp_path / "ckpt", group_size=32)
+    assert info["layers"] == 2 * 7  # q k v o gate up down per layer; lm_head kept
+    qcfg = json.loads((tmp_path / "ckpt/config.json").read_text())["quantization_config"]
+    assert qcfg["format"] == {"w4a16": "pack-quantized", "w8a8": "int-quantized"}[method]
+    v = parse_variant(method, {"quantization": {"method": method}})
+    model = served_model(tiny, v, str(tmp_path / "ckpt"))
+    engine.check(model, v)
+    with engine.serve(model, v, tmp_path) as ep:
+        assert len(ep.generate("1+2=", 5).token_ids) == 5
+    with pytest.raises(RuntimeError, match="not a quantized checkpoint"):
+        with engine.serve(tiny, v, tmp_path):
+            pass

@@ -8,6 +8,8 @@ Variant mapping (engine-neutral field → transformers), the only place these fl
       int4         torchao IntxWeightOnlyConfig(int4, per-group) (or quanto qint4)
       int2         quanto qint2
       nf4          bitsandbytes 4-bit NF4
+      w4a16, w8a8  the compressed-tensors checkpoint written by quantize@<variant> (decompressed on load)
+      checkpoint   a pre-quantized checkpoint (`quantization.path`: GPTQ, AWQ, compressed-tensors…)
   kv_cache.dtype             → transformers' quantized cache: int4/int2 (quanto or hqq backend), fp8
   speculative.method=ngram   → prompt-lookup decoding (`prompt_lookup_num_tokens`)
   speculative.method=draft   → assisted generation with `model.draft` (`assistant_model`)
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import resource
 import time
 from pathlib import Path
@@ -35,7 +38,10 @@ QUANT_BACKENDS = {
     ("int4", "torchao"): "torchao", ("int4", "quanto"): "optimum.quanto",
     ("int2", "quanto"): "optimum.quanto",
     ("nf4", "bitsandbytes"): "bitsandbytes",
+    ("w4a16", "compressed-tensors"): "compressed_tensors", ("w8a8", "compressed-tensors"): "compressed_tensors",
+    ("checkpoint", "auto"): None,
 }
+PREQUANTIZED = ("w4a16", "w8a8", "checkpoint")   # the model folder itself carries the quantization
 KV_BACKENDS = {("int4", "quanto"): "optimum.quanto", ("int4", "hqq"): "hqq", ("int2", "quanto"): "optimum.quanto",
                ("int2", "hqq"): "hqq", ("fp8", "fp8"): None}
 
@@ -89,7 +95,7 @@ def _quantize_kwargs(variant: Variant) -> tuple[dict, object]:
 
     q = variant.quantization
     method, backend = q["method"], q.get("backend") or _default_backend(QUANT_BACKENDS, q["method"])
-    if method == "none":
+    if method == "none" or method in PREQUANTIZED:
         return {}, None
     if backend == "torchao":
         from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
@@ -245,6 +251,10 @@ class HFEngine(Engine):
         dtype = _torch_dtype(variant.dtype or model.dtype)
         attn = variant.engine_args.get("attn_implementation")
         tok = AutoTokenizer.from_pretrained(path)
+        if variant.quantization["method"] in PREQUANTIZED and "quantization_config" not in json.loads(
+                (Path(path) / "config.json").read_text()):
+            raise RuntimeError(f"quantization.method {variant.quantization['method']!r}: {path} is not a "
+                               "quantized checkpoint (no quantization_config in its config.json)")
         load_kwargs, post = _quantize_kwargs(variant)
         m = self._load(path, dtype, attn, load_kwargs, post)
         gen_kwargs: dict = _kv_generate_kwargs(variant)

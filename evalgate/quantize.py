@@ -1,0 +1,58 @@
+"""Offline weight quantization into a compressed-tensors checkpoint that vLLM (and transformers) load.
+
+Round-to-nearest with min/max scales per output channel (W8A8: int8 weights, dynamic per-token int8
+activations) or per group (W4A16: int4 weights in groups of 128, packed). This is what llm-compressor's
+`QuantizationModifier` does for these schemes without calibration data; it is written here against
+compressed-tensors directly because llm-compressor 0.14 pins compressed-tensors 0.19 and
+transformers ≤ 5.17, while vLLM 0.24 pins compressed-tensors 0.17 — the two do not install together.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMES = {"w4a16": ("W4A16", "pack-quantized"), "w8a8": ("W8A8", "int-quantized")}
+
+
+def _weight_qparams(w, args):
+    """Scale and zero point of one weight matrix for its strategy (the min/max observer)."""
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    if args.strategy == "group":
+        v = w.reshape(w.shape[0], -1, args.group_size)
+        lo, hi = v.amin(-1), v.amax(-1)
+    elif args.strategy == "channel":
+        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    else:
+        lo, hi = w.amin().reshape(1), w.amax().reshape(1)
+    return calculate_qparams(lo, hi, args)
+
+
+def quantize_checkpoint(src: str, method: str, out: Path, group_size: int | None = None,
+                        ignore: tuple[str, ...] = ("lm_head",)) -> dict:
+    """Load `src`, quantize its Linear weights with `method` (w4a16 | w8a8), save to `out`."""
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    preset, fmt = SCHEMES[method]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if torch.cuda.is_available() else "auto")
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    if group_size and scheme.weights.group_size:
+        scheme.weights.group_size = group_size
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=list(ignore)))
+    mods = [m for m in model.modules() if getattr(getattr(m, "quantization_scheme", None), "weights", None)]
+    with torch.no_grad():
+        for m in tqdm(mods, desc=f"quantize {method}", unit="layer"):
+            scale, zp = _weight_qparams(m.weight, m.quantization_scheme.weights)
+            m.weight_scale.data.copy_(scale.reshape(m.weight_scale.shape))
+            m.weight_zero_point.data.copy_(zp.reshape(m.weight_zero_point.shape))
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+    compressor.compress_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    compressor.update_config(str(out))
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    return {"method": method, "layers": len(mods), "checkpoint_mb": size / 2**20}
