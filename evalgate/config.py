@@ -205,6 +205,11 @@ def parse(raw: dict) -> Config:
         v = _need(wl, k, "workload")
         if not isinstance(v, int) or v < (0 if k == "warmup" else 1):
             raise ConfigError(f"workload.{k}: must be an integer ≥ {0 if k == 'warmup' else 1}, got {v!r}")
+    conc = wl.get("concurrency", [1])
+    if not isinstance(conc, list) or not conc or not all(isinstance(c, int) and c >= 1 for c in conc):
+        raise ConfigError(f"workload.concurrency: expected a non-empty list of integers ≥ 1, got {conc!r}")
+    if wl.get("headline_concurrency", conc[-1]) not in conc:
+        raise ConfigError(f"workload.headline_concurrency: must be one of workload.concurrency {conc}")
     return Config(
         seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
         workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),

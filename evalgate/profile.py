@@ -5,7 +5,6 @@ same requests. Output length is fixed (EOS ignored) so that it does not confound
 """
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
@@ -89,5 +88,31 @@ def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
     return {"summary": summary, "runs": runs, "requests": requests}
 
 
-def write_profile(profile: dict, path: Path) -> None:
-    path.write_text(json.dumps(profile, indent=1))
+BENCH_KEYS = ("completed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
+              "spec_decode_acceptance_rate", "spec_decode_acceptance_length")
+
+
+def from_bench(results: dict[int, dict], headline: int) -> dict:
+    """`vllm bench serve` results per concurrency → our summary: the headline level unprefixed,
+    every level also as `c<N>/<metric>`. vLLM's keys are our keys (see evalgate.metrics)."""
+    summary: dict[str, float] = {}
+    for c, res in results.items():
+        keep = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and (k in BENCH_KEYS or k.endswith("_ms"))}
+        keep = {k.replace("p50_", "median_") if k.startswith("p50_") else k: v for k, v in keep.items()}
+        summary.update({f"c{c}/{k}": v for k, v in keep.items()})
+        if c == headline:
+            summary.update(keep)
+            summary["concurrency"] = c
+    return summary
+
+
+def profile_endpoint(endpoint, prompts: list[dict], wl: dict, dataset: Path, out_dir: Path) -> dict:
+    """The engine's own benchmark where it has one (vLLM), else the generic loop; plus engine stats."""
+    bench = endpoint.bench(dataset, wl, out_dir)
+    if bench is None:
+        return run_profile(endpoint, prompts, wl)
+    levels = list(bench)
+    summary = from_bench(bench, wl.get("headline_concurrency", levels[-1]))
+    summary.update(endpoint.stats())
+    return {"summary": summary, "bench": {str(c): r for c, r in bench.items()}}

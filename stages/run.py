@@ -39,6 +39,7 @@ def main(argv=None):
     from evalgate.models import resolve_model, served_model
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
+    engine.preflight()                                                # engine not installed → ConfigError
     model = served_model(cfg.model, variant, a.checkpoint)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
     tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
@@ -54,14 +55,14 @@ def main(argv=None):
         _write(out, "status.json", {"ok": False, "phase": "check", "error": str(e)})
         return 0
 
-    from evalgate.profile import run_profile
+    from evalgate.profile import profile_endpoint
 
     phase, times, t_all = "start", {}, time.perf_counter()
     try:
         with engine.serve(model, variant, out) as ep:
             times["start_s"] = ep.info.start_seconds
             phase, t = "profile", time.perf_counter()
-            profile = run_profile(ep, prompts, cfg.workload)
+            profile = profile_endpoint(ep, prompts, cfg.workload, Path(a.workload), out)
             times["profile_s"] = time.perf_counter() - t
             _write(out, "profile.json", profile)
             phase, t = "eval", time.perf_counter()

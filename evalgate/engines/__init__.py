@@ -6,6 +6,7 @@ import importlib
 
 ENGINES = {
     "hf": "evalgate.engines.hf:HFEngine",
+    "vllm": "evalgate.engines.vllm:VLLMEngine",
 }
 
 

@@ -55,6 +55,11 @@ class Endpoint(abc.ABC):
     def lm_eval_model(self):
         """An `lm_eval.api.model.LM` that evaluates through this very endpoint."""
 
+    def bench(self, dataset: Path, wl: dict, out_dir: Path) -> dict | None:
+        """The engine's own load generator, if it has one ({concurrency: result in vLLM's keys});
+        None: the generic timed-request loop of `evalgate.profile` is used instead."""
+        return None
+
     def stats(self) -> dict[str, float]:
         """Metrics the engine gathered while serving (peak memory, speculative acceptance…)."""
         return dict(self.info.metrics)
@@ -65,6 +70,9 @@ class Engine(abc.ABC):
 
     def __init__(self, options: dict):
         self.options = options
+
+    def preflight(self) -> None:
+        """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
 
     @abc.abstractmethod
     def check(self, model: ModelSpec, variant: Variant) -> None:
