@@ -168,6 +168,19 @@ def _parse_slo(slo: Any) -> dict:
     return slo
 
 
+def _parse_statistics(st: Any) -> dict:
+    st = _mapping(st, "gate.statistics")
+    unknown = set(st) - {"enabled", "alpha", "power", "on_inconclusive"}
+    if unknown:
+        raise ConfigError(f"gate.statistics.{sorted(unknown)[0]}: unknown field")
+    if not 0 < st.get("alpha", 0.05) < 0.5:
+        raise ConfigError(f"gate.statistics.alpha: must be within (0, 0.5), got {st['alpha']!r}")
+    if not 0 < st.get("power", 0.8) < 1:
+        raise ConfigError(f"gate.statistics.power: must be within (0, 1), got {st['power']!r}")
+    _choice(st.get("on_inconclusive", "reject"), ("reject", "accept"), "gate.statistics.on_inconclusive")
+    return st
+
+
 def _parse_model(m: Any) -> ModelSpec:
     m = _mapping(m, "model")
     source = _choice(_need(m, "source", "model"), ("local", "hub"), "model.source")
@@ -197,6 +210,7 @@ def parse(raw: dict) -> Config:
     if not variants_raw:
         raise ConfigError("variants: at least one variant (the baseline) is needed")
     variants = {n: parse_variant(n, s) for n, s in variants_raw.items()}
+    _parse_statistics(gate.get("statistics"))
     baseline = _need(gate, "baseline", "gate")
     if baseline not in variants:
         raise ConfigError(f"gate.baseline: {baseline!r} is not a variant (known: {', '.join(variants)})")

@@ -2,16 +2,29 @@
 
 A threshold bounds the *loss* of a quality metric, direction-aware (lm-eval's `higher_is_better`):
 loss = baseline − variant when higher is better, variant − baseline otherwise. `max_loss_abs` is in
-the metric's own unit (0.02 = 2 points of accuracy), `max_loss_rel_pct` in % of the baseline value.
+the metric's own unit (0.02 = 2 points of accuracy), `max_loss_rel_pct` in % of the baseline value;
+the tighter of the two is the margin δ. With per-sample logs on both sides (the default) the gate runs
+a paired non-inferiority test (evalgate.stats) against δ; without them it compares point estimates.
 SLOs bound serving metrics. A variant that failed to run is rejected with its error.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
+
+from evalgate import stats
 from evalgate.config import Config
 from evalgate.metrics import gate_metric_key
+
+# lm-eval aggregations over per-sample (loglikelihood, weight) pairs, as functions of stacked columns
+AGGREGATES = {
+    "word_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
+    "byte_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
+    "bits_per_byte": lambda x, axis: -x[0].sum(axis=axis) / x[1].sum(axis=axis) / math.log(2),
+}
 
 
 def load_result(d: Path) -> dict:
@@ -24,12 +37,59 @@ def load_result(d: Path) -> dict:
         for task, m in json.loads((d / "lm_eval.json").read_text()).get("higher_is_better", {}).items():
             for name, up in m.items():
                 hib[f"lmeval/{task}/{name}"] = up
-    return {"status": status, "metrics": metrics, "higher_is_better": hib}
+    return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": d}
+
+
+def paired_samples(base_dir: Path, var_dir: Path, key: str):
+    """Per-sample values of `lmeval/<task>/<metric>/<filter>` for both sides, paired by doc_id."""
+    _, task, metric, flt = key.split("/")
+
+    def load(d):
+        f = d / f"samples_{task}.jsonl"
+        if not f.exists():
+            return None
+        rows = (json.loads(line) for line in open(f))
+        return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
+
+    b, v = load(base_dir), load(var_dir)
+    if not b or not v:
+        return None
+    ids = sorted(set(b) & set(v))
+    return np.array([b[i] for i in ids], float), np.array([v[i] for i in ids], float), metric
 
 
 def _higher_is_better(key: str, hib: dict) -> bool:
     # hib keys lack the filter part: lmeval/task/metric
     return hib.get("/".join(key.split("/")[:3]), True)
+
+
+def margin(th, baseline_value: float) -> float:
+    """δ: the tighter of the absolute and the relative limit."""
+    limits = [x for x in (th.max_loss_abs, th.max_loss_rel_pct and th.max_loss_rel_pct / 100 * abs(baseline_value))
+              if x is not None]
+    return min(limits)
+
+
+def paired_check(cfg: Config, key: str, delta: float, base: dict, var: dict, up: bool) -> dict | None:
+    """The non-inferiority test of one metric, or None without per-sample logs on both sides."""
+    st = cfg.gate.get("statistics", {})
+    if not st.get("enabled", True) or "dir" not in base or "dir" not in var:
+        return None
+    pair = paired_samples(base["dir"], var["dir"], key)
+    if pair is None:
+        return None
+    b, v, metric = pair
+    if b.ndim == 2:
+        kind, fn = "aggregate", AGGREGATES.get(metric)
+        if fn is None:
+            return None
+    else:
+        kind, fn = ("binary" if set(np.unique(np.r_[b, v])) <= {0.0, 1.0} else "mean"), None
+    t = stats.noninferiority(b, v, delta, higher_is_better=up, kind=kind, statistic=fn,
+                             alpha=st.get("alpha", 0.05), power=st.get("power", 0.8), seed=cfg.seed)
+    on_inc = st.get("on_inconclusive", "reject")
+    passed = t.verdict == "non-inferior" or (t.verdict == "inconclusive" and on_inc == "accept")
+    return {"passed": passed, "loss": t.loss, "test": t.as_dict(), "reason": t.line(key)}
 
 
 def check_quality(cfg: Config, base: dict, var: dict) -> list[dict]:
@@ -43,7 +103,14 @@ def check_quality(cfg: Config, base: dict, var: dict) -> list[dict]:
             row.update(passed=False, reason=f"{key} missing from {'baseline' if b is None else 'variant'} results")
             checks.append(row)
             continue
-        loss = (b - v) if _higher_is_better(key, base["higher_is_better"]) else (v - b)
+        up = _higher_is_better(key, base["higher_is_better"])
+        row["margin"] = delta = margin(th, b)
+        paired = paired_check(cfg, key, delta, base, var, up)
+        if paired is not None:
+            row.update(paired, loss_rel_pct=100 * paired["loss"] / abs(b) if b else None)
+            checks.append(row)
+            continue
+        loss = (b - v) if up else (v - b)
         rel = 100 * loss / abs(b) if b else (0.0 if loss <= 0 else float("inf"))
         fails = []
         if th.max_loss_abs is not None and loss > th.max_loss_abs:
@@ -86,7 +153,8 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
         verdict = "accept" if not failed else "reject"
         reason = "; ".join(failed) if failed else ("reference" if name == base_name else "all checks passed")
         out[name] = {"verdict": verdict, "reason": reason, "checks": checks}
-    return {"baseline": base_name, "variants": out, "best": best_variant(cfg, results, out)}
+    return {"baseline": base_name, "variants": out, "best": best_variant(cfg, results, out),
+            "statistics": cfg.gate.get("statistics", {})}
 
 
 def best_variant(cfg: Config, results: dict, verdicts: dict) -> str | None:
