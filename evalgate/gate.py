@@ -17,6 +17,7 @@ import numpy as np
 
 from evalgate import stats
 from evalgate.config import Config
+from evalgate.fidelity import HIGHER_IS_BETTER, fidelity_metrics
 from evalgate.metrics import gate_metric_key
 
 # lm-eval aggregations over per-sample (loglikelihood, weight) pairs, as functions of stacked columns
@@ -59,8 +60,20 @@ def paired_samples(base_dir: Path, var_dir: Path, key: str):
 
 
 def _higher_is_better(key: str, hib: dict) -> bool:
+    if key.startswith("fidelity/"):
+        return HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], False)
     # hib keys lack the filter part: lmeval/task/metric
     return hib.get("/".join(key.split("/")[:3]), True)
+
+
+def add_fidelity(results: dict[str, dict], baseline: str) -> None:
+    """Put each variant's `fidelity/*` metrics (against the baseline) into its metrics, in place."""
+    base = results.get(baseline)
+    if not base or not base["status"].get("ok"):
+        return
+    for r in results.values():
+        if r["status"].get("ok") and "dir" in r:
+            r["metrics"].update(fidelity_metrics(base["dir"], r["dir"]))
 
 
 def margin(th, baseline_value: float) -> float:

@@ -42,6 +42,21 @@ def build_workload(wl: dict, tm, tokenizer, seed: int) -> list[dict]:
     return prompts
 
 
+def build_reference(fid: dict, tm, seed: int) -> list[str]:
+    """Fidelity reference texts: whole documents (prompt + target) of `fid.tasks`, seeded sample."""
+    texts = []
+    if fid.get("tasks"):
+        loaded = tm.load_task_or_group(fid["tasks"])
+        for name in fid["tasks"]:
+            task = loaded[name]
+            for d in task.eval_docs:
+                target = task.doc_to_target(d)
+                if isinstance(target, str):
+                    texts.append(task.doc_to_text(d) + (task.config.target_delimiter if task.doc_to_text(d) else "") + target)
+    random.Random(seed).shuffle(texts)
+    return texts[: fid.get("max_texts", 200)]
+
+
 def _request_metrics(times: list[float]) -> dict:
     n = len(times)
     return {"ttft": times[0], "e2el": times[-1], "output_tokens": n,

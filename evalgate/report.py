@@ -9,6 +9,8 @@ from evalgate.metrics import gate_metric_key
 SPEED = [("output_throughput", "out tok/s", "{:.1f}"), ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"),
          ("median_tpot_ms", "TPOT p50 ms", "{:.2f}"), ("p99_e2el_ms", "E2EL p99 ms", "{:.1f}"),
          ("mem_peak_mb", "peak mem MB", "{:.0f}")]
+FIDELITY = [("fidelity/kl_mean", "KL", "{:.2g}"), ("fidelity/top1_agreement", "top-1 agree", "{:.3f}"),
+            ("fidelity/answer_flip_rate", "flips", "{:.3f}")]
 
 
 def _fmt(v, f: str) -> str:
@@ -25,27 +27,33 @@ def rows(cfg, results: dict, gate: dict) -> list[dict]:
     base = results.get(gate["baseline"], {}).get("metrics", {})
     out = []
     for name, v in gate["variants"].items():
-        m = results.get(name, {}).get("metrics", {})
+        m = {**results.get(name, {}).get("metrics", {}), **gate.get("fidelity", {}).get(name, {})}
         thr, bthr = m.get("output_throughput"), base.get("output_throughput")
         out.append({"variant": name, "verdict": v["verdict"], "reason": v["reason"],
                     "speedup_pct": 100 * (thr / bthr - 1) if thr and bthr else None,
-                    **{k: m.get(k) for k, _, _ in SPEED}, **{k: m.get(k) for k in quality_keys(cfg)}})
+                    **{k: m.get(k) for k, _, _ in SPEED + FIDELITY}, **{k: m.get(k) for k in quality_keys(cfg)}})
     return out
 
 
 def markdown(cfg, table: list[dict], gate: dict, phase_times: dict | None = None) -> str:
     q = quality_keys(cfg)
-    head = ["variant", "verdict", *[h for _, h, _ in SPEED], "Δ tok/s %", *[k.removeprefix("lmeval/") for k in q]]
+    head = ["variant", "verdict", *[h for _, h, _ in SPEED], "Δ tok/s %", *[k.removeprefix("lmeval/") for k in q],
+            *[h for _, h, _ in FIDELITY]]
     lines = [f"# Variant report: {cfg.model.id} on `{cfg.engine['name']}`", "",
              f"**Best accepted variant: `{gate['best']}`**" if gate["best"] else "**No variant was accepted.**",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [f"`{r['variant']}`", "✅ accept" if r["verdict"] == "accept" else "❌ reject",
                  *[_fmt(r[k], f) for k, _, f in SPEED], _fmt(r["speedup_pct"], "{:+.1f}"),
-                 *[_fmt(r[k], "{:.4f}") for k in q]]
+                 *[_fmt(r[k], "{:.4f}") for k in q], *[_fmt(r[k], f) for k, _, f in FIDELITY]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Verdicts", ""]
-    lines += [f"- `{r['variant']}`: **{r['verdict']}**: {r['reason']}" for r in table]
+    lines += ["", "## Verdicts", "", "Each line: Δ = quality loss against the baseline (positive = worse), its "
+              "one-sided confidence bounds, the margin δ, the paired sample count n, and the minimum detectable "
+              "effect at that n.", ""]
+    for r in table:
+        checks = gate["variants"][r["variant"]]["checks"]
+        lines.append(f"- `{r['variant']}`: **{r['verdict']}** — {r['reason'] if not checks else ''}".rstrip(" —"))
+        lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
     lines += ["", f"Baseline: `{gate['baseline']}`. Throughput is the mean over "
               f"{cfg.workload['repeats']} repeats of {cfg.workload['num_prompts']} requests of "
               f"{cfg.workload['output_len']} output tokens each; speed numbers on a shared CPU vary by ±10 %."]

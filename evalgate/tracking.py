@@ -58,7 +58,8 @@ def log_sweep(cfg, results: dict[str, dict], result_dirs: dict[str, Path], gate:
                                   tags={SWEEP_TAG + ".child": sid, "variant": name, "verdict": verdict["verdict"],
                                         "verdict_reason": verdict["reason"][:5000]}):
                 mlflow.log_params({"variant": name, **cfg.variants[name].as_params()})
-                mlflow.log_metrics(_finite(results.get(name, {}).get("metrics", {})))
+                mlflow.log_metrics(_finite({**results.get(name, {}).get("metrics", {}),
+                                            **gate.get("fidelity", {}).get(name, {})}))
                 mlflow.log_metric("gate/accepted", float(verdict["verdict"] == "accept"))
                 for c in verdict["checks"]:
                     if c.get("loss") is not None and math.isfinite(c["loss"]):

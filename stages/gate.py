@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evalgate import config
 from evalgate.cli import stage_main
-from evalgate.gate import decide, load_result
+from evalgate.gate import add_fidelity, decide, load_result
 
 
 @stage_main
@@ -19,7 +19,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     cfg = config.load(a.params)
     results = {n: load_result(Path(a.results) / n) for n in cfg.variants}
+    add_fidelity(results, cfg.gate["baseline"])
     gate = decide(cfg, results)
+    gate["fidelity"] = {n: {k: v for k, v in r["metrics"].items() if k.startswith("fidelity/")}
+                        for n, r in results.items()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(gate, indent=1))
     for name, v in gate["variants"].items():

@@ -27,6 +27,7 @@ def main(argv=None):
     ap.add_argument("--variant", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workload", required=True)
+    ap.add_argument("--reference", required=True, help="fidelity reference texts (JSONL)")
     ap.add_argument("--checkpoint", help="quantize@<variant>'s output: served instead of the model if it holds one")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -55,6 +56,7 @@ def main(argv=None):
         _write(out, "status.json", {"ok": False, "phase": "check", "error": str(e)})
         return 0
 
+    from evalgate import fidelity
     from evalgate.profile import profile_endpoint
 
     phase, times, t_all = "start", {}, time.perf_counter()
@@ -69,6 +71,10 @@ def main(argv=None):
             quality = evaluate(ep.lm_eval_model(), cfg.eval["tasks"], tm, out, limit=cfg.eval.get("limit"),
                                bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
             times["eval_s"] = time.perf_counter() - t
+            phase, t = "fidelity", time.perf_counter()
+            texts = [json.loads(line)["text"] for line in open(a.reference)]
+            fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out / "fidelity.npz")
+            times["fidelity_s"] = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
         (out / "error.log").write_text(traceback.format_exc())
         print(f"run@{variant.name}: failed during {phase}: {type(e).__name__}: {e}")

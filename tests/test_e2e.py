@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "variant=[baseline,prompt_lookup]"
 TINY = ["fixture=tiny", "workload=tiny", VARIANTS, "eval.limit=24",
         # a variant the hf engine cannot run: rejected with its error, the others still run
-        "+variants.unsupported.quantization.method=w4a16"]
+        "+variants.unsupported.quantization.method=fp8"]
 
 
 def sh(args, cwd, check=True):
@@ -64,7 +64,7 @@ def test_pipeline_outputs(proj):
     gate = json.loads((d / "reports/gate.json").read_text())
     assert gate["variants"]["baseline"]["verdict"] == "accept"
     bad = gate["variants"]["unsupported"]
-    assert bad["verdict"] == "reject" and "w4a16" in bad["reason"]
+    assert bad["verdict"] == "reject" and "fp8" in bad["reason"]
     summary = (d / "reports/summary.md").read_text()
     assert "`unsupported`" in summary and "Best accepted variant" in summary
     assert (d / "reports/pareto.png").read_bytes()[:4] == b"\x89PNG"

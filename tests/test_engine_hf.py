@@ -13,7 +13,7 @@ def engine():
 
 
 @pytest.mark.parametrize("spec, msg", [
-    ({"quantization": {"method": "w4a16"}}, "quantization.method"),
+    ({"quantization": {"method": "fp8"}}, "quantization.method"),
     ({"engine_args": {"max_num_seqs": 8}}, "engine_args.max_num_seqs"),
     ({"engine_args": {"attn_implementation": "flash"}}, "attn_implementation"),
 ])
@@ -96,3 +96,23 @@ def test_offline_checkpoint_is_quantized_and_served(engine, tiny, tmp_path, meth
     with pytest.raises(RuntimeError, match="not a quantized checkpoint"):
         with engine.serve(tiny, v, tmp_path):
             pass
+
+
+def test_fidelity_against_itself_and_a_noisy_copy(engine, tiny, tmp_path):
+    import numpy as np
+    from evalgate import fidelity
+
+    texts = ["1+2=3", "the cat sat on the mat", "7+8=15 and 9+9=18"]
+    with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
+        recs = ep.prompt_logprobs(texts, 10_000)
+    assert recs[0]["top_ids"].shape[1] == recs[0]["vocab_size"]   # hf: the whole vocabulary
+    fidelity.save(recs, tmp_path / "a.npz")
+    same = fidelity.compare_logprobs(tmp_path / "a.npz", tmp_path / "a.npz")
+    assert same["kl_mean"] == 0 and same["top1_agreement"] == 1 and same["kl_truncated"] == 0
+    rng = np.random.default_rng(0)
+    noisy = [{**r, "top_logprobs": r["top_logprobs"] + rng.normal(0, 0.5, r["top_logprobs"].shape)} for r in recs]
+    for r in noisy:  # renormalise so each row stays a distribution
+        r["top_logprobs"] -= np.log(np.exp(r["top_logprobs"]).sum(-1, keepdims=True))
+    fidelity.save(noisy, tmp_path / "b.npz")
+    diff = fidelity.compare_logprobs(tmp_path / "a.npz", tmp_path / "b.npz")
+    assert diff["kl_mean"] > 0.01 and diff["positions"] == sum(len(r["top_ids"]) for r in recs)

@@ -55,6 +55,11 @@ class Endpoint(abc.ABC):
     def lm_eval_model(self):
         """An `lm_eval.api.model.LM` that evaluates through this very endpoint."""
 
+    def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
+        """Per text: `ids` [T] and, for positions 1…T−1, `top_ids`/`top_logprobs` [T−1, k] of the
+        next-token distribution (fidelity against the baseline). Engines that cannot, return []."""
+        return []
+
     def bench(self, dataset: Path, wl: dict, out_dir: Path) -> dict | None:
         """The engine's own load generator, if it has one ({concurrency: result in vLLM's keys});
         None: the generic timed-request loop of `evalgate.profile` is used instead."""

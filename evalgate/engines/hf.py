@@ -175,6 +175,21 @@ class HFEndpoint(Endpoint):
     def generate(self, prompt: str, output_len: int) -> Generation:
         return self.generate_batch([prompt], output_len)[0]
 
+    def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
+        """Full next-token distributions in-process; `top_k` ≥ vocabulary keeps all of it."""
+        import torch
+
+        out = []
+        k = min(top_k, self.model.config.vocab_size)
+        with torch.no_grad():
+            for text in texts:
+                ids = self.tok(text, return_tensors="pt").input_ids.to(self.model.device)
+                logp = torch.log_softmax(self.model(ids).logits[0, :-1].float(), -1)
+                top = logp.topk(k, -1)
+                out.append({"ids": ids[0].tolist(), "top_ids": top.indices.cpu().numpy(),
+                            "top_logprobs": top.values.cpu().numpy(), "vocab_size": logp.shape[-1]})
+        return out
+
     def stats(self) -> dict[str, float]:
         out = dict(self.info.metrics)
         out["mem_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

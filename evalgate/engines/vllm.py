@@ -143,6 +143,30 @@ class VLLMEndpoint(Endpoint):
                 seen = n
         return Generation(token_times=times, prompt_tokens=usage.get("prompt_tokens", 0))
 
+    def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
+        """Top-k prompt logprobs from the server (`prompt_logprobs`, a vLLM extension): truncated."""
+        import numpy as np
+
+        out: list[dict] = []
+        k = min(top_k, int(self.options.get("max_logprobs", 20)))
+        for text in texts:
+            body = json.dumps({"model": "model", "prompt": text, "max_tokens": 1, "temperature": 0,
+                               "prompt_logprobs": k}).encode()
+            req = urllib.request.Request(f"{self.base_url}/v1/completions", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback only
+                choice = json.loads(r.read())["choices"][0]
+            per_pos = choice["prompt_logprobs"][1:]   # position 0 has no distribution
+            top_ids, top_lp = [], []
+            for pos in per_pos:
+                ranked = sorted(((int(t), v["logprob"]) for t, v in pos.items()), key=lambda x: -x[1])[:k]
+                ranked += [(-1, -np.inf)] * (k - len(ranked))
+                top_ids.append([t for t, _ in ranked])
+                top_lp.append([lp for _, lp in ranked])
+            vocab = json.loads((Path(self.model_path) / "config.json").read_text()).get("vocab_size", 0)
+            out.append({"ids": choice.get("prompt_token_ids") or [], "top_ids": np.array(top_ids),
+                        "top_logprobs": np.array(top_lp, dtype=float), "vocab_size": vocab})
+        return out
+
     def bench(self, dataset: Path, wl: dict, out_dir: Path) -> dict:
         """`vllm bench serve` once per concurrency level; returns {concurrency: result JSON}."""
         results = {}
