@@ -204,12 +204,28 @@ class HFEndpoint(Endpoint):
         gen_kwargs, speculative = self.gen_kwargs, self._speculative
 
         class VariantHFLM(HFLM):
-            """HFLM that adds this variant's generate() arguments (speculation, KV cache) to every request."""
+            """HFLM that adds this variant's generate() arguments (speculation, KV cache) to every request.
+
+            transformers speculates on one sequence at a time, so a speculative batch is generated row
+            by row (padding stripped, then re-padded); loglikelihood requests keep their batches."""
 
             def _model_generate(self, context, max_length, stop, **kw):
-                return super()._model_generate(context, max_length, stop, **{**kw, **gen_kwargs})
+                if not speculative or context.shape[0] == 1:
+                    return super()._model_generate(context, max_length, stop, **{**kw, **gen_kwargs})
+                import torch
 
-        bs = 1 if speculative else int(self.args.get("eval_batch_size", 32))
+                mask, width, rows = kw.pop("attention_mask"), context.shape[1], []
+                for i in range(context.shape[0]):
+                    keep = mask[i].bool()
+                    ctx = context[i:i + 1, keep]
+                    out = super()._model_generate(ctx, max_length - (width - ctx.shape[1]), stop,
+                                                  attention_mask=mask[i:i + 1, keep], **{**kw, **gen_kwargs})
+                    rows.append(torch.cat([context[i], out[0, ctx.shape[1]:]]))
+                longest = max(len(r) for r in rows)
+                pad = self.tokenizer.pad_token_id
+                return torch.stack([torch.nn.functional.pad(r, (0, longest - len(r)), value=pad) for r in rows])
+
+        bs = int(self.args.get("eval_batch_size", 32))
         extra = {"max_length": int(self.args["max_model_len"])} if "max_model_len" in self.args else {}
         return VariantHFLM(pretrained=self.model, tokenizer=self.tok, batch_size=bs,
                            device=str(self.model.device), **extra)
