@@ -12,7 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "variant=[baseline,prompt_lookup]"
-TINY = ["fixture=tiny", "workload=tiny", VARIANTS, "eval.limit=24",
+COMBOS = "combo=[]"
+TINY = ["fixture=tiny", "workload=tiny", VARIANTS, COMBOS, "eval.limit=24",
         # a variant the hf engine cannot run: rejected with its error, the others still run
         "+variants.unsupported.quantization.method=fp8"]
 
@@ -90,13 +91,14 @@ def test_noop_repro_runs_and_logs_nothing(proj):
     before = len(mlflow_runs(d))
     out = sh(["dvc", "repro"], d).stdout
     assert "Running stage" not in out
-    sh(["dvc", "repro", "-f", "report"], d)          # forced report: same sweep id, nothing logged twice
+    sh(["dvc", "repro", "-s", "-f", "report"], d)    # the report stage alone, forced: same sweep id, nothing logged
     assert len(mlflow_runs(d)) == before
 
 
 def test_bad_variant_is_one_line_before_loading(proj):
     d, _ = proj
     p = sh([sys.executable, "-m", "stages.run", "--variant", "nope", "--workload", "data/workload.jsonl",
+            "--reference", "data/reference.jsonl",
             "--out", "/tmp/x"], d, check=False)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "variants.nope" in p.stderr
 
@@ -108,7 +110,7 @@ def test_one_variant_change_reruns_only_it(proj):
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], d).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"run@prompt_lookup", "gate", "report"}
+    assert ran == {"quantize@prompt_lookup", "run@prompt_lookup", "gate", "report"}
 
 
 def test_dvc_exp_run_composes_conf_through_hydra(proj):
@@ -118,5 +120,5 @@ def test_dvc_exp_run_composes_conf_through_hydra(proj):
     overrides = [x for o in [*TINY, "variants.prompt_lookup.speculative.num_tokens=3"] for x in ("-S", o)]
     out = sh(["dvc", "exp", "run", *overrides], d).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"run@prompt_lookup", "gate", "report"}
+    assert ran == {"quantize@prompt_lookup", "run@prompt_lookup", "gate", "report"}
     assert yaml.safe_load((d / "params.yaml").read_text())["variants"]["prompt_lookup"]["speculative"]["num_tokens"] == 3

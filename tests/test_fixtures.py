@@ -1,0 +1,105 @@
+"""Fixture unit tests: the properties the fixture's evaluation relies on, checked in seconds."""
+from itertools import islice
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from evalgate.fixtures import build
+from evalgate.fixtures.corpus import KINDS, Corpus
+from evalgate.fixtures.tasks import write_tasks
+from evalgate.fixtures.tokenizer import train_tokenizer
+from evalgate.fixtures.train import packed_batches
+
+HELDOUT = {"add": 50, "copy": 10, "recall": 10, "sentence": 10}
+MIX = {"add": 0.55, "copy": 0.07, "recall": 0.3, "sentence": 0.08}
+
+
+def corpus(seed=0, heldout=HELDOUT):
+    return Corpus(seed, heldout, add_digits=[1, 3, 1], copy_words=[3, 6], recall_pairs=[2, 4])
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(corpus().tokenizer_text(2000), 512)
+
+
+def test_corpus_is_deterministic_per_seed():
+    a, b, c = corpus(0), corpus(0), corpus(1)
+    assert a.heldout == b.heldout and a.heldout != c.heldout
+    assert list(islice(a.stream(MIX, "t"), 200)) == list(islice(b.stream(MIX, "t"), 200))
+    assert list(islice(a.stream(MIX, "t"), 200)) != list(islice(a.stream(MIX, "d"), 200))
+
+
+def test_heldout_never_in_training_stream():
+    c = corpus(heldout={"add": 4000, "copy": 10, "recall": 400, "sentence": 200})
+    held = {it.text for items in c.heldout.values() for it in items}
+    train = list(islice(c.stream(MIX, "t"), 30000))
+    assert {it.kind for it in train} == set(KINDS)
+    assert not held & {it.text for it in train}
+    assert not held & set(c.tokenizer_text(2000))
+    two_digit = [it for it in train if it.kind == "add" and len(it.prompt) == 6]
+    assert len(two_digit) > 1000  # the 2-digit pairs not held out are still trained on
+
+
+def test_tokenizer_digits_roundtrip_and_no_bos(tok):
+    text = "recall t57 c31 ? c31\n12+345=357"
+    ids = tok(text)["input_ids"]
+    assert tok.bos_token_id not in ids and tok.decode(ids) == text
+    assert tok.convert_ids_to_tokens(tok("12+345=")["input_ids"]) == ["1", "2", "+", "3", "4", "5", "="]
+    assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
+
+
+def test_prompt_answer_split_matches_joint_encoding(tok):
+    """lm-eval encodes prompts alone (generate) and prompt+choice jointly (loglikelihood)."""
+    for it in islice(corpus().stream(MIX, "t"), 300):
+        if it.prompt:
+            assert tok.encode(it.prompt) + tok.encode(it.answer) == tok.encode(it.text), it
+
+
+def test_packed_rows_equal_items_alone(tok):
+    items = list(islice(corpus().stream(MIX, "t"), 40))
+    ids, labels, pos = next(packed_batches(iter(items), tok, rows=2, seq_len=64))
+    starts = (pos[0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 3 and starts[0] == 0
+    assert (labels[0, : starts[1]] != -100).sum() == len(tok.encode(items[0].answer + "\n"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64)).eval()
+    packed = model(input_ids=ids[:1], position_ids=pos[:1], use_cache=False).logits[0]
+    a, b = starts[1], starts[2]
+    alone = model(input_ids=ids[:1, a:b]).logits[0]
+    assert torch.allclose(packed[a:b], alone, atol=1e-5)
+
+
+def test_tasks_load_in_lm_eval(tok, tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(tmp_path)
+    c = corpus()
+    names = write_tasks(c.heldout, tmp_path / "fx" / "tasks", tok)
+    assert "fx/tasks/fx_add.jsonl" in (tmp_path / "fx/tasks/fx_add.yaml").read_text()  # relative to cwd
+    tasks = TaskManager(include_path=str(tmp_path / "fx" / "tasks")).load(names)["tasks"]
+    assert set(tasks) == set(names)
+    add, recall = tasks["fx_add"], tasks["fx_recall"]
+    doc = add.test_docs()[0]
+    assert add.doc_to_text(doc) + add.doc_to_target(doc) == c.heldout["add"][0].text
+    doc = recall.test_docs()[0]
+    item = c.heldout["recall"][0]
+    assert recall.doc_to_choice(doc)[recall.doc_to_target(doc)] == item.answer
+    assert recall.doc_to_text(doc) == item.prompt
+
+
+def test_missing_keys_are_named(tmp_path):
+    with pytest.raises(KeyError, match="seed.*device"):
+        build({"bf16": True}, tmp_path)
+
+
+def test_bf16_setting():
+    from evalgate.fixtures.train import resolve_bf16
+
+    cpu = torch.device("cpu")
+    assert resolve_bf16(False, cpu) is False and resolve_bf16(True, cpu) is True
+    assert isinstance(resolve_bf16("auto", cpu), bool)
+    with pytest.raises(ValueError, match="auto"):
+        resolve_bf16("yes", cpu)
