@@ -14,10 +14,23 @@ from pathlib import Path
 PHASES = ("start_s", "profile_s", "eval_s")
 
 
+def mlflow_runs() -> list[dict]:
+    """The runs the report stage logged (parent and nested), as evidence of what MLflow holds."""
+    try:
+        import mlflow
+
+        runs = mlflow.search_runs(experiment_names=["evalgate"], output_format="list")
+    except Exception as e:  # noqa: BLE001 - the results matter more than this listing
+        return [{"error": str(e)}]
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "parent": r.data.tags.get("mlflow.parentRunId"),
+             "verdict": r.data.tags.get("verdict")} for r in runs]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, required=True, help="wall time of the whole run")
     ap.add_argument("--command", required=True)
+    ap.add_argument("--note", default="")
     ap.add_argument("--out", default=f"docs/results/h200-{time.strftime('%Y-%m-%d')}")
     a = ap.parse_args()
     out = Path(a.out)
@@ -50,7 +63,7 @@ def main() -> int:
     run = {"command": a.command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu,
            "python": platform.python_version(), "versions": versions, "time_to_verdict_s": round(a.seconds, 1),
            "phases_s": phases, "phase_totals_s": {p: round(sum(v[p] for v in phases.values()), 1) for p in PHASES},
-           "everything_else_s": round(a.seconds - total, 1)}
+           "everything_else_s": round(a.seconds - total, 1), "note": a.note, "mlflow_runs": mlflow_runs()}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(json.dumps(run, indent=1))
     return 0

@@ -1,19 +1,32 @@
 #!/bin/bash
 # The GPU run, on a host where the offline bundle is installed (gpu/README.md):
-#   bash gpu/pipeline.sh [extra hydra overrides…]
-# Composes preset=gpu into params.yaml, runs `dvc repro`, and writes docs/results/h200-<date>/.
-set -euo pipefail
+#   bash gpu/pipeline.sh [extra hydra overrides…]     the whole run, then docs/results/h200-<date>/
+#   bash gpu/pipeline.sh --finish                       stop a run early: gate + report + collect what exists
+set -uo pipefail
 cd "$(dirname "$0")/.."
 SITE=${GPU_SITE:-/var/tmp/gpu-site}
-export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 \
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 \
        HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # dvc.yaml's stages call `python`; a host with only python3 gets a shim
 if ! command -v python >/dev/null; then
   mkdir -p /var/tmp/bin && ln -sf "$(command -v python3)" /var/tmp/bin/python && export PATH=/var/tmp/bin:$PATH
 fi
 dvc() { python3 -m dvc "$@"; }
+finish() {  # gate and report over whatever variants finished (the others are rejected as not run)
+  python3 -m stages.gate --params params.yaml --results results --out reports/gate.json
+  python3 -m stages.report --params params.yaml --results results --gate reports/gate.json --out reports
+  python3 gpu/collect.py --seconds $(( $(date +%s) - $(cat .gpu-start 2>/dev/null || date +%s) )) \
+    --command "bash gpu/pipeline.sh" --note "${1:-}"
+}
+if [ "${1:-}" = "--finish" ]; then
+  pkill -f "dvc repro" ; pkill -f "vllm.entrypoints" ; sleep 3
+  finish "stopped early with --finish: variants without results are rejected as not run"; exit
+fi
 [ -d .git ] || git init -q 2>/dev/null || dvc config --local core.no_scm true
-start=$(date +%s)
-python3 -m stages.compose preset=gpu "$@"
-dvc repro
-python3 gpu/collect.py --seconds $(( $(date +%s) - start )) --command "bash gpu/pipeline.sh $*"
+date +%s > .gpu-start
+python3 -m stages.compose preset=gpu "$@" || exit 2
+if dvc repro; then
+  python3 gpu/collect.py --seconds $(( $(date +%s) - $(cat .gpu-start) )) --command "bash gpu/pipeline.sh $*"
+else
+  echo "dvc repro failed: gate and report over what finished"; finish "dvc repro failed part-way"
+fi

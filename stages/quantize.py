@@ -35,7 +35,13 @@ def main(argv=None):
     from evalgate.models import resolve_model
     from evalgate.quantize import quantize_checkpoint
 
-    info = quantize_checkpoint(resolve_model(cfg.model), q["method"], out, group_size=q.get("group_size"))
+    src = resolve_model(cfg.model)  # a missing model is a config error (exit 2)
+    try:
+        info = quantize_checkpoint(src, q["method"], out, group_size=q.get("group_size"))
+    except Exception as e:  # noqa: BLE001 - recorded; run@ rejects the variant with it, others go on
+        (out / "checkpoint.json").write_text(json.dumps({"checkpoint": False, "error": f"{type(e).__name__}: {e}"}) + "\n")
+        print(f"quantize@{a.variant}: failed: {type(e).__name__}: {e}")
+        return 0
     (out / "checkpoint.json").write_text(json.dumps({"checkpoint": True, **info}) + "\n")
     print(f"quantize@{a.variant}: {info}")
     return 0

@@ -41,7 +41,9 @@ def main(argv=None):
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
     engine.preflight()                                                # engine not installed → ConfigError
-    model = served_model(cfg.model, variant, a.checkpoint)
+    marker = Path(a.checkpoint or "-") / "checkpoint.json"
+    quant_error = json.loads(marker.read_text()).get("error") if marker.exists() else None
+    model = cfg.model if quant_error else served_model(cfg.model, variant, a.checkpoint)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
     tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     prompts = [json.loads(line) for line in open(a.workload)]
@@ -49,6 +51,10 @@ def main(argv=None):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     _write(out, "variant.json", {"name": variant.name, **variant.as_params()})
+    if quant_error:
+        print(f"run@{variant.name}: quantization failed: {quant_error}")
+        _write(out, "status.json", {"ok": False, "phase": "quantize", "error": quant_error})
+        return 0
     try:
         engine.check(model, variant)
     except VariantUnsupported as e:
