@@ -56,7 +56,11 @@ def markdown(cfg, table: list[dict], gate: dict, phase_times: dict | None = None
         lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
     lines += ["", f"Baseline: `{gate['baseline']}`. Throughput is the mean over "
               f"{cfg.workload['repeats']} repeats of {cfg.workload['num_prompts']} requests of "
-              f"{cfg.workload['output_len']} output tokens each; speed numbers on a shared CPU vary by ±10 %."]
+              f"{cfg.workload['output_len']} output tokens each"
+              + (f", at concurrency {cfg.workload.get('headline_concurrency', cfg.workload.get('concurrency', [1])[-1])}"
+                 if cfg.engine["name"] != "hf" else "") + ". Peak memory is the process RSS on `hf` and the GPU "
+              "memory in use on `vllm` (which pre-allocates `gpu_memory_utilization` of the card: compare "
+              "`kv_cache_tokens` there)."]
     if phase_times:
         lines += ["", "## Time per phase (s)", "", "| variant | " + " | ".join(next(iter(phase_times.values()))) + " |",
                   "|---|" + "---|" * len(next(iter(phase_times.values())))]
