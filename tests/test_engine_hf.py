@@ -116,3 +116,13 @@ def test_fidelity_against_itself_and_a_noisy_copy(engine, tiny, tmp_path):
     fidelity.save(noisy, tmp_path / "b.npz")
     diff = fidelity.compare_logprobs(tmp_path / "a.npz", tmp_path / "b.npz")
     assert diff["kl_mean"] > 0.01 and diff["positions"] == sum(len(r["top_ids"]) for r in recs)
+
+
+def test_missing_library_is_refused_at_validation(engine, tiny, monkeypatch):
+    """A variant whose library is absent is refused by check(), before any load (the others still run)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(VariantUnsupported, match="needs the 'bitsandbytes' library"):
+        engine.check(tiny, parse_variant("v", {"quantization": {"method": "nf4"}}))

@@ -62,6 +62,15 @@ def _need_library(module: str | None, what: str) -> None:
                                  f"(pip install {module.replace('.', '-')})")
 
 
+def _check_backend(table: dict, field: str, method: str, backend: str | None) -> None:
+    """Refuse a (method, backend) pair this adapter does not map, or whose library is missing."""
+    backend = backend or _default_backend(table, method)
+    if (method, backend) not in table:
+        raise VariantUnsupported(f"engine hf: {field} {method!r} with backend {backend!r} is not supported "
+                                 f"(supported: {sorted(table)})")
+    _need_library(table[(method, backend)], f"{field.split('.')[0]} {method}/{backend}")
+
+
 def _torch_dtype(name: str | None):
     import torch
 
@@ -236,20 +245,10 @@ class HFEngine(Engine):
 
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
-        q = v.quantization
-        if q["method"] != "none":
-            backend = q.get("backend") or _default_backend(QUANT_BACKENDS, q["method"])
-            if (q["method"], backend) not in QUANT_BACKENDS:
-                raise VariantUnsupported(f"engine hf: quantization.method {q['method']!r} with backend {backend!r} "
-                                         f"is not supported (supported: {sorted(QUANT_BACKENDS)})")
-            _need_library(QUANT_BACKENDS[(q["method"], backend)], f"quantization {q['method']}/{backend}")
-        kv = v.kv_cache
-        if kv["dtype"] != "auto":
-            backend = kv.get("backend") or _default_backend(KV_BACKENDS, kv["dtype"])
-            if (kv["dtype"], backend) not in KV_BACKENDS:
-                raise VariantUnsupported(f"engine hf: kv_cache.dtype {kv['dtype']!r} with backend {backend!r} is "
-                                         f"not supported (supported: {sorted(KV_BACKENDS)})")
-            _need_library(KV_BACKENDS[(kv["dtype"], backend)], f"kv_cache {kv['dtype']}/{backend}")
+        if v.quantization["method"] != "none":
+            _check_backend(QUANT_BACKENDS, "quantization.method", v.quantization["method"], v.quantization.get("backend"))
+        if v.kv_cache["dtype"] != "auto":
+            _check_backend(KV_BACKENDS, "kv_cache.dtype", v.kv_cache["dtype"], v.kv_cache.get("backend"))
         if v.speculative["method"] == "draft" and not model.draft:
             raise VariantUnsupported("engine hf: speculative.method 'draft' needs model.draft")
         if v.speculative["method"] != "none" and int(v.engine_args.get("batch_size", 1)) > 1:
