@@ -20,6 +20,11 @@ def main(argv=None):
     raw = yaml.safe_load(Path(a.params).read_text()) or {}
     if not isinstance(raw.get("fixture"), dict):
         raise ConfigError("fixture: missing from params")  # the fixture needs no other section
+    fx = raw["fixture"]
+    if fx.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"fixture.device: {fx['device']!r} is not one of auto, cpu, cuda")
+    if fx.get("bf16", "auto") not in ("auto", True, False):
+        raise ConfigError(f"fixture.bf16: {fx['bf16']!r} is not one of auto, true, false")
     from evalgate.fixtures import build
 
     try:
