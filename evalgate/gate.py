@@ -86,8 +86,8 @@ def margin(th, baseline_value: float) -> float:
 def paired_check(cfg: Config, key: str, delta: float, base: dict, var: dict, up: bool) -> dict | None:
     """The non-inferiority test of one metric, or None without per-sample logs on both sides."""
     st = cfg.gate.get("statistics", {})
-    if not st.get("enabled", True) or "dir" not in base or "dir" not in var:
-        return None
+    if not key.startswith("lmeval/") or not st.get("enabled", True) or "dir" not in base or "dir" not in var:
+        return None  # fidelity metrics are already comparisons with the baseline: point estimates
     pair = paired_samples(base["dir"], var["dir"], key)
     if pair is None:
         return None

@@ -104,3 +104,21 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
     assert bad_v["verdict"] == "reject" and "→ inferior" in bad_v["reason"]
     (acc_check,) = [c for c in bad_v["checks"] if c["metric"] == "lmeval/t/acc/none"]
     assert acc_check["test"]["n"] == N and acc_check["loss"] == pytest.approx(0.1)
+
+
+def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
+    from evalgate.gate import load_result
+
+    rng = np.random.default_rng(2)
+    acc, ll = rng.random(N) < P_BASE, rng.normal(-10, 1, N)
+    for name in ("baseline", "v"):
+        _write(tmp_path / name, acc, ll)
+    cfg = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
+                 "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
+                 "eval": {"tasks": ["t"]}, "variants": {"baseline": {}, "v": {}},
+                 "gate": {"baseline": "baseline", "quality": {"fidelity/answer_flip_rate": {"max_loss_abs": 0.05}}}})
+    results = {n: load_result(tmp_path / n) for n in ("baseline", "v")}
+    results["baseline"]["metrics"]["fidelity/answer_flip_rate"] = 0.0
+    results["v"]["metrics"]["fidelity/answer_flip_rate"] = 0.08
+    g = decide(cfg, results)
+    assert g["variants"]["v"]["verdict"] == "reject" and "answer_flip_rate" in g["variants"]["v"]["reason"]
