@@ -32,7 +32,8 @@ def build_workload(wl: dict, tm, tokenizer, seed: int) -> list[dict]:
             texts += [(name, task.doc_to_text(d)) for d in docs]
         for name, text in rng.sample(texts, min(n - n_syn, len(texts))):
             prompts.append({"source": name, "prompt": text})
-    vocab = [i for i in range(len(tokenizer)) if i not in set(tokenizer.all_special_ids)]
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
     in_len = wl.get("synthetic_input_len", 64)
     for _ in range(n_syn):
         # like vLLM's random dataset: random token ids, decoded to text, re-cut to the target length
@@ -52,7 +53,8 @@ def build_reference(fid: dict, tm, seed: int) -> list[str]:
             for d in task.eval_docs:
                 target = task.doc_to_target(d)
                 if isinstance(target, str):
-                    texts.append(task.doc_to_text(d) + (task.config.target_delimiter if task.doc_to_text(d) else "") + target)
+                    prompt = task.doc_to_text(d)
+                    texts.append(prompt + (task.config.target_delimiter if prompt else "") + target)
     random.Random(seed).shuffle(texts)
     return texts[: fid.get("max_texts", 200)]
 
