@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-PHASES = ("start_s", "profile_s", "eval_s")
+PHASES = ("start_s", "profile_s", "eval_s", "fidelity_s")
 
 
 def mlflow_runs() -> list[dict]:
@@ -26,29 +26,39 @@ def mlflow_runs() -> list[dict]:
              "verdict": r.data.tags.get("verdict")} for r in runs]
 
 
+def _new_dir(base: str) -> Path:
+    """A folder that does not exist yet: a second run on the same day must not overwrite the first."""
+    out, n = Path(base), 2
+    while out.exists():
+        out, n = Path(f"{base}-{n}"), n + 1
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, required=True, help="wall time of the whole run")
     ap.add_argument("--command", required=True)
     ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=f"docs/results/h200-{time.strftime('%Y-%m-%d')}")
+    ap.add_argument("--out", default=None, help="default: docs/results/h200-<date>[-N], a new folder per run")
     a = ap.parse_args()
-    out = Path(a.out)
+    out = Path(a.out) if a.out else _new_dir(f"docs/results/h200-{time.strftime('%Y-%m-%d')}")
     out.mkdir(parents=True, exist_ok=True)
     for f in ("reports/summary.md", "reports/gate.json", "reports/pareto.png", "reports/metrics.json",
               "fixtures/metrics.json", "params.yaml", "dvc.lock"):
         if Path(f).exists():
             shutil.copy(f, out / f.replace("/", "_").removeprefix("reports_"))
     phases = {}
-    for d in sorted(Path("results").iterdir()):
+    for d in sorted(p for p in Path("results").iterdir() if p.is_dir()):
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("status.json", "metrics.json", "server_cmd.json", "lm_eval.json", "error.log", *[
                 p.name for p in d.glob("bench_c*.json")]):
             if (d / f).exists():
                 shutil.copy(d / f, dst / f)
-        if (d / "server.log").exists():  # the tail holds the start-up facts and any error
-            (dst / "server.log").write_text("\n".join((d / "server.log").read_text(errors="replace").splitlines()[-400:]))
+        if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
+            lines = (d / "server.log").read_text(errors="replace").splitlines()
+            keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
+            (dst / "server.log").write_text("\n".join(keep) + "\n")
         m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
         phases[d.name] = {p: round(m.get(f"time/{p}", 0.0), 1) for p in PHASES}
     total = sum(sum(p.values()) for p in phases.values())
