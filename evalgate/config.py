@@ -215,10 +215,11 @@ def parse(raw: dict) -> Config:
     if baseline not in variants:
         raise ConfigError(f"gate.baseline: {baseline!r} is not a variant (known: {', '.join(variants)})")
     wl = _mapping(_need(raw, "workload", "params"), "workload")
-    for k in ("num_prompts", "output_len", "warmup", "repeats"):
-        v = _need(wl, k, "workload")
-        if not isinstance(v, int) or v < (0 if k == "warmup" else 1):
-            raise ConfigError(f"workload.{k}: must be an integer ≥ {0 if k == 'warmup' else 1}, got {v!r}")
+    for k in ("num_prompts", "output_len", "warmup", "repeats", "min_requests_per_slot"):
+        v = wl.get(k, 0) if k == "min_requests_per_slot" else _need(wl, k, "workload")
+        low = 0 if k in ("warmup", "min_requests_per_slot") else 1
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"workload.{k}: must be an integer ≥ {low}, got {v!r}")
     conc = wl.get("concurrency", [1])
     if not isinstance(conc, list) or not conc or not all(isinstance(c, int) and c >= 1 for c in conc):
         raise ConfigError(f"workload.concurrency: expected a non-empty list of integers ≥ 1, got {conc!r}")

@@ -15,11 +15,24 @@ from tqdm import tqdm
 from evalgate.metrics import stat_keys
 
 
+def requests_at(wl: dict, concurrency: int) -> int:
+    """Requests sent at one concurrency level: `num_prompts` × `repeats`, and at least
+    `min_requests_per_slot` per concurrent slot, so a high level runs long enough to measure (64
+    requests at concurrency 32 lasted ~1 s on an H200: two waves, all ramp-up and tail)."""
+    return max(wl["num_prompts"] * wl["repeats"], wl.get("min_requests_per_slot", 0) * concurrency)
+
+
+def distinct_prompts(wl: dict) -> int:
+    """How many different prompts the workload file holds: enough that no level repeats a prompt
+    (a repeated prompt would hit vLLM's prefix cache and flatter TTFT)."""
+    return max([wl["num_prompts"]] + [wl.get("min_requests_per_slot", 0) * c for c in wl.get("concurrency", [1])])
+
+
 def build_workload(wl: dict, tm, tokenizer, seed: int) -> list[dict]:
     """Prompts drawn from lm-eval tasks (through the tasks' own `doc_to_text`) plus synthetic ones
     of a fixed token length, in a seeded order."""
     rng = random.Random(seed)
-    n = wl["num_prompts"]
+    n = distinct_prompts(wl)
     n_syn = round(n * wl.get("synthetic_fraction", 0.5)) if wl.get("tasks") else n
     prompts: list[dict] = []
     tasks = wl.get("tasks") or []
@@ -78,6 +91,7 @@ def _ms(requests: list[dict], key: str) -> list[float]:
 def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
     """Warm up, then run the workload `repeats` times, `endpoint.batch_size` requests at a time."""
     out_len, bs = wl["output_len"], endpoint.batch_size
+    prompts = prompts[:wl["num_prompts"]]
     for i in range(0, wl["warmup"], bs):
         endpoint.generate_batch([p["prompt"] for p in prompts[i:i + bs]], out_len)
     requests, runs = [], []

@@ -54,6 +54,7 @@ def test_a_combination_merges_its_families():
     (lambda p: p["variants"]["baseline"].update(colour="red"), "variants.baseline.colour"),
     (lambda p: p["gate"].update(slo={"p99_ttfb_ms": {"max": 1}}), "gate.slo.p99_ttfb_ms"),
     (lambda p: p["workload"].update(output_len=0), "workload.output_len"),
+    (lambda p: p["workload"].update(min_requests_per_slot=-1), "workload.min_requests_per_slot"),
     (lambda p: p["model"].update(source="ftp"), "model.source"),
     (lambda p: p["eval"].update(tasks=[]), "eval.tasks"),
 ])

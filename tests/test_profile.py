@@ -26,3 +26,12 @@ def test_from_bench_headline_and_levels():
     assert s["output_throughput"] == 900.0 and s["median_ttft_ms"] == 9.0 and s["concurrency"] == 32
     assert s["c1/output_throughput"] == 100.0 and s["c1/median_ttft_ms"] == 5.0
     assert s["spec_decode_acceptance_rate"] == 40.0 and "date" not in s
+
+
+def test_requests_per_level_scale_with_concurrency():
+    from evalgate.profile import distinct_prompts, requests_at
+    wl = {"num_prompts": 64, "repeats": 1, "concurrency": [1, 32], "min_requests_per_slot": 20}
+    assert [requests_at(wl, c) for c in (1, 32)] == [64, 640]
+    assert distinct_prompts(wl) == 640           # no level repeats a prompt
+    plain = {"num_prompts": 16, "repeats": 2, "concurrency": [1, 4]}
+    assert [requests_at(plain, c) for c in (1, 4)] == [32, 32] and distinct_prompts(plain) == 16

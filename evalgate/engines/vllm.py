@@ -31,6 +31,7 @@ from pathlib import Path
 from evalgate.config import ConfigError, ModelSpec, Variant
 from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported
 from evalgate.models import resolve_model
+from evalgate.profile import requests_at
 
 QUANT = {"none": [], "fp8": ["--quantization", "fp8"], "w4a16": [], "w8a8": [], "checkpoint": []}
 KV = {"auto": [], "fp8": ["--kv-cache-dtype", "fp8"]}
@@ -176,7 +177,7 @@ class VLLMEndpoint(Endpoint):
                    "--endpoint", "/v1/completions", "--model", "model", "--tokenizer", self.model_path,
                    "--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template",
                    "--custom-output-len", str(wl["output_len"]), "--ignore-eos",
-                   "--num-prompts", str(wl["num_prompts"] * wl["repeats"]), "--max-concurrency", str(c),
+                   "--num-prompts", str(requests_at(wl, c)), "--max-concurrency", str(c),
                    "--request-rate", "inf", "--num-warmups", str(wl["warmup"]), "--seed", str(self.options.get("seed", 0)),
                    "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
                    "--save-result", "--result-dir", str(out_dir), "--result-filename", name]
