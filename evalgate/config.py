@@ -25,6 +25,7 @@ QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "int2", "nf4", "fp8", "
 KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2")
 SPEC_METHODS = ("none", "ngram", "draft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BASELINE = "baseline"  # the reference's name in results/, the gate, the report and MLflow
 
 
 @dataclass(frozen=True)
@@ -109,26 +110,27 @@ def _choice(v: Any, allowed: tuple, where: str) -> str:
     return v
 
 
-def parse_variant(name: str, spec: Any) -> Variant:
-    spec = _mapping(spec, f"variants.{name}")
+def parse_variant(name: str, spec: Any, where: str | None = None) -> Variant:
+    where = where or f"variants.{name}"
+    spec = _mapping(spec, f"{where}")
     unknown = set(spec) - {f.name for f in dataclasses.fields(Variant)} - {"name"}
     if unknown:
-        raise ConfigError(f"variants.{name}.{sorted(unknown)[0]}: unknown field")
-    q = {"method": "none", **_mapping(spec.get("quantization"), f"variants.{name}.quantization")}
-    kv = {"dtype": "auto", **_mapping(spec.get("kv_cache"), f"variants.{name}.kv_cache")}
-    sp = {"method": "none", **_mapping(spec.get("speculative"), f"variants.{name}.speculative")}
-    _choice(q["method"], QUANT_METHODS, f"variants.{name}.quantization.method")
-    _choice(kv["dtype"], KV_DTYPES, f"variants.{name}.kv_cache.dtype")
-    _choice(sp["method"], SPEC_METHODS, f"variants.{name}.speculative.method")
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
+    q = {"method": "none", **_mapping(spec.get("quantization"), f"{where}.quantization")}
+    kv = {"dtype": "auto", **_mapping(spec.get("kv_cache"), f"{where}.kv_cache")}
+    sp = {"method": "none", **_mapping(spec.get("speculative"), f"{where}.speculative")}
+    _choice(q["method"], QUANT_METHODS, f"{where}.quantization.method")
+    _choice(kv["dtype"], KV_DTYPES, f"{where}.kv_cache.dtype")
+    _choice(sp["method"], SPEC_METHODS, f"{where}.speculative.method")
     if sp["method"] != "none":
         k = sp.setdefault("num_tokens", 4)
         if not isinstance(k, int) or k < 1:
-            raise ConfigError(f"variants.{name}.speculative.num_tokens: must be an integer ≥ 1, got {k!r}")
+            raise ConfigError(f"{where}.speculative.num_tokens: must be an integer ≥ 1, got {k!r}")
     dtype = spec.get("dtype")
     if dtype is not None:
-        _choice(dtype, DTYPES, f"variants.{name}.dtype")
+        _choice(dtype, DTYPES, f"{where}.dtype")
     return Variant(name=name, quantization=q, kv_cache=kv, speculative=sp, dtype=dtype,
-                   engine_args=_mapping(spec.get("engine_args"), f"variants.{name}.engine_args"))
+                   engine_args=_mapping(spec.get("engine_args"), f"{where}.engine_args"))
 
 
 def _parse_thresholds(quality: Any, tasks: list[str]) -> tuple[Threshold, ...]:
@@ -181,6 +183,20 @@ def _parse_statistics(st: Any) -> dict:
     return st
 
 
+def _parse_sequential(sq: Any) -> dict:
+    sq = _mapping(sq, "gate.sequential")
+    unknown = set(sq) - {"enabled", "looks", "alpha"}
+    if unknown:
+        raise ConfigError(f"gate.sequential.{sorted(unknown)[0]}: unknown field")
+    looks = sq.get("looks", [])
+    if not isinstance(looks, list) or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in looks) \
+            or looks != sorted(set(looks)):
+        raise ConfigError(f"gate.sequential.looks: expected increasing fractions within (0, 1), got {looks!r}")
+    if not 0 < sq.get("alpha", 0.01) < 0.5:
+        raise ConfigError(f"gate.sequential.alpha: must be within (0, 0.5), got {sq['alpha']!r}")
+    return sq
+
+
 def _parse_model(m: Any) -> ModelSpec:
     m = _mapping(m, "model")
     source = _choice(_need(m, "source", "model"), ("local", "hub"), "model.source")
@@ -206,14 +222,18 @@ def parse(raw: dict) -> Config:
     if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
         raise ConfigError(f"eval.limit: must be null or a number > 0, got {limit!r}")
     gate = _mapping(_need(raw, "gate", "params"), "gate")
-    variants_raw = _mapping(_need(raw, "variants", "params"), "variants")
-    if not variants_raw:
-        raise ConfigError("variants: at least one variant (the baseline) is needed")
-    variants = {n: parse_variant(n, s) for n, s in variants_raw.items()}
+    variants_raw = _mapping(raw.get("variants"), "variants")
+    if BASELINE in variants_raw:
+        raise ConfigError(f"variants.{BASELINE}: the name is reserved for the reference (params `{BASELINE}:`)")
+    base = parse_variant(BASELINE, _need(raw, BASELINE, "params"), where=BASELINE)
+    if base.quantization["method"] in ("w4a16", "w8a8"):
+        raise ConfigError(f"{BASELINE}.quantization.method: {base.quantization['method']!r} needs a quantize@ stage, "
+                          "which only variants have; give the baseline a pre-quantized checkpoint instead")
+    # the baseline first: every consumer (gate, report, MLflow) sees it as one more variant
+    variants = {BASELINE: base, **{n: parse_variant(n, s) for n, s in variants_raw.items()}}
     _parse_statistics(gate.get("statistics"))
-    baseline = _need(gate, "baseline", "gate")
-    if baseline not in variants:
-        raise ConfigError(f"gate.baseline: {baseline!r} is not a variant (known: {', '.join(variants)})")
+    _parse_sequential(gate.get("sequential"))
+    gate = {**gate, "baseline": BASELINE}
     wl = _mapping(_need(raw, "workload", "params"), "workload")
     for k in ("num_prompts", "output_len", "warmup", "repeats", "min_requests_per_slot"):
         v = wl.get(k, 0) if k == "min_requests_per_slot" else _need(wl, k, "workload")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from evalgate.config import ConfigError
@@ -27,20 +28,50 @@ def task_manager(tasks: list[str], include_path: str | None):
 
 
 def evaluate(lm, tasks: list[str], tm, out_dir: Path, limit=None, bootstrap_iters: int = 1000,
-             seed: int = 0) -> dict[str, float]:
-    """Run lm-eval; write `lm_eval.json` (its results) and `samples_<task>.jsonl`; return flat metrics."""
+             seed: int = 0, use_cache: str | None = None) -> dict[str, float]:
+    """Run lm-eval; write `lm_eval.json` (its results) and `samples_<task>.jsonl`; return flat metrics.
+    `use_cache`: lm-eval's request cache, which answers the docs sequential looks already evaluated."""
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable
 
     res = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True,
-                          bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
-                          torch_random_seed=seed, fewshot_random_seed=seed)
+                          bootstrap_iters=bootstrap_iters, use_cache=use_cache, **_seeds(seed))
+    write_samples(res.pop("samples", {}), out_dir)
+    keep = {k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res}
+    (out_dir / "lm_eval.json").write_text(json.dumps(keep, indent=1, default=handle_non_serializable))
+    return flatten_lmeval(res["results"])
+
+
+def evaluate_docs(lm, samples: dict[str, list[int]], tm, seed: int = 0, use_cache: str | None = None) -> dict:
+    """lm-eval's logged samples of just these docs (`samples`: task → doc indices), for a sequential look."""
+    from lm_eval import simple_evaluate
+
+    res = simple_evaluate(model=lm, tasks=list(samples), task_manager=tm, samples=samples, log_samples=True,
+                          bootstrap_iters=0, use_cache=use_cache, **_seeds(seed))
+    return res.get("samples", {})
+
+
+def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
+    """Docs each task evaluates (after `eval.limit`, as lm-eval applies it)."""
+    loaded = tm.load_task_or_group(tasks)
+    counts = {}
+    for t in tasks:
+        n = len(list(loaded[t].eval_docs))
+        if limit is not None:
+            n = min(n, int(math.ceil(limit * n)) if limit < 1 else int(limit))
+        counts[t] = n
+    return counts
+
+
+def write_samples(samples: dict[str, list[dict]], out_dir: Path) -> None:
+    from lm_eval.utils import handle_non_serializable
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = res.pop("samples", {})
     for task, rows in samples.items():
         with open(out_dir / f"samples_{task}.jsonl", "w") as f:
             for r in sorted(rows, key=lambda r: r["doc_id"]):
                 f.write(json.dumps(r, default=handle_non_serializable) + "\n")
-    keep = {k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res}
-    (out_dir / "lm_eval.json").write_text(json.dumps(keep, indent=1, default=handle_non_serializable))
-    return flatten_lmeval(res["results"])
+
+
+def _seeds(seed: int) -> dict:
+    return {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed, "fewshot_random_seed": seed}

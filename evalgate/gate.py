@@ -41,22 +41,43 @@ def load_result(d: Path) -> dict:
     return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": d}
 
 
+def sample_values(rows, metric: str, flt: str) -> dict:
+    """doc_id → per-sample value of `metric` under filter `flt`, from lm-eval's logged samples."""
+    return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
+
+
+def pair(b: dict, v: dict):
+    """Both sides' values on the docs both answered, in doc order (None when there are none)."""
+    ids = sorted(set(b) & set(v))
+    if not ids:
+        return None
+    return np.array([b[i] for i in ids], float), np.array([v[i] for i in ids], float)
+
+
+def load_samples(d: Path, task: str) -> list[dict] | None:
+    f = d / f"samples_{task}.jsonl"
+    return [json.loads(line) for line in open(f)] if f.exists() else None
+
+
 def paired_samples(base_dir: Path, var_dir: Path, key: str):
     """Per-sample values of `lmeval/<task>/<metric>/<filter>` for both sides, paired by doc_id."""
     _, task, metric, flt = key.split("/")
+    b, v = load_samples(base_dir, task), load_samples(var_dir, task)
+    p = pair(sample_values(b, metric, flt), sample_values(v, metric, flt)) if b and v else None
+    return None if p is None else (*p, metric)
 
-    def load(d):
-        f = d / f"samples_{task}.jsonl"
-        if not f.exists():
+
+def paired_test(b: np.ndarray, v: np.ndarray, metric: str, delta: float, up: bool, alpha: float,
+                power: float = 0.8, seed: int = 0):
+    """The non-inferiority test on paired per-sample values (None for an aggregate it cannot recompute)."""
+    if b.ndim == 2:
+        kind, fn = "aggregate", AGGREGATES.get(metric)
+        if fn is None:
             return None
-        rows = (json.loads(line) for line in open(f))
-        return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
-
-    b, v = load(base_dir), load(var_dir)
-    if not b or not v:
-        return None
-    ids = sorted(set(b) & set(v))
-    return np.array([b[i] for i in ids], float), np.array([v[i] for i in ids], float), metric
+    else:
+        kind, fn = ("binary" if set(np.unique(np.r_[b, v])) <= {0.0, 1.0} else "mean"), None
+    return stats.noninferiority(b, v, delta, higher_is_better=up, kind=kind, statistic=fn, alpha=alpha,
+                                power=power, seed=seed)
 
 
 def _higher_is_better(key: str, hib: dict) -> bool:
@@ -91,15 +112,9 @@ def paired_check(cfg: Config, key: str, delta: float, base: dict, var: dict, up:
     pair = paired_samples(base["dir"], var["dir"], key)
     if pair is None:
         return None
-    b, v, metric = pair
-    if b.ndim == 2:
-        kind, fn = "aggregate", AGGREGATES.get(metric)
-        if fn is None:
-            return None
-    else:
-        kind, fn = ("binary" if set(np.unique(np.r_[b, v])) <= {0.0, 1.0} else "mean"), None
-    t = stats.noninferiority(b, v, delta, higher_is_better=up, kind=kind, statistic=fn,
-                             alpha=st.get("alpha", 0.05), power=st.get("power", 0.8), seed=cfg.seed)
+    t = paired_test(*pair, delta, up, st.get("alpha", 0.05), st.get("power", 0.8), cfg.seed)
+    if t is None:
+        return None
     on_inc = st.get("on_inconclusive", "reject")
     passed = t.verdict == "non-inferior" or (t.verdict == "inconclusive" and on_inc == "accept")
     return {"passed": passed, "loss": t.loss, "test": t.as_dict(), "reason": t.line(key)}
@@ -160,6 +175,11 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
         if not base["status"].get("ok"):
             out[name] = {"verdict": "reject", "reason": f"baseline {base_name!r} failed: {base['status'].get('error')}",
                          "checks": []}
+            continue
+        early = var["status"].get("early_rejection")
+        if early:  # run@<name> stopped evaluating: one gated metric was already clearly inferior
+            out[name] = {"verdict": "reject", "reason": early["reason"], "checks": [early["check"]],
+                         "early_rejection": {k: v for k, v in early.items() if k != "check"}}
             continue
         checks = ([] if name == base_name else check_quality(cfg, base, var)) + check_slo(cfg, var)
         failed = [c["reason"] for c in checks if not c["passed"]]

@@ -32,7 +32,7 @@ def compose(overrides: list[str], conf_dir: Path = Path("conf")) -> dict:
 @stage_main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. 'variant=[baseline,bf16]' gate=strict")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. 'variant=[int8,bf16]' 'combo=[]'")
     ap.add_argument("--conf", default="conf")
     ap.add_argument("--out", default="params.yaml")
     ap.add_argument("--check", action="store_true", help="fail if --out differs from the composition")
@@ -45,7 +45,7 @@ def main(argv=None):
         print(f"{a.out} {'matches' if same else 'differs from'} conf/")
         return 0 if same else 1
     Path(a.out).write_text(text)
-    print(f"wrote {a.out}: variants {', '.join(params['variants'])}")
+    print(f"wrote {a.out}: baseline + variants {', '.join(params['variants']) or '(none)'}")
     return 0
 
 

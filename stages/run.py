@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +30,8 @@ def main(argv=None):
     ap.add_argument("--workload", required=True)
     ap.add_argument("--reference", required=True, help="fidelity reference texts (JSONL)")
     ap.add_argument("--checkpoint", help="quantize@<variant>'s output: served instead of the model if it holds one")
+    ap.add_argument("--baseline", help="the baseline stage's results: a variant's eval then stops early "
+                    "once a gated metric is clearly inferior (gate.sequential)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     cfg = config.load(a.params)
@@ -36,7 +39,7 @@ def main(argv=None):
 
     from evalgate.engines import get_engine
     from evalgate.engines.base import VariantUnsupported
-    from evalgate.evaluate import evaluate, task_manager
+    from evalgate.evaluate import task_manager
     from evalgate.models import resolve_model, served_model
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
@@ -74,8 +77,7 @@ def main(argv=None):
             times["profile_s"] = time.perf_counter() - t
             _write(out, "profile.json", profile)
             phase, t = "eval", time.perf_counter()
-            quality = evaluate(ep.lm_eval_model(), cfg.eval["tasks"], tm, out, limit=cfg.eval.get("limit"),
-                               bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
+            quality, early = _evaluate(cfg, a, ep.lm_eval_model(), tm, out)
             times["eval_s"] = time.perf_counter() - t
             phase, t = "fidelity", time.perf_counter()
             texts = [json.loads(line)["text"] for line in open(a.reference)]
@@ -89,10 +91,48 @@ def main(argv=None):
     times["total_s"] = time.perf_counter() - t_all
     metrics = {**profile["summary"], **quality, **{f"time/{k}": v for k, v in times.items()}}
     _write(out, "metrics.json", metrics)
-    _write(out, "status.json", {"ok": True})
-    print(f"run@{variant.name}: {metrics['output_throughput']:.1f} tok/s, " +
-          ", ".join(f"{k.removeprefix('lmeval/')}={v:.4g}" for k, v in quality.items() if "stderr" not in k))
+    _write(out, "status.json", {"ok": True, **({"early_rejection": early} if early else {})})
+    print(f"run@{variant.name}: {metrics['output_throughput']:.1f} tok/s, " + (early["reason"] if early else
+          ", ".join(f"{k.removeprefix('lmeval/')}={v:.4g}" for k, v in quality.items() if "stderr" not in k)))
     return 0
+
+
+def _evaluate(cfg, a, lm, tm, out: Path) -> tuple[dict, dict | None]:
+    """lm-eval through the served endpoint: (metrics, early-rejection record or None).
+
+    With a baseline to compare against and gate.sequential on, the gated tasks are first evaluated in
+    looks (evalgate.sequential); a stop skips the rest of the evaluation and records why, how many docs
+    were evaluated and the time saved against the baseline's full evaluation."""
+    from evalgate import sequential
+    from evalgate.evaluate import doc_counts, evaluate, evaluate_docs, write_samples
+    from evalgate.gate import load_result
+
+    tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
+    full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
+    base = load_result(Path(a.baseline)) if a.baseline else None
+    if base is None or not base["status"].get("ok") or not sequential.enabled(cfg) or not sequential.gated_tasks(cfg):
+        return evaluate(lm, tasks, tm, out, **full), None
+    counts = doc_counts(tm, tasks, limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(Path(tmp) / "requests")  # lm-eval's request cache, shared by the looks and the full eval
+        seq = sequential.run(lambda docs: evaluate_docs(lm, docs, tm, cfg.seed, cache),
+                             {t: counts[t] for t in sequential.gated_tasks(cfg)}, cfg, Path(a.baseline))
+        if not seq["stopped"]:
+            quality = evaluate(lm, tasks, tm, out, use_cache=cache, **full)
+            return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
+    write_samples(seq["rows"], out)  # what the looks evaluated, for a reviewer to recompute the stop
+    total = sum(counts.values())
+    base_eval = base["metrics"].get("time/eval_s")
+    early = {k: seq[k] for k in ("reason", "check", "look", "looks", "fraction", "alpha_per_look",
+                                 "docs_evaluated", "eval_s")}
+    early.update(docs_total=total, docs_saved=total - seq["docs_evaluated"],
+                 eval_s_saved=None if base_eval is None else max(0.0, base_eval - seq["eval_s"]))
+    quality = {"sequential/stopped": 1.0, "sequential/look": float(seq["look"]),
+               "sequential/docs_evaluated": float(seq["docs_evaluated"]), "sequential/docs_total": float(total),
+               "sequential/docs_saved_frac": (total - seq["docs_evaluated"]) / total}
+    if early["eval_s_saved"] is not None:
+        quality["sequential/eval_s_saved"] = early["eval_s_saved"]
+    return quality, early
 
 
 if __name__ == "__main__":

@@ -34,12 +34,12 @@ def test_every_option_composes(group):
 @pytest.mark.parametrize("group", LISTS)
 def test_every_variant_and_combination_file_validates(group):
     names = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    cfg = parse(compose(["variant=[baseline]", "combo=[]", f"{group}=[{','.join(names)}]"], CONF))
+    cfg = parse(compose(["variant=[]", "combo=[]", f"{group}=[{','.join(names)}]"], CONF))
     assert set(names) <= set(cfg.variants)  # the package line of each file matches its file name
 
 
 def test_a_combination_merges_its_families():
-    cfg = parse(compose(["variant=[baseline]", "combo=[int8_prompt_lookup]"], CONF))
+    cfg = parse(compose(["variant=[]", "combo=[int8_prompt_lookup]"], CONF))
     v = cfg.variants["int8_prompt_lookup"]
     assert v.quantization["method"] == "int8" and v.speculative["method"] == "ngram"
 
@@ -49,9 +49,13 @@ def test_a_combination_merges_its_families():
     (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_rel_pct=150), "max_loss_rel_pct"),
     (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_abs=-1), "max_loss_abs"),
     (lambda p: p["gate"]["quality"].update({"fx_nope/acc": {"max_loss_abs": 0.1}}), "gate.quality.fx_nope/acc"),
-    (lambda p: p["gate"].update(baseline="nope"), "gate.baseline"),
-    (lambda p: p["variants"]["baseline"].update(quantization={"method": "int3"}), "variants.baseline.quantization.method"),
-    (lambda p: p["variants"]["baseline"].update(colour="red"), "variants.baseline.colour"),
+    (lambda p: p["variants"].update(baseline={}), "variants.baseline"),
+    (lambda p: p.pop("baseline"), "baseline"),
+    (lambda p: p["baseline"].update(quantization={"method": "int3"}), "baseline.quantization.method"),
+    (lambda p: p["baseline"].update(quantization={"method": "w4a16"}), "baseline.quantization.method"),
+    (lambda p: p["variants"]["int8"].update(colour="red"), "variants.int8.colour"),
+    (lambda p: p["gate"]["sequential"].update(looks=[0.5, 0.25]), "gate.sequential.looks"),
+    (lambda p: p["gate"]["sequential"].update(alpha=0.7), "gate.sequential.alpha"),
     (lambda p: p["gate"].update(slo={"p99_ttfb_ms": {"max": 1}}), "gate.slo.p99_ttfb_ms"),
     (lambda p: p["workload"].update(output_len=0), "workload.output_len"),
     (lambda p: p["workload"].update(min_requests_per_slot=-1), "workload.min_requests_per_slot"),

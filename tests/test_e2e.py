@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = "variant=[baseline,prompt_lookup]"
+VARIANTS = "variant=[prompt_lookup]"
 COMBOS = "combo=[]"
 TINY = ["fixture=tiny", "workload=tiny", VARIANTS, COMBOS, "eval.limit=24",
         # a variant the hf engine cannot run: rejected with its error, the others still run

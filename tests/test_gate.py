@@ -11,9 +11,9 @@ def cfg(quality=None, slo=None, variants=("baseline", "a", "b")):
         "model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
         "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
         "eval": {"tasks": ["t"]},
-        "gate": {"baseline": "baseline", "slo": slo or {}, "quality": quality or {
+        "gate": {"slo": slo or {}, "quality": quality or {
             "t/acc": {"max_loss_abs": 0.02, "max_loss_rel_pct": 5}, "t/ppl": {"max_loss_rel_pct": 10}}},
-        "variants": {v: {} for v in variants}})
+        "baseline": {}, "variants": {v: {} for v in variants if v != "baseline"}})
 
 
 def res(acc, ppl, thr=100.0, ok=True, **extra):

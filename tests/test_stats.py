@@ -95,8 +95,8 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
     _write(tmp_path / "bad", bad, ll)
     cfg = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
                  "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
-                 "eval": {"tasks": ["t"]}, "variants": {"baseline": {}, "same": {}, "bad": {}},
-                 "gate": {"baseline": "baseline", "quality": {"t/acc": {"max_loss_abs": 0.02},
+                 "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"same": {}, "bad": {}},
+                 "gate": {"quality": {"t/acc": {"max_loss_abs": 0.02},
                                                               "t/word_perplexity": {"max_loss_rel_pct": 2}}}})
     g = decide(cfg, {n: load_result(tmp_path / n) for n in ("baseline", "same", "bad")})
     assert g["variants"]["same"]["verdict"] == "accept"
@@ -115,8 +115,8 @@ def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
         _write(tmp_path / name, acc, ll)
     cfg = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
                  "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
-                 "eval": {"tasks": ["t"]}, "variants": {"baseline": {}, "v": {}},
-                 "gate": {"baseline": "baseline", "quality": {"fidelity/answer_flip_rate": {"max_loss_abs": 0.05}}}})
+                 "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"v": {}},
+                 "gate": {"quality": {"fidelity/answer_flip_rate": {"max_loss_abs": 0.05}}}})
     results = {n: load_result(tmp_path / n) for n in ("baseline", "v")}
     results["baseline"]["metrics"]["fidelity/answer_flip_rate"] = 0.0
     results["v"]["metrics"]["fidelity/answer_flip_rate"] = 0.08

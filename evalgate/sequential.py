@@ -1,0 +1,96 @@
+"""Sequential early rejection: evaluate a variant's docs in shuffled steps and stop as soon as one gated
+metric is already clearly inferior to the baseline, so a broken variant does not pay for a full eval.
+
+Looks at cumulative fractions f_1 < … < f_K of each gated task's docs, in one seeded order per task that
+every variant shares. At each look the gate's own paired test (evalgate.gate.paired_test) runs on the
+docs evaluated so far, against the baseline's per-sample results, at level alpha / K (Bonferroni over
+the looks): a variant whose true loss is at most δ is stopped with probability ≤ alpha. A stop is a
+rejection, never an acceptance, so the gate's false-accept rate is unchanged; its cost in power and its
+savings are measured by simulation in tests/test_sequential.py. A variant that is not stopped gets the
+normal full evaluation, with the docs of the looks answered from lm-eval's request cache (`use_cache`).
+
+Hand-written because lm-eval evaluates a fixed doc set in one call and has no stopping rule; the
+statistics are the gate's (scipy and the Newcombe interval in evalgate.stats).
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from evalgate import gate as g
+from evalgate.config import Config
+from evalgate.metrics import gate_metric_key
+
+
+def enabled(cfg: Config) -> bool:
+    sq = cfg.gate.get("sequential") or {}
+    return bool(sq.get("enabled", False) and sq.get("looks"))
+
+
+def gated_tasks(cfg: Config) -> list[str]:
+    """Tasks with a gated lm-eval metric: the only ones the looks evaluate."""
+    keys = (gate_metric_key(th.metric) for th in cfg.thresholds)
+    return sorted({k.split("/")[1] for k in keys if k.startswith("lmeval/")})
+
+
+def schedule(n_docs: dict[str, int], looks: list[float], seed: int) -> list[dict[str, list[int]]]:
+    """Per look, each task's docs evaluated by then: growing prefixes of one seeded shuffle per task
+    (seeded by the task's name too, so adding a task does not reshuffle the others)."""
+    perms = {t: np.random.default_rng([seed, zlib.crc32(t.encode())]).permutation(n) for t, n in n_docs.items()}
+    return [{t: sorted(int(i) for i in p[:max(1, math.ceil(f * len(p)))]) for t, p in perms.items()} for f in looks]
+
+
+def interim_check(cfg: Config, base: dict, rows: dict[str, list[dict]], alpha: float) -> dict | None:
+    """The first gated metric already inferior (lower bound of the loss > δ at level `alpha`) on the
+    docs evaluated so far, as a gate check row; None while every metric may still pass."""
+    for th in cfg.thresholds:
+        key = gate_metric_key(th.metric)
+        if not key.startswith("lmeval/"):
+            continue
+        _, task, metric, flt = key.split("/")
+        b_value, b_rows = base["metrics"].get(key), g.load_samples(base["dir"], task)
+        if b_value is None or not b_rows or not rows.get(task):
+            continue
+        p = g.pair(g.sample_values(b_rows, metric, flt), g.sample_values(rows[task], metric, flt))
+        if p is None:
+            continue
+        delta = g.margin(th, b_value)
+        t = g.paired_test(*p, metric, delta, g._higher_is_better(key, base["higher_is_better"]), alpha, seed=cfg.seed)
+        if t is not None and t.verdict == "inferior":
+            return {"metric": key, "baseline": b_value, "margin": delta, "passed": False, "loss": t.loss,
+                    "test": t.as_dict(), "reason": t.line(key)}
+    return None
+
+
+def run(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
+        cfg: Config, base_dir: Path) -> dict:
+    """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
+    just those docs. Returns the outcome (`stopped`, counts, timings, and `rows`: every logged sample)."""
+    sq = cfg.gate["sequential"]
+    looks = list(sq["looks"])
+    alpha = sq.get("alpha", 0.01) / len(looks)
+    base = g.load_result(base_dir)
+    rows: dict[str, list[dict]] = {t: [] for t in n_docs}
+    seen: dict[str, set] = {t: set() for t in n_docs}
+    t0 = time.perf_counter()
+    for k, (frac, want) in enumerate(zip(looks, schedule(n_docs, looks, cfg.seed)), 1):
+        new = {t: [i for i in ids if i not in seen[t]] for t, ids in want.items()}
+        new = {t: ids for t, ids in new.items() if ids}
+        if new:
+            for task, logged in evaluate_docs(new).items():
+                rows.setdefault(task, []).extend(logged)
+                seen.setdefault(task, set()).update(r["doc_id"] for r in logged)
+        check = interim_check(cfg, base, rows, alpha)
+        used = sum(len(s) for s in seen.values())
+        out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,
+               "eval_s": time.perf_counter() - t0, "rows": rows}
+        if check:
+            return {**out, "stopped": True, "check": check,
+                    "reason": f"stopped early at look {k} of {len(looks)} ({frac:.0%} of the docs, "
+                              f"α = {alpha:g} per look): {check['reason']}"}
+    return {**out, "stopped": False}
