@@ -91,7 +91,7 @@ def _ms(requests: list[dict], key: str) -> list[float]:
 def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
     """Warm up, then run the workload `repeats` times, `endpoint.batch_size` requests at a time."""
     out_len, bs = wl["output_len"], endpoint.batch_size
-    prompts = prompts[:wl["num_prompts"]]
+    prompts = prompts[:wl.get("num_prompts", len(prompts))]  # the file may hold more, for other levels
     for i in range(0, wl["warmup"], bs):
         endpoint.generate_batch([p["prompt"] for p in prompts[i:i + bs]], out_len)
     requests, runs = [], []

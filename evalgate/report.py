@@ -54,6 +54,12 @@ def markdown(cfg, table: list[dict], gate: dict, phase_times: dict | None = None
         checks = gate["variants"][r["variant"]]["checks"]
         lines.append(f"- `{r['variant']}`: **{r['verdict']}** — {r['reason'] if not checks else ''}".rstrip(" —"))
         lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
+        early = gate["variants"][r["variant"]].get("early_rejection")
+        if early:
+            saved = "" if early.get("eval_s_saved") is None else f", {early['eval_s_saved']:.1f} s saved against the baseline's full eval"
+            lines.append(f"  - ⏹ stopped early at look {early['look']} of {early['looks']} (α = {early['alpha_per_look']:g} "
+                         f"per look): {early['docs_evaluated']} of {early['docs_total']} docs evaluated in "
+                         f"{early['eval_s']:.1f} s{saved}")
     lines += ["", f"Baseline: `{gate['baseline']}`. Throughput is the mean over "
               f"{cfg.workload['repeats']} repeats of {cfg.workload['num_prompts']} requests of "
               f"{cfg.workload['output_len']} output tokens each"

@@ -62,6 +62,8 @@ def test_pipeline_outputs(proj):
                   "lmeval/fx_recall/acc/none", "lmeval/fx_ppl/word_perplexity/none", "time/eval_s"):
             assert k in m, k
         assert (d / f"results/{v}/samples_fx_add.jsonl").read_text().count("\n") == 24
+        # the variant went through the sequential looks (not stopped: lossless), the baseline did not
+        assert m.get("sequential/stopped") == (0.0 if v == "prompt_lookup" else None)
     gate = json.loads((d / "reports/gate.json").read_text())
     assert gate["variants"]["baseline"]["verdict"] == "accept"
     bad = gate["variants"]["unsupported"]
