@@ -77,7 +77,7 @@ def main(argv=None):
             times["profile_s"] = time.perf_counter() - t
             _write(out, "profile.json", profile)
             phase, t = "eval", time.perf_counter()
-            quality, early = _evaluate(cfg, a, ep.lm_eval_model(), tm, out)
+            quality, early = _evaluate(cfg, a, ep, tm, out)
             times["eval_s"] = time.perf_counter() - t
             phase, t = "fidelity", time.perf_counter()
             texts = [json.loads(line)["text"] for line in open(a.reference)]
@@ -97,7 +97,7 @@ def main(argv=None):
     return 0
 
 
-def _evaluate(cfg, a, lm, tm, out: Path) -> tuple[dict, dict | None]:
+def _evaluate(cfg, a, ep, tm, out: Path) -> tuple[dict, dict | None]:
     """lm-eval through the served endpoint: (metrics, early-rejection record or None).
 
     With a baseline to compare against and gate.sequential on, the gated tasks are first evaluated in
@@ -107,6 +107,7 @@ def _evaluate(cfg, a, lm, tm, out: Path) -> tuple[dict, dict | None]:
     from evalgate.evaluate import doc_counts, evaluate, evaluate_docs, write_samples
     from evalgate.gate import load_result
 
+    lm = ep.lm_eval_model()
     tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     base = load_result(Path(a.baseline)) if a.baseline else None
@@ -114,7 +115,8 @@ def _evaluate(cfg, a, lm, tm, out: Path) -> tuple[dict, dict | None]:
         return evaluate(lm, tasks, tm, out, **full), None
     counts = doc_counts(tm, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
-        cache = str(Path(tmp) / "requests")  # lm-eval's request cache, shared by the looks and the full eval
+        # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
+        cache = str(Path(tmp) / "requests") if ep.request_cache else None
         seq = sequential.run(lambda docs: evaluate_docs(lm, docs, tm, cfg.seed, cache),
                              {t: counts[t] for t in sequential.gated_tasks(cfg)}, cfg, Path(a.baseline))
         if not seq["stopped"]:

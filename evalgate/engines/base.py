@@ -42,6 +42,7 @@ class Endpoint(abc.ABC):
 
     info: ServeInfo
     batch_size: int = 1    # requests the profile sends at once
+    request_cache: bool = True  # lm-eval's request cache (`use_cache`) works with lm_eval_model()
 
     @abc.abstractmethod
     def generate(self, prompt: str, output_len: int) -> Generation:

@@ -192,6 +192,12 @@ class VLLMEndpoint(Endpoint):
         out["mem_peak_mb"] = self.sampler.peak_mb
         return out
 
+    # lm-eval 0.4.13's API models break under `use_cache`: amodel_call hashes the request of a
+    # loglikelihood batch, which is None there (TypeError in hash_args; seen on the H200). Without it,
+    # a sequential look's docs are requested again by the full evaluation; vLLM's prefix cache makes
+    # those repeats prefill-free.
+    request_cache = False
+
     def lm_eval_model(self):
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
