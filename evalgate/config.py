@@ -112,7 +112,7 @@ def _choice(v: Any, allowed: tuple, where: str) -> str:
 
 def parse_variant(name: str, spec: Any, where: str | None = None) -> Variant:
     where = where or f"variants.{name}"
-    spec = _mapping(spec, f"{where}")
+    spec = _mapping(spec, where)
     unknown = set(spec) - {f.name for f in dataclasses.fields(Variant)} - {"name"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
@@ -233,7 +233,6 @@ def parse(raw: dict) -> Config:
     variants = {BASELINE: base, **{n: parse_variant(n, s) for n, s in variants_raw.items()}}
     _parse_statistics(gate.get("statistics"))
     _parse_sequential(gate.get("sequential"))
-    gate = {**gate, "baseline": BASELINE}
     wl = _mapping(_need(raw, "workload", "params"), "workload")
     for k in ("num_prompts", "output_len", "warmup", "repeats", "min_requests_per_slot"):
         v = wl.get(k, 0) if k == "min_requests_per_slot" else _need(wl, k, "workload")

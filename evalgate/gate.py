@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from evalgate import stats
-from evalgate.config import Config
+from evalgate.config import BASELINE, Config
 from evalgate.fidelity import HIGHER_IS_BETTER, fidelity_metrics
 from evalgate.metrics import gate_metric_key
 
@@ -164,7 +164,7 @@ def check_slo(cfg: Config, var: dict) -> list[dict]:
 
 def decide(cfg: Config, results: dict[str, dict]) -> dict:
     """Verdicts for every variant in `cfg.variants` (one that has no results is rejected too)."""
-    base_name = cfg.gate["baseline"]
+    base_name = BASELINE
     base = results.get(base_name) or {"status": {"ok": False, "error": "no results"}}
     out = {}
     for name in cfg.variants:

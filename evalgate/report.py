@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evalgate.config import BASELINE
 from evalgate.metrics import gate_metric_key
 
 SPEED = [("output_throughput", "out tok/s", "{:.1f}"), ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"),
@@ -89,7 +90,7 @@ def pareto_png(cfg, table: list[dict], path: Path) -> None:
         if x is None or y is None:
             continue
         ax.scatter(x, y, s=60, c="tab:green" if r["verdict"] == "accept" else "tab:red",
-                   marker="*" if r["variant"] == cfg.gate["baseline"] else "o", zorder=3)
+                   marker="*" if r["variant"] == BASELINE else "o", zorder=3)
         ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("output throughput (tok/s)")
     ax.set_ylabel(qk.removeprefix("lmeval/") if qk else "quality")

@@ -45,15 +45,17 @@ def schedule(n_docs: dict[str, int], looks: list[float], seed: int) -> list[dict
     return [{t: sorted(int(i) for i in p[:max(1, math.ceil(f * len(p)))]) for t, p in perms.items()} for f in looks]
 
 
-def interim_check(cfg: Config, base: dict, rows: dict[str, list[dict]], alpha: float) -> dict | None:
+def interim_check(cfg: Config, base: dict, base_rows: dict[str, list[dict] | None], rows: dict[str, list[dict]],
+                  alpha: float) -> dict | None:
     """The first gated metric already inferior (lower bound of the loss > δ at level `alpha`) on the
-    docs evaluated so far, as a gate check row; None while every metric may still pass."""
+    docs evaluated so far, as a gate check row; None while every metric may still pass. `base_rows`:
+    the baseline's logged samples per task, read once per variant."""
     for th in cfg.thresholds:
         key = gate_metric_key(th.metric)
         if not key.startswith("lmeval/"):
             continue
         _, task, metric, flt = key.split("/")
-        b_value, b_rows = base["metrics"].get(key), g.load_samples(base["dir"], task)
+        b_value, b_rows = base["metrics"].get(key), base_rows.get(task)
         if b_value is None or not b_rows or not rows.get(task):
             continue
         p = g.pair(g.sample_values(b_rows, metric, flt), g.sample_values(rows[task], metric, flt))
@@ -75,6 +77,7 @@ def run(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], 
     looks = list(sq["looks"])
     alpha = sq.get("alpha", 0.01) / len(looks)
     base = g.load_result(base_dir)
+    base_rows = {t: g.load_samples(base_dir, t) for t in n_docs}
     rows: dict[str, list[dict]] = {t: [] for t in n_docs}
     seen: dict[str, set] = {t: set() for t in n_docs}
     t0 = time.perf_counter()
@@ -85,7 +88,7 @@ def run(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], 
             for task, logged in evaluate_docs(new).items():
                 rows.setdefault(task, []).extend(logged)
                 seen.setdefault(task, set()).update(r["doc_id"] for r in logged)
-        check = interim_check(cfg, base, rows, alpha)
+        check = interim_check(cfg, base, base_rows, rows, alpha)
         used = sum(len(s) for s in seen.values())
         out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,
                "eval_s": time.perf_counter() - t0, "rows": rows}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evalgate import config
 from evalgate.cli import stage_main
+from evalgate.config import BASELINE
 from evalgate.gate import add_fidelity, decide, load_result
 
 
@@ -19,7 +20,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     cfg = config.load(a.params)
     results = {n: load_result(Path(a.results) / n) for n in cfg.variants}
-    add_fidelity(results, cfg.gate["baseline"])
+    add_fidelity(results, BASELINE)
     gate = decide(cfg, results)
     gate["fidelity"] = {n: {k: v for k, v in r["metrics"].items() if k.startswith("fidelity/")}
                         for n, r in results.items()}

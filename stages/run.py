@@ -111,14 +111,15 @@ def _evaluate(cfg, a, ep, tm, out: Path) -> tuple[dict, dict | None]:
     tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     base = load_result(Path(a.baseline)) if a.baseline else None
-    if base is None or not base["status"].get("ok") or not sequential.enabled(cfg) or not sequential.gated_tasks(cfg):
+    gated = sequential.gated_tasks(cfg)
+    if base is None or not base["status"].get("ok") or not sequential.enabled(cfg) or not gated:
         return evaluate(lm, tasks, tm, out, **full), None
     counts = doc_counts(tm, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
         cache = str(Path(tmp) / "requests") if ep.request_cache else None
         seq = sequential.run(lambda docs: evaluate_docs(lm, docs, tm, cfg.seed, cache),
-                             {t: counts[t] for t in sequential.gated_tasks(cfg)}, cfg, Path(a.baseline))
+                             {t: counts[t] for t in gated}, cfg, Path(a.baseline))
         if not seq["stopped"]:
             quality = evaluate(lm, tasks, tm, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
