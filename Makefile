@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -c "import torch, transformers, lm_eval; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
+# the scheduled `dvc repro` (stages/schedule.py): DVC decides what is stale, the scheduler runs it,
+# DVC records it; on the CPU (hf engine) the variants run one after another through the same code
 repro: $(VENV)/.installed
-	dvc repro
+	python -m stages.schedule
 
 test: $(VENV)/.installed
 	pytest -q tests

@@ -7,6 +7,7 @@ the engine adapter (`Engine.check`), not here: this module knows no engine's fla
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,9 @@ class Config:
     eval: dict
     gate: dict
     thresholds: tuple[Threshold, ...]
-    slo: dict
+    slo: dict            # per-request service-level objective (goodput): ttft_ms, tpot_ms, e2el_ms
+    limits: dict         # bounds on profile metrics the gate enforces, e.g. p99_ttft_ms: {max: 200}
+    load: dict           # the load sweep (conf/load/)
     mlflow: dict
     report: dict
     variants: dict[str, Variant]
@@ -85,9 +88,12 @@ class Config:
         return self.variants[name]
 
 
-# Profile metrics an SLO may bound (vLLM's serving names; see evalgate.metrics).
-SLO_METRICS = {f"{s}_{m}_ms" for s in ("mean", "median", "p90", "p99") for m in ("ttft", "tpot", "itl", "e2el")} | {
-    "output_throughput", "request_throughput", "mem_peak_mb"}
+# Profile metrics a gate limit may bound (vLLM's serving names; see evalgate.metrics and evalgate.profile).
+LIMIT_METRICS = {f"{s}_{m}_ms" for s in ("mean", "median", "p90", "p99")
+                 for m in ("ttft", "tpot", "itl", "e2el", "e2el_per_token")} | {
+    "output_throughput", "request_throughput", "request_goodput", "mem_peak_mb"}
+SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")   # per request, as `vllm bench serve --goodput` takes them
+WORKLOAD_SOURCES = ("tasks", "random", "file")
 
 
 def _need(d: dict, key: str, where: str) -> Any:
@@ -156,18 +162,85 @@ def _parse_thresholds(quality: Any, tasks: list[str]) -> tuple[Threshold, ...]:
     return tuple(out)
 
 
+def _number(v: Any, where: str, low: float = 0, high: float = math.inf, integer: bool = False,
+            strict_low: bool = False) -> float:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if not ok or isinstance(v, bool) or v < low or v > high or (strict_low and v == low):
+        kind = "an integer" if integer else "a number"
+        bound = f"> {low:g}" if strict_low else f"≥ {low:g}"
+        raise ConfigError(f"{where}: must be {kind} {bound}{f' and ≤ {high:g}' if high != math.inf else ''}, got {v!r}")
+    return v
+
+
 def _parse_slo(slo: Any) -> dict:
     slo = _mapping(slo, "gate.slo")
-    for metric, lim in slo.items():
-        if metric not in SLO_METRICS:
-            raise ConfigError(f"gate.slo.{metric}: unknown profile metric (known: {', '.join(sorted(SLO_METRICS))})")
-        lim = _mapping(lim, f"gate.slo.{metric}")
-        if not lim or set(lim) - {"max", "min"}:
-            raise ConfigError(f"gate.slo.{metric}: expected {{max: X}} and/or {{min: X}}")
-        for k, v in lim.items():
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"gate.slo.{metric}.{k}: must be a number ≥ 0, got {v!r}")
+    for k, v in slo.items():
+        if k not in SLO_KEYS:
+            raise ConfigError(f"gate.slo.{k}: unknown bound (a request is good when it meets every one of "
+                              f"{', '.join(SLO_KEYS)}; aggregate bounds go in gate.limits)")
+        _number(v, f"gate.slo.{k}", strict_low=True)
     return slo
+
+
+def _parse_limits(limits: Any) -> dict:
+    limits = _mapping(limits, "gate.limits")
+    for metric, lim in limits.items():
+        if metric not in LIMIT_METRICS:
+            raise ConfigError(f"gate.limits.{metric}: unknown profile metric (known: {', '.join(sorted(LIMIT_METRICS))})")
+        lim = _mapping(lim, f"gate.limits.{metric}")
+        if not lim or set(lim) - {"max", "min"}:
+            raise ConfigError(f"gate.limits.{metric}: expected {{max: X}} and/or {{min: X}}")
+        for k, v in lim.items():
+            _number(v, f"gate.limits.{metric}.{k}")
+    return limits
+
+
+def _parse_workload(wl: Any) -> dict:
+    wl = _mapping(wl, "workload")
+    source = _choice(_need(wl, "source", "workload"), WORKLOAD_SOURCES, "workload.source")
+    if source == "tasks":
+        tasks = _need(wl, "tasks", "workload")
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+            raise ConfigError("workload.tasks: expected a non-empty list of lm-eval task names")
+        _number(wl.get("prefix_tokens", 0), "workload.prefix_tokens", integer=True)
+    elif source == "random":
+        for k in ("input_len", "output_len"):
+            _number(_need(wl, k, "workload"), f"workload.{k}", low=1, integer=True)
+    else:
+        path = _need(wl, "path", "workload")
+        if not isinstance(path, str) or not path:
+            raise ConfigError("workload.path: a JSONL or ShareGPT file is needed with source 'file'")
+        _choice(wl.get("format", "auto"), ("auto", "jsonl", "sharegpt"), "workload.format")
+    _number(wl.get("max_tokens", 256), "workload.max_tokens", low=1, integer=True)
+    if not isinstance(wl.get("ignore_eos", False), bool):
+        raise ConfigError(f"workload.ignore_eos: must be true or false, got {wl['ignore_eos']!r}")
+    return wl
+
+
+def _parse_load(load: Any) -> dict:
+    load = _mapping(load, "load")
+    conc = load.get("concurrency", [1])
+    if not isinstance(conc, list) or not conc or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                                          for c in conc) or conc != sorted(set(conc)):
+        raise ConfigError(f"load.concurrency: expected an increasing list of integers ≥ 1, got {conc!r}")
+    rates = load.get("rates", [])
+    if not isinstance(rates, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
+                                              for r in rates):
+        raise ConfigError(f"load.rates: expected a list of numbers > 0 (fractions of the baseline's peak "
+                          f"request rate), got {rates!r}")
+    req = _mapping(load.get("requests", {}), "load.requests")
+    lo = _number(req.get("min", 16), "load.requests.min", low=1, integer=True)
+    _number(req.get("max", 256), "load.requests.max", low=lo, integer=True)
+    dur = _mapping(load.get("duration_s", {}), "load.duration_s")
+    _number(dur.get("max", 60), "load.duration_s.max", low=_number(dur.get("min", 0), "load.duration_s.min"))
+    _number(load.get("target_ci_pct", 2.0), "load.target_ci_pct", strict_low=True)
+    _number(load.get("burstiness", 1.0), "load.burstiness", strict_low=True)
+    _number(load.get("saturation_gain_pct", 5.0), "load.saturation_gain_pct")
+    _number(load.get("warmup", 0), "load.warmup", integer=True)
+    _number(load.get("waves", 4), "load.waves", low=1, integer=True)
+    if not isinstance(load.get("aa", False), bool):
+        raise ConfigError(f"load.aa: must be true or false, got {load['aa']!r}")
+    return load
 
 
 def _parse_statistics(st: Any) -> dict:
@@ -233,21 +306,12 @@ def parse(raw: dict) -> Config:
     variants = {BASELINE: base, **{n: parse_variant(n, s) for n, s in variants_raw.items()}}
     _parse_statistics(gate.get("statistics"))
     _parse_sequential(gate.get("sequential"))
-    wl = _mapping(_need(raw, "workload", "params"), "workload")
-    for k in ("num_prompts", "output_len", "warmup", "repeats", "min_requests_per_slot"):
-        v = wl.get(k, 0) if k == "min_requests_per_slot" else _need(wl, k, "workload")
-        low = 0 if k in ("warmup", "min_requests_per_slot") else 1
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ConfigError(f"workload.{k}: must be an integer ≥ {low}, got {v!r}")
-    conc = wl.get("concurrency", [1])
-    if not isinstance(conc, list) or not conc or not all(isinstance(c, int) and c >= 1 for c in conc):
-        raise ConfigError(f"workload.concurrency: expected a non-empty list of integers ≥ 1, got {conc!r}")
-    if wl.get("headline_concurrency", conc[-1]) not in conc:
-        raise ConfigError(f"workload.headline_concurrency: must be one of workload.concurrency {conc}")
+    wl = _parse_workload(_need(raw, "workload", "params"))
+    load = _parse_load(raw.get("load", {}))
     return Config(
         seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
         workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
-        slo=_parse_slo(gate.get("slo")), mlflow=_mapping(raw.get("mlflow"), "mlflow"),
+        slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load, mlflow=_mapping(raw.get("mlflow"), "mlflow"),
         report=_mapping(raw.get("report"), "report"), variants=variants, raw=raw)
 
 

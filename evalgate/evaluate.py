@@ -53,7 +53,7 @@ def evaluate_docs(lm, samples: dict[str, list[int]], tm, seed: int = 0, use_cach
 
 def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
     """Docs each task evaluates (after `eval.limit`, as lm-eval applies it)."""
-    loaded = tm.load_task_or_group(tasks)
+    loaded = tm.load(tasks)["tasks"]
     counts = {}
     for t in tasks:
         n = len(list(loaded[t].eval_docs))

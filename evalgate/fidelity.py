@@ -73,13 +73,38 @@ def answer_flips(base_dir: Path, var_dir: Path, generate_tasks: list[str]) -> di
     return out
 
 
-def fidelity_metrics(base_dir: Path, var_dir: Path) -> dict[str, float]:
-    """`fidelity/*` metrics of one variant against the baseline, from the files both runs wrote."""
+def fidelity_metrics(base_dir: Path, var_dir: Path, logprobs_only: bool = False, flips_only: bool = False
+                     ) -> dict[str, float]:
+    """`fidelity/*` metrics of one variant against the baseline, from the files both runs wrote:
+    the next-token comparison (`logprobs_only`: before any evaluation, the cheap screen) and the
+    greedy answer flips (`flips_only`: after lm-eval wrote the samples)."""
     out = {}
-    if (base_dir / "fidelity.npz").exists() and (var_dir / "fidelity.npz").exists():
+    if not flips_only and (base_dir / "fidelity.npz").exists() and (var_dir / "fidelity.npz").exists():
         out.update(compare_logprobs(base_dir / "fidelity.npz", var_dir / "fidelity.npz"))
-    cfgs = json.loads((base_dir / "lm_eval.json").read_text()).get("configs", {}) if (
-        base_dir / "lm_eval.json").exists() else {}
-    gen = [t for t, c in cfgs.items() if c.get("output_type") == "generate_until"]
-    out.update(answer_flips(base_dir, var_dir, gen))
+    if not logprobs_only:
+        cfgs = json.loads((base_dir / "lm_eval.json").read_text()).get("configs", {}) if (
+            base_dir / "lm_eval.json").exists() else {}
+        gen = [t for t, c in cfgs.items() if c.get("output_type") == "generate_until"]
+        out.update(answer_flips(base_dir, var_dir, gen))
     return {f"fidelity/{k}": v for k, v in out.items()}
+
+
+# the baseline against itself: what a fidelity threshold's loss is measured from
+IDEAL = {"kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0, "answer_flip_rate": 0.0}
+
+
+def screen(cfg, metrics: dict[str, float]) -> dict | None:
+    """The cheap check before the expensive ones: the first `fidelity/*` threshold of gate.quality this
+    variant already breaks, as an early-rejection record (None: go on). Point estimates, as in the gate."""
+    from evalgate.gate import point_check
+
+    for th in cfg.thresholds:
+        if not th.metric.startswith("fidelity/") or th.metric not in metrics:
+            continue
+        name = th.metric.rsplit("/", 1)[-1]
+        ideal = IDEAL.get(name, 0.0)
+        row = point_check(th, th.metric, ideal, metrics[th.metric], HIGHER_IS_BETTER.get(name, False))
+        if not row["passed"]:
+            return {"kind": "fidelity", "reason": f"fidelity screen: {row['reason']} (not evaluated or profiled further)",
+                    "check": row}
+    return None

@@ -9,7 +9,6 @@ SLOs bound serving metrics. A variant that failed to run is rejected with its er
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from evalgate import stats
 from evalgate.config import BASELINE, Config
 from evalgate.fidelity import HIGHER_IS_BETTER, fidelity_metrics
 from evalgate.metrics import gate_metric_key
+from evalgate.results import load_result, load_samples, sample_values  # noqa: F401 - the gate's readers
 
 # lm-eval aggregations over per-sample (loglikelihood, weight) pairs, as functions of stacked columns
 AGGREGATES = {
@@ -28,35 +28,12 @@ AGGREGATES = {
 }
 
 
-def load_result(d: Path) -> dict:
-    """One variant's outputs as the gate sees them: status, flat metrics, metric directions."""
-    status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {
-        "ok": False, "error": f"{d}/status.json missing: the variant did not run"}
-    metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
-    hib = {}
-    if (d / "lm_eval.json").exists():
-        for task, m in json.loads((d / "lm_eval.json").read_text()).get("higher_is_better", {}).items():
-            for name, up in m.items():
-                hib[f"lmeval/{task}/{name}"] = up
-    return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": d}
-
-
-def sample_values(rows, metric: str, flt: str) -> dict:
-    """doc_id → per-sample value of `metric` under filter `flt`, from lm-eval's logged samples."""
-    return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
-
-
 def pair(b: dict, v: dict):
     """Both sides' values on the docs both answered, in doc order (None when there are none)."""
     ids = sorted(set(b) & set(v))
     if not ids:
         return None
     return np.array([b[i] for i in ids], float), np.array([v[i] for i in ids], float)
-
-
-def load_samples(d: Path, task: str) -> list[dict] | None:
-    f = d / f"samples_{task}.jsonl"
-    return [json.loads(line) for line in open(f)] if f.exists() else None
 
 
 def paired_samples(base_dir: Path, var_dir: Path, key: str):
@@ -80,7 +57,8 @@ def paired_test(b: np.ndarray, v: np.ndarray, metric: str, delta: float, up: boo
                                 power=power, seed=seed)
 
 
-def _higher_is_better(key: str, hib: dict) -> bool:
+def higher_is_better(key: str, hib: dict) -> bool:
+    """Direction of a gated metric: fidelity metrics by name, lm-eval metrics by their task's higher_is_better."""
     if key.startswith("fidelity/"):
         return HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], False)
     # hib keys lack the filter part: lmeval/task/metric
@@ -92,8 +70,8 @@ def add_fidelity(results: dict[str, dict], baseline: str) -> None:
     base = results.get(baseline)
     if not base or not base["status"].get("ok"):
         return
-    for r in results.values():
-        if r["status"].get("ok") and "dir" in r:
+    for r in results.values():   # the run computes them (runner.quality); older results get them here
+        if r["status"].get("ok") and "dir" in r and not any(k.startswith("fidelity/") for k in r["metrics"]):
             r["metrics"].update(fidelity_metrics(base["dir"], r["dir"]))
 
 
@@ -131,35 +109,55 @@ def check_quality(cfg: Config, base: dict, var: dict) -> list[dict]:
             row.update(passed=False, reason=f"{key} missing from {'baseline' if b is None else 'variant'} results")
             checks.append(row)
             continue
-        up = _higher_is_better(key, base["higher_is_better"])
+        up = higher_is_better(key, base["higher_is_better"])
         row["margin"] = delta = margin(th, b)
         paired = paired_check(cfg, key, delta, base, var, up)
         if paired is not None:
             row.update(paired, loss_rel_pct=100 * paired["loss"] / abs(b) if b else None)
             checks.append(row)
             continue
-        loss = (b - v) if up else (v - b)
-        rel = 100 * loss / abs(b) if b else (0.0 if loss <= 0 else float("inf"))
-        fails = []
-        if th.max_loss_abs is not None and loss > th.max_loss_abs:
-            fails.append(f"loss {loss:.4g} > {th.max_loss_abs:g}")
-        if th.max_loss_rel_pct is not None and rel > th.max_loss_rel_pct:
-            fails.append(f"loss {rel:.3g}% > {th.max_loss_rel_pct:g}%")
-        row.update(loss=loss, loss_rel_pct=rel, passed=not fails,
-                   reason=f"{key}: {b:.4g} → {v:.4g} ({'; '.join(fails) or 'within limits'})")
+        row.update(point_check(th, key, b, v, up))
         checks.append(row)
     return checks
 
 
-def check_slo(cfg: Config, var: dict) -> list[dict]:
+def point_check(th, key: str, b: float, v: float, up: bool) -> dict:
+    """A threshold on point estimates (fidelity metrics, or lm-eval metrics without per-sample logs)."""
+    loss = (b - v) if up else (v - b)
+    rel = 100 * loss / abs(b) if b else (0.0 if loss <= 0 else float("inf"))
+    fails = []
+    if th.max_loss_abs is not None and loss > th.max_loss_abs:
+        fails.append(f"loss {loss:.4g} > {th.max_loss_abs:g}")
+    if th.max_loss_rel_pct is not None and rel > th.max_loss_rel_pct:
+        fails.append(f"loss {rel:.3g}% > {th.max_loss_rel_pct:g}%")
+    return {"metric": key, "baseline": b, "value": v, "loss": loss, "loss_rel_pct": rel, "passed": not fails,
+            "reason": f"{key}: {b:.4g} → {v:.4g} ({'; '.join(fails) or 'within limits'})"}
+
+
+def check_limits(cfg: Config, var: dict) -> list[dict]:
+    """`gate.limits`: bounds on the variant's own profile metrics (e.g. p99_ttft_ms: {max: 200})."""
     checks = []
-    for metric, lim in cfg.slo.items():
+    for metric, lim in cfg.limits.items():
         v = var["metrics"].get(metric)
         bad = v is None or ("max" in lim and v > lim["max"]) or ("min" in lim and v < lim["min"])
         bound = " and ".join(f"{k} {x:g}" for k, x in lim.items())
         checks.append({"metric": metric, "value": v, **lim, "passed": not bad,
-                       "reason": f"{metric} = {v if v is None else f'{v:.4g}'} (SLO {bound})"})
+                       "reason": f"{metric} = {v if v is None else f'{v:.4g}'} (limit {bound})"})
     return checks
+
+
+def check_output_length(cfg: Config, var: dict) -> list[dict]:
+    """`gate.output_length`: the variant's total output tokens over the baseline's on the same greedy
+    requests (the profile's first level) within [min_ratio, max_ratio]: speed must not come from
+    answering short (or padding long). MLPerf's rule is 0.9–1.1."""
+    lim = cfg.gate.get("output_length") or {}
+    ratio = var["metrics"].get("output_length_ratio")
+    if not lim or ratio is None:
+        return []
+    lo, hi = lim.get("min_ratio", 0.0), lim.get("max_ratio", math.inf)
+    return [{"metric": "output_length_ratio", "value": ratio, "min_ratio": lo, "max_ratio": hi,
+             "passed": lo <= ratio <= hi,
+             "reason": f"output length {ratio:.3f}× the baseline's on the same prompts (allowed {lo:g}–{hi:g}×)"}]
 
 
 def decide(cfg: Config, results: dict[str, dict]) -> dict:
@@ -181,19 +179,30 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
             out[name] = {"verdict": "reject", "reason": early["reason"], "checks": [early["check"]],
                          "early_rejection": {k: v for k, v in early.items() if k != "check"}}
             continue
-        checks = ([] if name == base_name else check_quality(cfg, base, var)) + check_slo(cfg, var)
+        checks = ([] if name == base_name else check_quality(cfg, base, var) + check_output_length(cfg, var)) \
+            + check_limits(cfg, var)
         failed = [c["reason"] for c in checks if not c["passed"]]
         verdict = "accept" if not failed else "reject"
         reason = "; ".join(failed) if failed else ("reference" if name == base_name else "all checks passed")
         out[name] = {"verdict": verdict, "reason": reason, "checks": checks}
+    from evalgate import select
+
+    spec = [n for n in cfg.variants if cfg.variants[n].speculative["method"] != "none"
+            and "output_throughput" in results.get(n, {}).get("metrics", {})]
     return {"baseline": base_name, "variants": out, "best": best_variant(cfg, results, out),
+            "best_per_level": select.per_level(results, out), "speculation": select.speculation(results, spec),
+            "noise_floor_pct": {k.removeprefix("aa/"): v for k, v in base.get("metrics", {}).items()
+                                if k.startswith("aa/") and "/" not in k.removeprefix("aa/")},
             "statistics": cfg.gate.get("statistics", {})}
 
 
 def best_variant(cfg: Config, results: dict, verdicts: dict) -> str | None:
-    """The accepted variant with the highest `report.rank_by` (default: output throughput)."""
+    """The accepted variant best on `report.rank_by` (default: peak output throughput); the metric's
+    name gives the direction (latencies lower, throughputs higher: evalgate.select.lower_is_better)."""
+    from evalgate.select import lower_is_better
+
     key = cfg.report.get("rank_by", "output_throughput")
-    lower = cfg.report.get("rank_lower_is_better", False)
+    lower = lower_is_better(key)
     ok = [(results[n]["metrics"].get(key), n) for n, v in verdicts.items()
           if v["verdict"] == "accept" and results[n]["metrics"].get(key) is not None]
     if not ok:

@@ -1,149 +1,252 @@
-"""Load profile of a served variant: a fixed workload, warm-up, repeats; per-request TTFT/TPOT/ITL/E2EL.
+"""Load profile of a served variant: a sweep of load levels over the workload, the same requests for
+every variant; per level TTFT, TPOT, ITL, E2EL percentiles, throughput and goodput under the SLO.
 
-The workload (prompts) is built once per pipeline (`stages/workload.py`) so every variant sees the
-same requests. Output length is fixed (EOS ignored) so that it does not confound speed.
+Levels (`conf/load/`): a concurrency ladder (closed loop: c requests in flight), climbed until the
+output throughput grows by less than `saturation_gain_pct` (saturation), then Poisson request rates
+(open loop; `burstiness` as in `vllm bench serve`) at fractions of the *baseline's* peak request
+throughput, so every variant meets the same arrival rates. The engine sends the requests (its
+`Endpoint.run_requests`: `vllm bench serve`'s own benchmark loop on vLLM, static batches on `hf`) and
+returns one record per request; everything below is computed here from those records, once, for
+every engine:
+
+- a request's output is what it really produced (EOS and stop sequences respected; `max_tokens` is a
+  cap), so speed is also given per output token (`e2el_per_token`: E2E latency / tokens) and the
+  output-length distribution is kept for the report (a variant must not win by answering short);
+- goodput = requests per second that meet every bound of `gate.slo` (vLLM's `--goodput` rule: TTFT,
+  TPOT with TPOT = 0 for one-token outputs, E2EL);
+- each level is adaptive: it runs in rounds of requests until the headline metric's 95 % interval is
+  within ±`target_ci_pct` (per-request latency at concurrency 1; output throughput from batch means of
+  the steady window otherwise), with `requests.min` as the floor and `requests.max`/`duration_s.max`
+  as the cap. Hand-written because neither `vllm bench serve` nor GuideLLM stops on a precision target.
 """
 from __future__ import annotations
 
-import random
+import math
 import statistics
 import time
-from pathlib import Path
 
-from tqdm import tqdm
+import numpy as np
 
 from evalgate.metrics import stat_keys
 
-
-def requests_at(wl: dict, concurrency: int) -> int:
-    """Requests sent at one concurrency level: `num_prompts` × `repeats`, and at least
-    `min_requests_per_slot` per concurrent slot, so a high level runs long enough to measure (64
-    requests at concurrency 32 lasted ~1 s on an H200: two waves, all ramp-up and tail)."""
-    return max(wl["num_prompts"] * wl["repeats"], wl.get("min_requests_per_slot", 0) * concurrency)
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+BINS = 8
 
 
-def distinct_prompts(wl: dict) -> int:
-    """How many different prompts the workload file holds: enough that no level repeats a prompt
-    (a repeated prompt would hit vLLM's prefix cache and flatter TTFT)."""
-    return max([wl["num_prompts"]] + [wl.get("min_requests_per_slot", 0) * c for c in wl.get("concurrency", [1])])
+def t95(df: int) -> float:
+    """Two-sided 95 % Student t quantile (scipy's, tabulated for small df so this module stays light)."""
+    if df in T95:
+        return T95[df]
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
 
 
-def build_workload(wl: dict, tm, tokenizer, seed: int) -> list[dict]:
-    """Prompts drawn from lm-eval tasks (through the tasks' own `doc_to_text`) plus synthetic ones
-    of a fixed token length, in a seeded order."""
-    rng = random.Random(seed)
-    n = distinct_prompts(wl)
-    n_syn = round(n * wl.get("synthetic_fraction", 0.5)) if wl.get("tasks") else n
-    prompts: list[dict] = []
-    tasks = wl.get("tasks") or []
-    if tasks:
-        loaded = tm.load_task_or_group(tasks)
-        texts = []
-        for name in tasks:
-            task = loaded[name]
-            docs = list(task.eval_docs)
-            texts += [(name, task.doc_to_text(d)) for d in docs]
-        for name, text in rng.sample(texts, min(n - n_syn, len(texts))):
-            prompts.append({"source": name, "prompt": text})
-    special = set(tokenizer.all_special_ids)
-    vocab = [i for i in range(len(tokenizer)) if i not in special]
-    in_len = wl.get("synthetic_input_len", 64)
-    for _ in range(n_syn):
-        # like vLLM's random dataset: random token ids, decoded to text, re-cut to the target length
-        ids = tokenizer(tokenizer.decode(rng.choices(vocab, k=in_len))).input_ids[:in_len]
-        prompts.append({"source": "synthetic", "prompt": tokenizer.decode(ids)})
-    rng.shuffle(prompts)
-    return prompts
-
-
-def build_reference(fid: dict, tm, seed: int) -> list[str]:
-    """Fidelity reference texts: whole documents (prompt + target) of `fid.tasks`, seeded sample."""
-    texts = []
-    if fid.get("tasks"):
-        loaded = tm.load_task_or_group(fid["tasks"])
-        for name in fid["tasks"]:
-            task = loaded[name]
-            for d in task.eval_docs:
-                target = task.doc_to_target(d)
-                if isinstance(target, str):
-                    prompt = task.doc_to_text(d)
-                    texts.append(prompt + (task.config.target_delimiter if prompt else "") + target)
-    random.Random(seed).shuffle(texts)
-    return texts[: fid.get("max_texts", 200)]
-
-
-def _request_metrics(times: list[float]) -> dict:
-    n = len(times)
-    return {"ttft": times[0], "e2el": times[-1], "output_tokens": n,
-            "tpot": (times[-1] - times[0]) / (n - 1) if n > 1 else None,
-            "itl": [b - a for a, b in zip(times, times[1:])]}
-
-
-def _ms(requests: list[dict], key: str) -> list[float]:
-    """All samples of one metric in ms (ITL contributes every gap of every request)."""
-    out: list[float] = []
-    for q in requests:
-        v = q[key]
-        out += [1000 * x for x in (v if isinstance(v, list) else [v]) if x is not None]
+def token_times(r: dict) -> list[float]:
+    """Arrival times of a request's output chunks, in seconds after its level started."""
+    out, t = [r["start"] + r["ttft"]], r["start"] + r["ttft"]
+    for gap in r["itl"]:
+        t += gap
+        out.append(t)
     return out
 
 
-def run_profile(endpoint, prompts: list[dict], wl: dict) -> dict:
-    """Warm up, then run the workload `repeats` times, `endpoint.batch_size` requests at a time."""
-    out_len, bs = wl["output_len"], endpoint.batch_size
-    prompts = prompts[:wl.get("num_prompts", len(prompts))]  # the file may hold more, for other levels
-    for i in range(0, wl["warmup"], bs):
-        endpoint.generate_batch([p["prompt"] for p in prompts[i:i + bs]], out_len)
-    requests, runs = [], []
-    with tqdm(total=wl["repeats"] * len(prompts), desc="profile", unit="req") as bar:
-        for r in range(wl["repeats"]):
-            t0, toks = time.perf_counter(), 0
-            for i in range(0, len(prompts), bs):
-                batch = prompts[i:i + bs]
-                for j, (p, g) in enumerate(zip(batch, endpoint.generate_batch([p["prompt"] for p in batch], out_len))):
-                    m = _request_metrics(g.token_times)
-                    toks += m["output_tokens"]
-                    requests.append({"repeat": r, "index": i + j, "source": p["source"],
-                                     "prompt_tokens": g.prompt_tokens, **m})
-                bar.update(len(batch))
-            wall = time.perf_counter() - t0
-            runs.append({"duration_s": wall, "output_throughput": toks / wall, "request_throughput": len(prompts) / wall})
-    summary: dict[str, float] = {"completed": len(requests), "concurrency": bs}
-    for metric in ("ttft", "tpot", "itl", "e2el"):
-        summary.update(stat_keys(metric, _ms(requests, metric)))
-    for key in ("output_throughput", "request_throughput"):
-        vals = [run[key] for run in runs]
-        summary[key] = statistics.fmean(vals)
-        summary[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    summary.update(endpoint.stats())
-    return {"summary": summary, "runs": runs, "requests": requests}
+def tpot(r: dict) -> float:
+    """(E2EL − TTFT)/(tokens − 1); 0 for a one-token output (vLLM's convention, also for goodput)."""
+    n = r["output_tokens"]
+    return (r["e2el"] - r["ttft"]) / (n - 1) if n > 1 else 0.0
 
 
-BENCH_KEYS = ("completed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
-              "spec_decode_acceptance_rate", "spec_decode_acceptance_length")
+def is_good(r: dict, slo: dict) -> bool:
+    """A request meets the SLO when it meets every bound given (ms): ttft_ms, tpot_ms, e2el_ms."""
+    return (r["ttft"] * 1000 <= slo.get("ttft_ms", math.inf) and tpot(r) * 1000 <= slo.get("tpot_ms", math.inf)
+            and r["e2el"] * 1000 <= slo.get("e2el_ms", math.inf))
 
 
-def from_bench(results: dict[int, dict], headline: int) -> dict:
-    """`vllm bench serve` results per concurrency → our summary: the headline level unprefixed,
-    every level also as `c<N>/<metric>`. vLLM's keys are our keys (see evalgate.metrics)."""
-    summary: dict[str, float] = {}
-    for c, res in results.items():
-        keep = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                and (k in BENCH_KEYS or k.endswith("_ms"))}
-        keep = {k.replace("p50_", "median_") if k.startswith("p50_") else k: v for k, v in keep.items()}
-        summary.update({f"c{c}/{k}": v for k, v in keep.items()})
-        if c == headline:
-            summary.update(keep)
-            summary["concurrency"] = c
-    return summary
+def goodput(records: list[dict], slo: dict, duration_s: float) -> float | None:
+    """Requests per second meeting the SLO; None without an SLO."""
+    if not slo:
+        return None
+    return sum(is_good(r, slo) for r in records if r.get("ok", True)) / duration_s
 
 
-def profile_endpoint(endpoint, prompts: list[dict], wl: dict, dataset: Path, out_dir: Path) -> dict:
-    """The engine's own benchmark where it has one (vLLM), else the generic loop; plus engine stats."""
-    bench = endpoint.bench(dataset, wl, out_dir)
-    if bench is None:
-        return run_profile(endpoint, prompts, wl)
-    levels = list(bench)
-    summary = from_bench(bench, wl.get("headline_concurrency", levels[-1]))
-    summary.update(endpoint.stats())
-    return {"summary": summary, "bench": {str(c): r for c, r in bench.items()}}
+def steady_bins(records: list[dict], concurrency: int | None, bins: int = BINS) -> list[float]:
+    """Output tokens per second in `bins` equal slices of the steady part of one round: from the moment
+    the first `concurrency` requests are all streaming to the moment the last request was sent (later,
+    the load drains); the middle 80 % of token arrivals when that window is too short."""
+    ok = [r for r in records if r.get("ok", True) and r["output_tokens"]]
+    if len(ok) < 2:
+        return []
+    arrivals, weights = [], []
+    for r in ok:
+        ts = token_times(r)
+        arrivals += ts
+        weights += [r["output_tokens"] / len(ts)] * len(ts)   # a chunk may carry several speculated tokens
+    arrivals, weights = np.asarray(arrivals), np.asarray(weights)
+    starts = sorted(r["start"] for r in ok)
+    firsts = sorted(r["start"] + r["ttft"] for r in ok)
+    lo = firsts[min(len(firsts), concurrency or 1) - 1]
+    hi = starts[-1]
+    if hi - lo < 0.5 * (arrivals.max() - arrivals.min()):
+        lo, hi = np.quantile(arrivals, [0.1, 0.9])
+    if hi <= lo:
+        return []
+    edges = np.linspace(lo, hi, bins + 1)
+    tokens, _ = np.histogram(arrivals, edges, weights=weights)
+    return list(tokens / np.diff(edges))
+
+
+def ci_pct(values: list[float]) -> float:
+    """Half-width of the 95 % t-interval of the mean, in % of the mean (inf with < 2 values)."""
+    if len(values) < 2 or not statistics.fmean(values):
+        return math.inf
+    return 100 * t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)) / abs(statistics.fmean(values))
+
+
+def summarize(records: list[dict], duration_s: float, slo: dict) -> dict:
+    """One level's metrics in vLLM's names, from its request records."""
+    ok = [r for r in records if r.get("ok", True)]
+    out_tokens = [r["output_tokens"] for r in ok]
+    s: dict[str, float] = {"completed": len(ok), "failed": len(records) - len(ok), "duration": duration_s,
+                           "request_throughput": len(ok) / duration_s,
+                           "output_throughput": sum(out_tokens) / duration_s,
+                           "total_token_throughput": sum(out_tokens + [r["prompt_tokens"] for r in ok]) / duration_s}
+    if not ok:
+        return s
+    s.update(stat_keys("ttft", [1000 * r["ttft"] for r in ok]))
+    s.update(stat_keys("tpot", [1000 * tpot(r) for r in ok if r["output_tokens"] > 1]))
+    s.update(stat_keys("itl", [1000 * g for r in ok for g in r["itl"]]))
+    s.update(stat_keys("e2el", [1000 * r["e2el"] for r in ok]))
+    s.update(stat_keys("e2el_per_token", [1000 * r["e2el"] / r["output_tokens"] for r in ok if r["output_tokens"]]))
+    s["mean_output_tokens"] = statistics.fmean(out_tokens)
+    s["median_output_tokens"] = float(np.median(out_tokens))
+    s["stopped_before_cap"] = sum(not r.get("capped", False) for r in ok) / len(ok)
+    g = goodput(records, slo, duration_s)
+    if g is not None:
+        s["request_goodput"] = g
+    return s
+
+
+def headline_ci(records: list[dict], rounds: list[list[dict]], concurrency: int | None) -> float:
+    """Precision of the level's headline metric: per-request latency per output token at concurrency 1,
+    else output throughput from the batch means of every round's steady window."""
+    if concurrency == 1:
+        return ci_pct([r["e2el"] / r["output_tokens"] for r in records if r.get("ok", True) and r["output_tokens"]])
+    return ci_pct([b for rnd in rounds for b in steady_bins(rnd, concurrency)])
+
+
+def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool, *, concurrency: int | None = None,
+              rate: float | None = None, name: str | None = None, warmup: int = 0, keep_text: bool = False) -> dict:
+    """One load level, adaptive: rounds of requests (consecutive slices of the workload, so no prompt
+    repeats inside a level) until the headline interval is within ±target_ci_pct or a cap is hit."""
+    req = load.get("requests", {})
+    lo, hi = int(req.get("min", 16)), min(int(req.get("max", 256)), len(requests))
+    dur = load.get("duration_s", {})
+    min_s, max_s = float(dur.get("min", 0)), float(dur.get("max", 60))
+    target = float(load.get("target_ci_pct", 2.0))
+    if concurrency:
+        n = max(lo, int(load.get("waves", 4)) * concurrency)
+    else:
+        n = max(lo, math.ceil(rate * max(min_s, 1.0)))
+    n = min(n, hi)
+    records, rounds, spent, extras, sent = [], [], 0.0, [], 0
+    while True:
+        batch = requests[sent:sent + n]
+        recs, duration, extra = ep.run_requests(batch, concurrency=concurrency, rate=rate,
+                                                burstiness=float(load.get("burstiness", 1.0)),
+                                                ignore_eos=ignore_eos, warmup=warmup if not sent else 0)
+        warmup = 0
+        for r in recs:
+            r["round"] = len(rounds)
+            if not keep_text:
+                r.pop("text", None)
+        rounds.append(recs)
+        records += recs
+        spent += duration
+        sent += len(batch)
+        extras.append(extra)
+        precision = headline_ci(records, rounds, concurrency)
+        if (precision <= target and spent >= min_s) or sent >= hi or spent >= max_s:
+            break
+        n = min(max(lo, n), hi - sent)
+    s = summarize(records, spent, slo)
+    s["ci_pct"] = precision
+    s["rounds"] = len(rounds)
+    s.update(_merge_extras(extras))
+    return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency, "rate": rate, "summary": s, "requests": records}
+
+
+def _merge_extras(extras: list[dict]) -> dict:
+    """Engine extras summed over rounds (speculative drafts and accepted tokens → rate and length)."""
+    drafts = sum(e.get("spec_decode_num_drafts", 0) for e in extras)
+    draft_tokens = sum(e.get("spec_decode_draft_tokens", 0) for e in extras)
+    accepted = sum(e.get("spec_decode_accepted_tokens", 0) for e in extras)
+    out = {}
+    if draft_tokens:
+        out["spec_decode_acceptance_rate"] = 100 * accepted / draft_tokens
+        out["spec_decode_acceptance_length"] = 1 + accepted / drafts if drafts else 0.0
+    for e in extras:  # engines that report acceptance directly (hf: tokens per target step)
+        for k in ("spec_decode_acceptance_length",):
+            if k in e and k not in out:
+                out[k] = e[k]
+    return out
+
+
+def sweep(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool, base_peak_rps: float | None = None,
+          progress=None) -> dict:
+    """The whole sweep: the concurrency ladder to saturation, then the rate levels (engines that can).
+    `base_peak_rps`: the baseline's peak request throughput, which the rate fractions scale (None: this
+    is the baseline, its own peak is used)."""
+    levels, best = [], 0.0
+    gain = float(load.get("saturation_gain_pct", 5.0))
+    t0 = time.perf_counter()
+    ladder = list(load.get("concurrency", [1]))
+    for i, c in enumerate(ladder):
+        lvl = run_level(ep, requests, load, slo, ignore_eos, concurrency=c, warmup=int(load.get("warmup", 0)) if i == 0 else 0,
+                        keep_text=(c == 1))
+        levels.append(lvl)
+        if progress:
+            progress(lvl)
+        thr = lvl["summary"]["output_throughput"]
+        if i and thr < best * (1 + gain / 100):
+            lvl["summary"]["saturated"] = 1.0   # throughput stopped growing: no higher level is run
+            break
+        best = max(best, thr)
+    rates = list(load.get("rates", []))
+    if rates and getattr(ep, "supports_rate", False):
+        peak = base_peak_rps or max(lv["summary"]["request_throughput"] for lv in levels)
+        for f in rates:   # named by the fraction: the same name means the same arrival rate in every variant
+            lvl = run_level(ep, requests, load, slo, ignore_eos, rate=f * peak, name=f"r{f:g}x")
+            levels.append(lvl)
+            if progress:
+                progress(lvl)
+    return {"levels": levels, "summary": headline(levels), "seconds": time.perf_counter() - t0}
+
+
+LATENCY_KEYS = ("ttft", "tpot", "itl", "e2el", "e2el_per_token")
+
+
+def headline(levels: list[dict]) -> dict:
+    """Flat metrics: every level as `<level>/<metric>`, plus the headline ones unprefixed — latency at
+    the lowest concurrency (1 by default), peak output and request throughput over the ladder, the best
+    goodput over all levels, output lengths and speculative acceptance at concurrency 1."""
+    flat: dict[str, float] = {}
+    for lv in levels:
+        flat.update({f"{lv['name']}/{k}": v for k, v in lv["summary"].items() if isinstance(v, (int, float))})
+    ladder = [lv for lv in levels if lv["concurrency"]]
+    if not ladder:
+        return flat
+    first = ladder[0]["summary"]
+    flat.update({k: v for k, v in first.items() if any(k.endswith(f"_{m}_ms") for m in LATENCY_KEYS)})
+    for k in ("mean_output_tokens", "median_output_tokens", "stopped_before_cap", "spec_decode_acceptance_rate",
+              "spec_decode_acceptance_length"):
+        if k in first:
+            flat[k] = first[k]
+    peak = max(ladder, key=lambda lv: lv["summary"]["output_throughput"])
+    flat["output_throughput"] = peak["summary"]["output_throughput"]
+    flat["request_throughput"] = max(lv["summary"]["request_throughput"] for lv in ladder)
+    flat["peak_concurrency"] = float(peak["concurrency"])
+    goods = [lv["summary"]["request_goodput"] for lv in levels if "request_goodput" in lv["summary"]]
+    if goods:
+        flat["request_goodput"] = max(goods)
+    return flat

@@ -1,17 +1,24 @@
-"""The report: a markdown table of every variant (speed, quality, verdict), the best accepted variant
-named, and a PNG of quality against throughput."""
+"""The report: every variant's speed (per load level), quality and verdict; the best accepted variant
+per load level (with "no difference" inside the run's noise); the A/A noise floor; speculation per
+level; output lengths against the baseline's; and the pictures: quality vs throughput, throughput vs
+latency per variant, output lengths, and the schedule's timeline."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from evalgate.config import BASELINE
 from evalgate.metrics import gate_metric_key
 
-SPEED = [("output_throughput", "out tok/s", "{:.1f}"), ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"),
-         ("median_tpot_ms", "TPOT p50 ms", "{:.2f}"), ("p99_e2el_ms", "E2EL p99 ms", "{:.1f}"),
-         ("mem_peak_mb", "peak mem MB", "{:.0f}")]
+SPEED = [("output_throughput", "peak tok/s", "{:.1f}"), ("c1/median_e2el_per_token_ms", "ms/token c1", "{:.2f}"),
+         ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"), ("median_tpot_ms", "TPOT p50 ms", "{:.2f}"),
+         ("request_goodput", "goodput req/s", "{:.2f}"), ("mem_peak_mb", "peak mem MB", "{:.0f}")]
+LENGTH = [("mean_output_tokens", "out tokens", "{:.1f}"), ("output_length_ratio", "× baseline", "{:.3f}")]
 FIDELITY = [("fidelity/kl_mean", "KL", "{:.2g}"), ("fidelity/top1_agreement", "top-1 agree", "{:.3f}"),
             ("fidelity/answer_flip_rate", "flips", "{:.3f}")]
+LEVEL_COLS = [("output_throughput", "tok/s", "{:.1f}"), ("request_goodput", "goodput", "{:.2f}"),
+              ("median_ttft_ms", "TTFT p50", "{:.1f}"), ("median_tpot_ms", "TPOT p50", "{:.2f}"),
+              ("p99_e2el_ms", "E2EL p99", "{:.0f}"), ("ci_pct", "±% (95 %)", "{:.1f}")]
 
 
 def _fmt(v, f: str) -> str:
@@ -19,9 +26,8 @@ def _fmt(v, f: str) -> str:
 
 
 def quality_keys(cfg) -> list[str]:
-    """Gated metrics first, then the remaining headline metric of each task."""
-    keys = [gate_metric_key(t.metric) for t in cfg.thresholds]
-    return list(dict.fromkeys(keys))
+    """The gated metrics, in the order of gate.quality."""
+    return list(dict.fromkeys(gate_metric_key(t.metric) for t in cfg.thresholds))
 
 
 def rows(cfg, results: dict, gate: dict) -> list[dict]:
@@ -32,56 +38,161 @@ def rows(cfg, results: dict, gate: dict) -> list[dict]:
         thr, bthr = m.get("output_throughput"), base.get("output_throughput")
         out.append({"variant": name, "verdict": v["verdict"], "reason": v["reason"],
                     "speedup_pct": 100 * (thr / bthr - 1) if thr and bthr else None,
-                    **{k: m.get(k) for k, _, _ in SPEED + FIDELITY}, **{k: m.get(k) for k in quality_keys(cfg)}})
+                    **{k: m.get(k) for k, _, _ in SPEED + LENGTH + FIDELITY}, **{k: m.get(k) for k in quality_keys(cfg)}})
     return out
 
 
-def markdown(cfg, table: list[dict], gate: dict, phase_times: dict | None = None) -> str:
+def levels_of(results: dict) -> list[str]:
+    """Every level name measured, ladder first (by concurrency), then the rate levels."""
+    names = {k.split("/")[0] for r in results.values() for k in r.get("metrics", {})
+             if k.endswith("/output_throughput") and not k.startswith("aa/")}
+    ladder = sorted((n for n in names if n[1:].isdigit()), key=lambda n: int(n[1:]))
+    return ladder + sorted(n for n in names if not n[1:].isdigit())
+
+
+def markdown(cfg, table: list[dict], gate: dict, results: dict, phase_times: dict | None = None) -> str:
     q = quality_keys(cfg)
-    head = ["variant", "verdict", *[h for _, h, _ in SPEED], "Δ tok/s %", *[k.removeprefix("lmeval/") for k in q],
-            *[h for _, h, _ in FIDELITY]]
+    wl = cfg.workload
     lines = [f"# Variant report: {cfg.model.id} on `{cfg.engine['name']}`", "",
-             f"**Best accepted variant: `{gate['best']}`**" if gate["best"] else "**No variant was accepted.**",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"**Best accepted variant (by `{cfg.report.get('rank_by', 'output_throughput')}`): `{gate['best']}`**"
+             if gate["best"] else "**No variant was accepted.**", ""]
+    lines += _per_level(gate)
+    head = ["variant", "verdict", *[h for _, h, _ in SPEED], "Δ peak %", *[h for _, h, _ in LENGTH],
+            *[k.removeprefix("lmeval/") for k in q], *[h for _, h, _ in FIDELITY]]
+    lines += ["## Variants", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [f"`{r['variant']}`", "✅ accept" if r["verdict"] == "accept" else "❌ reject",
                  *[_fmt(r[k], f) for k, _, f in SPEED], _fmt(r["speedup_pct"], "{:+.1f}"),
-                 *[_fmt(r[k], "{:.4f}") for k in q], *[_fmt(r[k], f) for k, _, f in FIDELITY]]
+                 *[_fmt(r[k], f) for k, _, f in LENGTH], *[_fmt(r[k], "{:.4f}") for k in q],
+                 *[_fmt(r[k], f) for k, _, f in FIDELITY]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Verdicts", "", "Each line: Δ = quality loss against the baseline (positive = worse), its "
-              "one-sided confidence bounds, the margin δ, the paired sample count n, and the minimum detectable "
-              "effect at that n.", ""]
+    slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in cfg.slo.items()) or "none"
+    lines += ["", f"Workload `{wl.get('name', wl['source'])}`: the same requests for every variant, each ended by "
+              f"{'its max_tokens (EOS ignored: a capacity test)' if wl.get('ignore_eos') else 'EOS or a stop sequence, capped at max_tokens'}. "
+              f"Peak tok/s: the best output throughput over the concurrency ladder; latency and TTFT/TPOT at "
+              f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
+              f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
+              f"concurrency 1, × baseline on the same greedy prompts (gated: {cfg.gate.get('output_length') or 'off'})."]
+    lines += _noise(gate) + _levels_table(results) + _speculation(gate) + _verdicts(table, gate)
+    if phase_times:
+        cols = sorted({c for t in phase_times.values() for c in t})
+        lines += ["", "## Time per phase (s)", "", "| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| `{n}` | " + " | ".join(_fmt(t.get(c), "{:.1f}") for c in cols) + " |" for n, t in phase_times.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _per_level(gate: dict) -> list[str]:
+    sel = gate.get("best_per_level") or {}
+    if not sel:
+        return []
+    lines = ["## Best per load level", "", "| level | metric | best | runner-up (gap) | noise ±% |", "|---|---|---|---|---|"]
+    for level, r in sel.items():
+        order, vals = r["ranking"], r["values"]
+        if r["best"]:
+            best = f"`{r['best']}` ({vals[r['best']]:.4g})"
+        else:
+            best = "no difference: " + ", ".join(f"`{n}`" for n in r["no_difference"])
+        if len(order) > 1:
+            a, b = vals[order[0]], vals[order[1]]
+            gap = f"`{order[1]}` ({100 * abs(a - b) / abs(a) if a else 0:.1f} %)"
+        else:
+            gap = "–"
+        noise = max(r["noise_pct"].values()) if r["noise_pct"] else 0
+        lines.append(f"| {level} | `{r['metric']}` | {best} | {gap} | {noise:.1f} |")
+    return lines + ["", "A variant wins a level only by more than the noise: the larger of the baseline's A/A "
+                    "difference on that metric and the level's 95 % interval; otherwise \"no difference\".", ""]
+
+
+def _noise(gate: dict) -> list[str]:
+    floor = gate.get("noise_floor_pct") or {}
+    keys = [k for k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
+                        "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms") if k in floor]
+    if not keys:
+        return []
+    return ["", "## Noise floor (A/A)", "", "The baseline profiled twice in this run — scheduled: first beside its "
+            "idle neighbours, last alone; serial: back to back — as |A − A′| / mean, per metric:", "",
+            "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+            "| " + " | ".join(f"{floor[k]:.1f} %" for k in keys) + " |"]
+
+
+def _levels_table(results: dict) -> list[str]:
+    levels = levels_of(results)
+    if not levels:
+        return []
+    lines = ["", "## Load levels", "", "Concurrency levels `cN` (N requests in flight), request-rate levels "
+             "`rFx` (Poisson arrivals at F × the baseline's peak request rate).", "",
+             "| variant | level | " + " | ".join(h for _, h, _ in LEVEL_COLS) + " |", "|---|---|" + "---|" * len(LEVEL_COLS)]
+    for name, r in results.items():
+        m = r.get("metrics", {})
+        for lv in levels:
+            if f"{lv}/output_throughput" in m:
+                lines.append(f"| `{name}` | {lv}" + ("" if not m.get(f"{lv}/saturated") else " (saturated)") + " | "
+                             + " | ".join(_fmt(m.get(f"{lv}/{k}"), f) for k, _, f in LEVEL_COLS) + " |")
+    return lines
+
+
+def _speculation(gate: dict) -> list[str]:
+    spec = gate.get("speculation") or {}
+    if not spec:
+        return []
+    lines = ["", "## Speculative decoding", ""]
+    for name, s in spec.items():
+        ident = s.get("identical_output_share")
+        lines.append(f"- `{name}`: " + (f"greedy outputs identical to the baseline's: {100 * ident:.1f} %; "
+                                        if ident is not None else "")
+                     + (f"stops paying at {s['stops_paying_at']}" if s.get("stops_paying_at") else "faster at every level measured"))
+        for lv, row in s.get("levels", {}).items():
+            acc = "" if row.get("acceptance_rate") is None else f", acceptance {row['acceptance_rate']:.1f} %"
+            length = "" if row.get("acceptance_length") is None else f", mean accepted length {row['acceptance_length']:.2f}"
+            lines.append(f"  - {lv}: {row['speedup_pct']:+.1f} % vs baseline (noise ±{row['noise_pct']:.1f} %){acc}{length}")
+    return lines
+
+
+def _verdicts(table: list[dict], gate: dict) -> list[str]:
+    lines = ["", "## Verdicts", "", "Each line: Δ = quality loss against the baseline (positive = worse), its "
+             "one-sided confidence bounds, the margin δ, the paired sample count n, and the minimum detectable "
+             "effect at that n.", ""]
     for r in table:
         checks = gate["variants"][r["variant"]]["checks"]
         lines.append(f"- `{r['variant']}`: **{r['verdict']}** — {r['reason'] if not checks else ''}".rstrip(" —"))
         lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
         early = gate["variants"][r["variant"]].get("early_rejection")
-        if early:
+        if early and early.get("kind", "sequential") == "sequential":
             saved = "" if early.get("eval_s_saved") is None else f", {early['eval_s_saved']:.1f} s saved against the baseline's full eval"
             lines.append(f"  - ⏹ stopped early at look {early['look']} of {early['looks']} (α = {early['alpha_per_look']:g} "
                          f"per look): {early['docs_evaluated']} of {early['docs_total']} docs evaluated in "
-                         f"{early['eval_s']:.1f} s{saved}")
-    lines += ["", f"Baseline: `{gate['baseline']}`. Throughput is the mean over "
-              f"{cfg.workload['repeats']} repeats of {cfg.workload['num_prompts']} requests of "
-              f"{cfg.workload['output_len']} output tokens each"
-              + (f", at concurrency {cfg.workload.get('headline_concurrency', cfg.workload.get('concurrency', [1])[-1])}"
-                 if cfg.engine["name"] != "hf" else "") + ". Peak memory is the process RSS on `hf` and the GPU "
-              "memory in use on `vllm` (which pre-allocates `gpu_memory_utilization` of the card: compare "
-              "`kv_cache_tokens` there)."]
-    if phase_times:
-        lines += ["", "## Time per phase (s)", "", "| variant | " + " | ".join(next(iter(phase_times.values()))) + " |",
-                  "|---|" + "---|" * len(next(iter(phase_times.values())))]
-        lines += [f"| `{n}` | " + " | ".join(f"{x:.1f}" for x in t.values()) + " |" for n, t in phase_times.items()]
-    return "\n".join(lines) + "\n"
+                         f"{early['eval_s']:.1f} s{saved}; not profiled")
+        elif early:
+            lines.append("  - ⏹ stopped by the fidelity screen before any evaluation; not profiled")
+    return lines
 
 
-def pareto_png(cfg, table: list[dict], path: Path) -> None:
-    """Quality (first gated metric) against output throughput, accepted in green, rejected in red."""
+def level_rows(results: dict, verdicts: dict) -> list[dict]:
+    """One row per variant and level, for `dvc plots` and the curves picture."""
+    out = []
+    for name, r in results.items():
+        m = r.get("metrics", {})
+        for lv in levels_of(results):
+            if f"{lv}/output_throughput" in m:
+                out.append({"variant": name, "level": lv, "verdict": verdicts.get(name, {}).get("verdict"),
+                            **{k: m.get(f"{lv}/{k}") for k in ("output_throughput", "request_throughput",
+                                                              "request_goodput", "median_e2el_per_token_ms",
+                                                              "median_tpot_ms", "median_ttft_ms", "p99_e2el_ms")}})
+    return out
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def pareto_png(cfg, table: list[dict], path: Path) -> None:
+    """Quality (first gated metric) against output throughput, accepted in green, rejected in red."""
+    plt = _plt()
     q = quality_keys(cfg)
     qk = q[0] if q else None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -92,10 +203,93 @@ def pareto_png(cfg, table: list[dict], path: Path) -> None:
         ax.scatter(x, y, s=60, c="tab:green" if r["verdict"] == "accept" else "tab:red",
                    marker="*" if r["variant"] == BASELINE else "o", zorder=3)
         ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("output throughput (tok/s)")
+    ax.set_xlabel("peak output throughput (tok/s)")
     ax.set_ylabel(qk.removeprefix("lmeval/") if qk else "quality")
     ax.set_title("quality vs throughput (green: accepted, red: rejected, ★ baseline)")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_png(rows_: list[dict], path: Path) -> None:
+    """Throughput against latency per output token, one line per variant over its concurrency ladder
+    (rate levels as hollow markers): up and to the left is better."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for name in dict.fromkeys(r["variant"] for r in rows_):
+        pts = [r for r in rows_ if r["variant"] == name and r["median_e2el_per_token_ms"] and r["output_throughput"]]
+        ladder = [r for r in pts if r["level"][1:].isdigit()]
+        style = "-" if any(r["verdict"] == "accept" for r in pts) else ":"
+        line, = ax.plot([r["median_e2el_per_token_ms"] for r in ladder], [r["output_throughput"] for r in ladder],
+                        style, marker="*" if name == BASELINE else "o", label=name)
+        for r in ladder:
+            ax.annotate(r["level"], (r["median_e2el_per_token_ms"], r["output_throughput"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+        rates = [r for r in pts if not r["level"][1:].isdigit()]
+        ax.scatter([r["median_e2el_per_token_ms"] for r in rates], [r["output_throughput"] for r in rates],
+                   facecolors="none", edgecolors=line.get_color())
+    ax.set_xlabel("median E2E latency per output token (ms)")
+    ax.set_ylabel("output throughput (tok/s)")
+    ax.set_title("throughput vs latency per variant (dotted: rejected)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def output_lengths_png(result_dirs: dict[str, Path], path: Path) -> None:
+    """Each variant's output lengths at concurrency 1 (the same greedy prompts) beside the baseline's."""
+    plt = _plt()
+    data, names = [], []
+    for name, d in result_dirs.items():
+        f = d / "profile.json"
+        if f.exists():
+            lv = json.loads(f.read_text())["levels"][0]
+            data.append([r["output_tokens"] for r in lv["requests"] if r.get("ok", True)])
+            names.append(name)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4), dpi=120)
+    if data:
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("output tokens per request")
+    ax.set_title("output lengths at concurrency 1 (same prompts, greedy)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+PHASE_COLORS = {"start": "tab:gray", "quality": "tab:blue", "profile": "tab:orange", "profile_aa": "tab:red"}
+
+
+def timeline(result_dirs: dict[str, Path]) -> dict[str, list[dict]]:
+    """The phases each variant's run went through (timeline.json, written by the scheduler)."""
+    out = {}
+    for name, d in result_dirs.items():
+        f = d / "timeline.json"
+        if f.exists():
+            out[name] = json.loads(f.read_text())["events"]
+    return out
+
+
+def timeline_png(events: dict[str, list[dict]], path: Path) -> None:
+    """One row per server: start, quality (fidelity + eval), profile; seconds from the first start."""
+    plt = _plt()
+    t0 = min((e["start"] for evs in events.values() for e in evs), default=0.0)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(events) + 1.5), dpi=120)
+    for i, (name, evs) in enumerate(events.items()):
+        for e in evs:
+            ax.barh(i, e["end"] - e["start"], left=e["start"] - t0, color=PHASE_COLORS.get(e["phase"], "tab:green"),
+                    edgecolor="black", linewidth=0.3)
+    ax.set_yticks(range(len(events)), list(events), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first server start")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in PHASE_COLORS.values()]
+    ax.legend(handles, list(PHASE_COLORS), fontsize=7, loc="lower right")
+    ax.set_title("schedule: one row per server")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

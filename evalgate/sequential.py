@@ -62,7 +62,7 @@ def interim_check(cfg: Config, base: dict, base_rows: dict[str, list[dict] | Non
         if p is None:
             continue
         delta = g.margin(th, b_value)
-        t = g.paired_test(*p, metric, delta, g._higher_is_better(key, base["higher_is_better"]), alpha, seed=cfg.seed)
+        t = g.paired_test(*p, metric, delta, g.higher_is_better(key, base["higher_is_better"]), alpha, seed=cfg.seed)
         if t is not None and t.verdict == "inferior":
             return {"metric": key, "baseline": b_value, "margin": delta, "passed": False, "loss": t.loss,
                     "test": t.as_dict(), "reason": t.line(key)}

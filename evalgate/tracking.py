@@ -45,9 +45,12 @@ def log_sweep(cfg, results: dict[str, dict], result_dirs: dict[str, Path], gate:
     with mlflow.start_run(run_name=f"sweep-{sid[:8]}", tags={SWEEP_TAG: sid}) as parent:
         mlflow.log_params({"model.source": cfg.model.source, "model.id": cfg.model.id,
                            "engine": cfg.engine["name"], "eval.tasks": ",".join(cfg.eval["tasks"]),
-                           "workload.output_len": cfg.workload["output_len"],
-                           "workload.num_prompts": cfg.workload["num_prompts"], "baseline": gate["baseline"]})
-        mlflow.set_tags({"best_variant": gate["best"] or "none",
+                           "workload": cfg.workload.get("name", cfg.workload["source"]),
+                           "load.concurrency": ",".join(map(str, cfg.load.get("concurrency", []))),
+                           "load.rates": ",".join(map(str, cfg.load.get("rates", []))), "baseline": gate["baseline"]})
+        per_level = {f"best.{k}": (v["best"] or "no difference: " + ",".join(v["no_difference"]))[:250]
+                     for k, v in (gate.get("best_per_level") or {}).items()}
+        mlflow.set_tags({"best_variant": gate["best"] or "none", **per_level,
                          "accepted": ",".join(n for n, v in gate["variants"].items() if v["verdict"] == "accept")})
         mlflow.log_metric("variants_accepted", sum(v["verdict"] == "accept" for v in gate["variants"].values()))
         mlflow.log_metric("variants_total", len(gate["variants"]))

@@ -1,17 +1,37 @@
-"""Gather a finished GPU run into docs/results/<name>/: the report, gate verdicts, per-variant
-metrics, server commands and bench results, versions, time to verdict and a per-phase breakdown."""
+"""Gather a finished GPU run into docs/results/<card>-<date>/ (the card the run saw, e.g. h100-2026-11-25):
+the report and its pictures, gate verdicts, per-variant metrics, server commands and logs, the schedule,
+versions, time to verdict and the per-phase breakdown (bench/gpu_verdict.py prints the same table)."""
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
 import json
 import platform
+import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-PHASES = ("start_s", "profile_s", "eval_s", "fidelity_s")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
+
+REPORTS = ("summary.md", "gate.json", "metrics.json", "levels.json", "pareto.png", "curves.png",
+           "output_lengths.png", "timeline.png")
+PER_VARIANT = ("status.json", "metrics.json", "server_cmd.json", "timeline.json", "quality.json", "schedule.json",
+               "error.log", "quality.log")
+
+
+def card() -> tuple[str, str]:
+    """('h100', 'NVIDIA H100 80GB HBM3, 580.x, 81559 MiB') from nvidia-smi; ('gpu', '') without it."""
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "gpu", ""
+    m = re.search(r"\b([A-Z]\d{2,4})\b", line.split(",")[0])
+    return (m.group(1).lower() if m else "gpu"), line
 
 
 def mlflow_runs() -> list[dict]:
@@ -39,43 +59,41 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, required=True, help="wall time of the whole run")
     ap.add_argument("--command", required=True)
     ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=None, help="default: docs/results/h200-<date>[-N], a new folder per run")
+    ap.add_argument("--out", default=None, help="default: docs/results/<card>-<date>[-N], a new folder per run")
     a = ap.parse_args()
-    out = Path(a.out) if a.out else _new_dir(f"docs/results/h200-{time.strftime('%Y-%m-%d')}")
+    name, gpu = card()
+    out = Path(a.out) if a.out else _new_dir(f"docs/results/{name}-{time.strftime('%Y-%m-%d')}")
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("reports/summary.md", "reports/gate.json", "reports/pareto.png", "reports/metrics.json",
-              "fixtures/metrics.json", "params.yaml", "dvc.lock"):
+    for f in [*(f"reports/{r}" for r in REPORTS), "fixtures/metrics.json", "params.yaml", "dvc.lock"]:
         if Path(f).exists():
             shutil.copy(f, out / f.replace("/", "_").removeprefix("reports_"))
-    phases = {}
     for d in sorted(p for p in Path("results").iterdir() if p.is_dir()):
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
-        for f in ("status.json", "metrics.json", "server_cmd.json", "lm_eval.json", "error.log", *[
-                p.name for p in d.glob("bench_c*.json")]):
+        for f in PER_VARIANT:
             if (d / f).exists():
                 shutil.copy(d / f, dst / f)
+        if (d / "profile.json").exists():   # the levels' summaries, without the per-request records
+            prof = json.loads((d / "profile.json").read_text())
+            (dst / "levels.json").write_text(json.dumps([{k: v for k, v in lv.items() if k != "requests"}
+                                                         for lv in prof["levels"]], indent=1))
         if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
             lines = (d / "server.log").read_text(errors="replace").splitlines()
             keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
             (dst / "server.log").write_text("\n".join(keep) + "\n")
-        m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
-        phases[d.name] = {p: round(m.get(f"time/{p}", 0.0), 1) for p in PHASES}
-    total = sum(sum(p.values()) for p in phases.values())
     versions = {}
     for pkg in ("vllm", "torch", "transformers", "lm_eval", "mlflow", "dvc", "hydra-core", "compressed-tensors"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    table = breakdown(Path("results"), a.seconds)
     run = {"command": a.command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu,
            "python": platform.python_version(), "versions": versions, "time_to_verdict_s": round(a.seconds, 1),
-           "phases_s": phases, "phase_totals_s": {p: round(sum(v[p] for v in phases.values()), 1) for p in PHASES},
-           "everything_else_s": round(a.seconds - total, 1), "note": a.note, "mlflow_runs": mlflow_runs()}
+           **table, "note": a.note, "mlflow_runs": mlflow_runs()}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    print(json.dumps(run, indent=1))
+    print(json.dumps({k: v for k, v in run.items() if k != "mlflow_runs"}, indent=1))
+    print(f"collected into {out}")
     return 0
 
 

@@ -25,7 +25,7 @@ def main(argv=None):
         raise ConfigError(f"fixture.device: {fx['device']!r} is not one of auto, cpu, cuda")
     if fx.get("bf16", "auto") not in ("auto", True, False):
         raise ConfigError(f"fixture.bf16: {fx['bf16']!r} is not one of auto, true, false")
-    from evalgate.fixtures import build
+    from evalgate.toymodel import build
 
     try:
         metrics = build(raw["fixture"], Path(a.out))

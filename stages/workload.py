@@ -1,4 +1,4 @@
-"""Build the profile workload and the fidelity reference texts once, so every variant sees the same."""
+"""workload: the requests every variant is profiled with, and the fidelity reference texts, built once."""
 from __future__ import annotations
 
 import argparse
@@ -17,24 +17,29 @@ def main(argv=None):
     ap.add_argument("--reference", required=True, help="fidelity reference texts (JSONL)")
     a = ap.parse_args(argv)
     cfg = config.load(a.params)
+    if cfg.workload["source"] == "file":   # a bad user file: one line, before any model or task loads
+        from evalgate.workload import read_user_file
+
+        read_user_file(Path(cfg.workload["path"]), cfg.workload.get("format", "auto"))
     from transformers import AutoTokenizer
 
-    from evalgate.models import resolve_model
+    from evalgate import workload
     from evalgate.evaluate import task_manager
-    from evalgate.profile import build_reference, build_workload
+    from evalgate.models import resolve_model
 
     fid = cfg.eval.get("fidelity") or {}
-    tasks = cfg.workload.get("tasks") or []
+    tasks = cfg.workload.get("tasks") or [] if cfg.workload["source"] == "tasks" else []
     tm = task_manager(list(dict.fromkeys(tasks + fid.get("tasks", []))), cfg.eval.get("include_path"))
     tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
-    prompts = build_workload(cfg.workload, tm, tok, cfg.seed)
+    requests = workload.build(cfg.workload, cfg.load, tm, tok, cfg.seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in prompts)
-    texts = build_reference(fid, tm, cfg.seed)
+        f.writelines(json.dumps(r) + "\n" for r in requests)
+    texts = workload.build_reference(fid, tm, cfg.seed)
     with open(a.reference, "w") as f:
         f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-    print(f"wrote {len(prompts)} prompts to {a.out}, {len(texts)} reference texts to {a.reference}")
+    print(f"wrote {len(requests)} requests ({cfg.workload.get('name', cfg.workload['source'])}) to {a.out}, "
+          f"{len(texts)} reference texts to {a.reference}")
     return 0
 
 

@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "variant=[prompt_lookup]"
 COMBOS = "combo=[]"
-TINY = ["fixture=tiny", "workload=tiny", VARIANTS, COMBOS, "eval.limit=24",
+TINY = ["fixture=tiny", "load=tiny", "workload.max_tokens=16", VARIANTS, COMBOS, "eval.limit=24",
         # a variant the hf engine cannot run: rejected with its error, the others still run
         "+variants.unsupported.quantization.method=fp8"]
 
@@ -58,9 +58,12 @@ def test_pipeline_outputs(proj):
     for v in ("baseline", "prompt_lookup"):
         assert json.loads((d / f"results/{v}/status.json").read_text()) == {"ok": True}
         m = json.loads((d / f"results/{v}/metrics.json").read_text())
-        for k in ("median_ttft_ms", "p99_tpot_ms", "output_throughput", "lmeval/fx_add/exact_match/none",
-                  "lmeval/fx_recall/acc/none", "lmeval/fx_ppl/word_perplexity/none", "time/eval_s"):
+        for k in ("median_ttft_ms", "p99_e2el_ms", "output_throughput", "c1/output_throughput", "c2/request_goodput",
+                  "lmeval/fx_add/exact_match/none", "lmeval/fx_recall/acc/none", "lmeval/fx_ppl/word_perplexity/none",
+                  "time/eval_s"):
             assert k in m, k
+        # EOS respected by default: this fixture ends every answer at once, long before max_tokens (16)
+        assert m["stopped_before_cap"] == 1.0 and m["mean_output_tokens"] < 16
         assert (d / f"results/{v}/samples_fx_add.jsonl").read_text().count("\n") == 24
         # the variant went through the sequential looks (not stopped: lossless), the baseline did not
         assert m.get("sequential/stopped") == (0.0 if v == "prompt_lookup" else None)
@@ -70,7 +73,9 @@ def test_pipeline_outputs(proj):
     assert bad["verdict"] == "reject" and "fp8" in bad["reason"]
     summary = (d / "reports/summary.md").read_text()
     assert "`unsupported`" in summary and "Best accepted variant" in summary
-    assert (d / "reports/pareto.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("pareto", "curves", "output_lengths", "timeline"):
+        assert (d / f"reports/{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Best per load level" in summary and "## Noise floor (A/A)" in summary
 
 
 def test_mlflow_parent_and_nested_runs(proj):
@@ -124,3 +129,19 @@ def test_dvc_exp_run_composes_conf_through_hydra(proj):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"quantize@prompt_lookup", "run@prompt_lookup", "gate", "report"}
     assert yaml.safe_load((d / "params.yaml").read_text())["variants"]["prompt_lookup"]["speculative"]["num_tokens"] == 3
+
+
+def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
+    """python -m stages.schedule: DVC decides what is stale, the scheduler runs it (serially on hf),
+    `dvc commit` records it, and DVC then sees everything up to date."""
+    d, _ = proj
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["variants"]["prompt_lookup"]["speculative"]["num_tokens"] = 5
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    assert "stale: run@prompt_lookup\n" in out and "running 1 variant(s) one at a time" in out
+    assert json.loads((d / "results/prompt_lookup/timeline.json").read_text())["events"]
+    status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
+    assert "up to date" in status, status
+    again = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    assert "stale: none" in again and "Running stage" not in again

@@ -4,7 +4,12 @@ import pytest
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
 from evalgate.engines.base import VariantUnsupported
-from evalgate.profile import run_profile
+from evalgate.engines.hf import _row_length
+from evalgate.profile import sweep
+
+
+def req(prompt, n, stop=()):
+    return {"index": 0, "source": "t", "prompt": prompt, "max_tokens": n, "stop": list(stop)}
 
 
 @pytest.fixture(scope="module")
@@ -28,30 +33,63 @@ def test_draft_needs_a_draft_model(engine, tiny):
         engine.check(no_draft, parse_variant("v", {"speculative": {"method": "draft"}}))
 
 
-def test_generate_times_exactly_output_len_tokens(engine, tiny, tmp_path):
+def test_profile_sweeps_the_levels_with_forced_length(engine, tiny, tmp_path):
+    reqs = [dict(req(p, 6), index=i) for i, p in enumerate(["1+2=", "the cat", "3+4=", "the mat"] * 4)]
+    load = {"concurrency": [1, 2], "requests": {"min": 4, "max": 8}, "warmup": 1, "target_ci_pct": 50, "waves": 2,
+            "saturation_gain_pct": 0}
     with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
-        g = ep.generate("1+2=", 12)
-        prof = run_profile(ep, [{"prompt": "1+2=", "source": "t"}, {"prompt": "the cat", "source": "t"}],
-                           {"output_len": 6, "warmup": 1, "repeats": 2})
+        g = ep.generate_batch([req("1+2=", 12)], ignore_eos=True)[0]
+        prof = sweep(ep, reqs, load, {"e2el_ms": 10_000}, ignore_eos=True)
     assert len(g.token_times) == len(g.token_ids) == 12
     assert g.token_times == sorted(g.token_times) and g.token_times[0] > 0
+    assert [lv["name"] for lv in prof["levels"]] == ["c1", "c2"]
     s = prof["summary"]
-    assert s["completed"] == 4 and len(prof["runs"]) == 2
-    for key in ("median_ttft_ms", "p99_tpot_ms", "median_itl_ms", "p90_e2el_ms", "output_throughput", "mem_peak_mb"):
+    assert s["c1/completed"] >= 4 and s["mean_output_tokens"] == 6 and s["stopped_before_cap"] == 0.0
+    for key in ("median_ttft_ms", "p99_tpot_ms", "median_itl_ms", "p90_e2el_ms", "output_throughput", "request_goodput"):
         assert s[key] > 0, key
     assert s["median_ttft_ms"] <= s["median_e2el_ms"]
+
+
+def test_requests_end_at_eos_and_at_stop_strings(engine, tiny, tmp_path):
+    """Default semantics: a request ends at EOS or at its stop string, long before its max_tokens."""
+    import torch
+
+    with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
+        first = ep.generate_batch([req("the cat", 8)], ignore_eos=True)[0]
+        stop_text = ep.tok.decode(first.token_ids[:2])
+        stopped = ep.generate_batch([req("the cat", 8, stop=[stop_text])])[0]
+        eos = ep.tok.eos_token_id
+        hook = ep.model.lm_head.register_forward_hook(lambda m, i, out: out + 1e4 * torch.nn.functional.one_hot(
+            torch.tensor(eos), out.shape[-1]).to(out.dtype))   # a model that answers with EOS at once
+        ended = ep.generate_batch([req("the cat", 8), req("1+2=", 8)])
+        forced = ep.generate_batch([req("the cat", 8)], ignore_eos=True)[0]
+        hook.remove()
+    assert len(stopped.token_ids) <= 2 and stopped.text.endswith(stop_text[-1])
+    assert [len(g.token_ids) for g in ended] == [1, 1] and ended[0].token_ids == [eos]
+    assert len(forced.token_ids) == 8
+
+
+def test_row_length_rules(engine, tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny.id)
+    ids = tok("the cat sat on the mat").input_ids
+    assert _row_length(ids + [tok.eos_token_id, 5, 5], tok, [], 50) == len(ids) + 1
+    assert _row_length(ids, tok, None, 3) == 3                     # the request's own cap
+    assert _row_length(ids, tok, [" sat"], 50) < len(ids)
 
 
 @pytest.mark.parametrize("spec", [{"method": "ngram", "num_tokens": 3}, {"method": "draft", "num_tokens": 3}])
 def test_speculation_keeps_greedy_outputs(engine, tiny, tmp_path, spec):
     prompts = ["1+2=3\n1+2=", "the cat sat on the mat the cat sat", "7+7="]
     with engine.serve(tiny, parse_variant("baseline", {}), tmp_path) as ep:
-        ref = [ep.generate(p, 16).token_ids for p in prompts]
+        ref = [ep.generate_batch([req(p, 16)], ignore_eos=True)[0].token_ids for p in prompts]
     with engine.serve(tiny, parse_variant("spec", {"speculative": spec}), tmp_path) as ep:
-        got = [ep.generate(p, 16).token_ids for p in prompts]
-        stats = ep.stats()
+        ep.level_extras()
+        got = [ep.generate_batch([req(p, 16)], ignore_eos=True)[0].token_ids for p in prompts]
+        extras = ep.level_extras()
     assert got == ref
-    assert stats["spec_decode_acceptance_length"] >= 1.0
+    assert extras["spec_decode_acceptance_length"] >= 1.0
 
 
 @pytest.mark.parametrize("spec", [
@@ -70,7 +108,7 @@ def test_variant_families_serve_and_generate(engine, tiny, tmp_path, spec):
     v = parse_variant("v", spec)
     engine.check(tiny, v)
     with engine.serve(tiny, v, tmp_path) as ep:
-        gens = ep.generate_batch(["1+2=", "the cat sat", "3+4="], 10)
+        gens = ep.generate_batch([req("1+2=", 10), req("the cat sat", 10), req("3+4=", 10)], ignore_eos=True)
         stats = ep.stats()
     assert [len(g.token_ids) for g in gens] == [10, 10, 10]
     assert all(len(g.token_times) == 10 for g in gens)
@@ -92,7 +130,7 @@ def test_offline_checkpoint_is_quantized_and_served(engine, tiny, tmp_path, meth
     model = served_model(tiny, v, str(tmp_path / "ckpt"))
     engine.check(model, v)
     with engine.serve(model, v, tmp_path) as ep:
-        assert len(ep.generate("1+2=", 5).token_ids) == 5
+        assert len(ep.generate_batch([req("1+2=", 5)], ignore_eos=True)[0].token_ids) == 5
     with pytest.raises(RuntimeError, match="not a quantized checkpoint"):
         with engine.serve(tiny, v, tmp_path):
             pass

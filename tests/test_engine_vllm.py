@@ -10,7 +10,7 @@ import pytest
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
 from evalgate.engines.base import VariantUnsupported
-from evalgate.engines.vllm import parse_prometheus, serve_args
+from evalgate.engines.vllm import serve_args, start_phases
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py"))]
 
@@ -58,9 +58,35 @@ def test_check_refuses(spec, msg, tmp_path):
         get_engine("vllm", {}).check(ModelSpec(source="local", id=str(tmp_path)), parse_variant("v", spec))
 
 
-def test_prometheus_parsing():
-    text = "# HELP x\nvllm:a_total{model=\"m\"} 3.0\nvllm:a_total{model=\"n\"} 2\nvllm:b 1e3\nvllm:c NaN\n"
-    assert parse_prometheus(text) == {"vllm:a_total": 5.0, "vllm:b": 1000.0}
+def test_memory_share_and_context_flags():
+    a = serve_args("/m", None, parse_variant("v", {}), {"seed": 0, "max_model_len": 4096},
+                   {"kv_cache_memory_bytes": 4 * 2**30, "gpu_memory_utilization": 0.0912345})
+    assert " ".join(a[:7]) == "/m --served-model-name model --seed 0 --gpu-memory-utilization 0.09123"
+    assert a[a.index("--kv-cache-memory-bytes") + 1] == str(4 * 2**30) and "--max-model-len" in a
+
+
+def test_memory_need_counts_weights_kv_and_overhead(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m/model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/model.safetensors").write_bytes(b"x" * 100)
+    eng = get_engine("vllm", {"kv_cache_memory_gb": 2, "server_overhead_gb": 1})
+    model = ModelSpec(source="local", id=str(tmp_path / "m"), draft=str(tmp_path / "d"))
+    base = eng.memory_need(model, parse_variant("v", {}))
+    assert base == {"weights": 1000, "kv_cache_memory_bytes": 2 * 2**30, "overhead": 2**30, "total": 1000 + 3 * 2**30}
+    assert eng.memory_need(model, parse_variant("v", {"quantization": {"method": "fp8"}}))["weights"] == 500
+    assert eng.memory_need(model, parse_variant("v", {"speculative": {"method": "draft"}}))["weights"] == 1100
+
+
+def test_start_phases_from_the_server_log():
+    log = "\n".join([
+        "INFO 11-25 10:00:00 [api_server.py:1] vLLM API server version 0.24.0",
+        "INFO 11-25 10:00:30 [gpu_model_runner.py:1] Starting to load model /m...",
+        "INFO 11-25 10:00:33 [gpu_model_runner.py:2] Model loading took 0.58 GiB memory and 2.5 seconds",
+        "INFO 11-25 10:00:45 [monitor.py:3] torch.compile took 11.20 s in total",
+        "INFO 11-25 10:00:50 [gpu_model_runner.py:4] Graph capturing finished in 5 secs, took 0.10 GiB",
+        "INFO 11-25 10:01:02 [api_server.py:5] Starting vLLM API server 0 on http://127.0.0.1:8000"])
+    assert start_phases(log) == {"imports_s": 30, "weights_s": 3, "compile_s": 12, "cuda_graphs_s": 5, "api_ready_s": 12}
 
 
 @pytest.fixture
@@ -88,11 +114,16 @@ def test_lifecycle_serves_then_leaves_no_orphan(model_dir, tmp_path, monkeypatch
     monkeypatch.setenv("FAKE_VLLM_PIDFILE", str(tmp_path / "child.pid"))
     engine = get_engine("vllm", {"cli": FAKE, "start_timeout_s": 30})
     with engine.serve(model_dir, parse_variant("v", {}), tmp_path) as ep:
-        g = ep.generate("hi", 5)
+        import urllib.request
+
+        body = json.dumps({"model": "model", "prompt": "hi", "max_tokens": 4}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"{ep.base_url}/v1/completions", body)) as r:
+            assert b"completion_tokens" in r.read()
         stats = ep.stats()
+        attached = engine.attach(ep.record())      # what a quality worker in another process gets
+        assert attached.base_url == ep.base_url and attached.model_path == ep.model_path
         child = int((tmp_path / "child.pid").read_text())
         assert Path(f"/proc/{child}").exists()
-    assert len(g.token_times) == 5 and g.token_times[0] == g.token_times[1]  # 2 tokens in the first chunk
     assert stats["mem_weights_mb"] == 256 and stats["kv_cache_tokens"] == 12345
     assert (tmp_path / "server.log").exists() and json.loads((tmp_path / "server_cmd.json").read_text())
     assert not _alive(child), "the server's child process outlived the server"

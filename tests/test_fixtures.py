@@ -5,18 +5,19 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evalgate.fixtures import build
-from evalgate.fixtures.corpus import KINDS, Corpus
-from evalgate.fixtures.tasks import write_tasks
-from evalgate.fixtures.tokenizer import train_tokenizer
-from evalgate.fixtures.train import packed_batches
+from evalgate.toymodel import build
+from evalgate.toymodel.corpus import KINDS, Corpus
+from evalgate.toymodel.tasks import write_tasks
+from evalgate.toymodel.tokenizer import train_tokenizer
+from evalgate.toymodel.train import packed_batches
 
-HELDOUT = {"add": 50, "copy": 10, "recall": 10, "sentence": 10}
-MIX = {"add": 0.55, "copy": 0.07, "recall": 0.3, "sentence": 0.08}
+HELDOUT = {"add": 50, "copy": 10, "recall": 10, "sentence": 10, "count": 10, "needle": 4}
+MIX = {"add": 0.5, "copy": 0.07, "recall": 0.25, "sentence": 0.08, "count": 0.05, "needle": 0.05}
 
 
 def corpus(seed=0, heldout=HELDOUT):
-    return Corpus(seed, heldout, add_digits=[1, 3, 1], copy_words=[3, 6], recall_pairs=[2, 4])
+    return Corpus(seed, heldout, add_digits=[1, 3, 1], copy_words=[3, 6], recall_pairs=[2, 4], count_len=[3, 10],
+                  needle_sentences=[3, 6])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_corpus_is_deterministic_per_seed():
 
 
 def test_heldout_never_in_training_stream():
-    c = corpus(heldout={"add": 4000, "copy": 10, "recall": 400, "sentence": 200})
+    c = corpus(heldout={"add": 4000, "copy": 10, "recall": 400, "sentence": 200, "count": 200, "needle": 50})
     held = {it.text for items in c.heldout.values() for it in items}
     train = list(islice(c.stream(MIX, "t"), 30000))
     assert {it.kind for it in train} == set(KINDS)
@@ -62,7 +63,7 @@ def test_packed_rows_equal_items_alone(tok):
     ids, labels, pos = next(packed_batches(iter(items), tok, rows=2, seq_len=64))
     starts = (pos[0] == 0).nonzero().flatten().tolist()
     assert len(starts) >= 3 and starts[0] == 0
-    assert (labels[0, : starts[1]] != -100).sum() == len(tok.encode(items[0].answer + "\n"))
+    assert (labels[0, : starts[1]] != -100).sum() == len(tok.encode(items[0].answer)) + 1   # the answer and EOS
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, intermediate_size=64)).eval()
@@ -96,7 +97,7 @@ def test_missing_keys_are_named(tmp_path):
 
 
 def test_bf16_setting():
-    from evalgate.fixtures.train import resolve_bf16
+    from evalgate.toymodel.train import resolve_bf16
 
     cpu = torch.device("cpu")
     assert resolve_bf16(False, cpu) is False and resolve_bf16(True, cpu) is True

@@ -9,9 +9,9 @@ from evalgate.metrics import flatten_lmeval, gate_metric_key
 def cfg(quality=None, slo=None, variants=("baseline", "a", "b")):
     return parse({
         "model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
-        "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
+        "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
         "eval": {"tasks": ["t"]},
-        "gate": {"slo": slo or {}, "quality": quality or {
+        "gate": {"limits": slo or {}, "quality": quality or {
             "t/acc": {"max_loss_abs": 0.02, "max_loss_rel_pct": 5}, "t/ppl": {"max_loss_rel_pct": 10}}},
         "baseline": {}, "variants": {v: {} for v in variants if v != "baseline"}})
 

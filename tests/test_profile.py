@@ -1,15 +1,45 @@
-"""Profile maths: per-request metrics, vLLM bench results → our names, the workload."""
+"""The load profile's arithmetic and control: per-request metrics, goodput, the adaptive level, the
+sweep (saturation, rate levels), and the two engines' request paths turned into the same records."""
+import math
+
 import pytest
 
-from evalgate.profile import _request_metrics, from_bench
+from evalgate import profile as P
+from evalgate.engines.base import Endpoint, Generation
+from evalgate.engines.vllm import records_from_bench
 from evalgate.metrics import stat_keys
 
 
-def test_request_metrics_definitions():
-    m = _request_metrics([0.10, 0.12, 0.15, 0.19])
-    assert m["ttft"] == 0.10 and m["e2el"] == 0.19 and m["output_tokens"] == 4
-    assert m["tpot"] == pytest.approx((0.19 - 0.10) / 3)       # (E2EL − TTFT) / (n − 1)
-    assert m["itl"] == pytest.approx([0.02, 0.03, 0.04])       # every gap
+def rec(start, ttft, itl, n=None, cap=100, ok=True):
+    n = n if n is not None else len(itl) + 1
+    return {"index": 0, "source": "t", "ok": ok, "prompt_tokens": 5, "output_tokens": n, "start": start,
+            "ttft": ttft, "itl": list(itl), "e2el": ttft + sum(itl), "capped": n >= cap}
+
+
+def test_tpot_and_goodput_hand_worked():
+    """Four requests, SLO ttft ≤ 100 ms and tpot ≤ 20 ms, over 2 s:
+    a: ttft 50, 3 tokens in 0.05+0.02+0.02 → tpot (90−50)/2 = 20 ms → good (bound inclusive)
+    b: ttft 150 → bad;  c: one token → tpot 0 (vLLM's rule) → good;  d: tpot 30 ms → bad.  Goodput 2/2 s = 1."""
+    a = rec(0.0, 0.05, [0.02, 0.02])
+    b = rec(0.1, 0.15, [0.01])
+    c = rec(0.2, 0.08, [])
+    d = rec(0.3, 0.04, [0.03, 0.03])
+    assert P.tpot(a) == pytest.approx(0.02) and P.tpot(c) == 0.0 and P.tpot(d) == pytest.approx(0.03)
+    slo = {"ttft_ms": 100, "tpot_ms": 20}
+    assert [P.is_good(r, slo) for r in (a, b, c, d)] == [True, False, True, False]
+    assert P.goodput([a, b, c, d], slo, 2.0) == pytest.approx(1.0)
+    assert P.goodput([a], {}, 2.0) is None
+    assert P.goodput([a, b], {"e2el_ms": 100}, 1.0) == pytest.approx(1.0)   # a: 90 ms, b: 160 ms
+
+
+def test_summary_uses_what_requests_produced():
+    recs = [rec(0.0, 0.1, [0.01] * 9, cap=10), rec(0.0, 0.1, [0.01] * 3, cap=10), rec(0, 0, [], ok=False)]
+    s = P.summarize(recs, 2.0, {})
+    assert s["completed"] == 2 and s["failed"] == 1
+    assert s["output_throughput"] == pytest.approx(14 / 2.0)
+    assert s["mean_output_tokens"] == 7 and s["stopped_before_cap"] == 0.5
+    assert s["median_e2el_per_token_ms"] == pytest.approx(1000 * ((0.19 / 10) + (0.13 / 4)) / 2)
+    assert "request_goodput" not in s
 
 
 def test_stat_keys_use_vllm_names():
@@ -18,20 +48,118 @@ def test_stat_keys_use_vllm_names():
     assert s["median_ttft_ms"] == 2.5
 
 
-def test_from_bench_headline_and_levels():
-    res = {1: {"completed": 8, "output_throughput": 100.0, "p50_ttft_ms": 5.0, "mean_tpot_ms": 2.0, "date": "x"},
-           32: {"completed": 8, "output_throughput": 900.0, "p50_ttft_ms": 9.0, "mean_tpot_ms": 3.0,
-                "spec_decode_acceptance_rate": 40.0}}
-    s = from_bench(res, headline=32)
-    assert s["output_throughput"] == 900.0 and s["median_ttft_ms"] == 9.0 and s["concurrency"] == 32
-    assert s["c1/output_throughput"] == 100.0 and s["c1/median_ttft_ms"] == 5.0
-    assert s["spec_decode_acceptance_rate"] == 40.0 and "date" not in s
+def test_ci_pct_and_steady_bins():
+    assert P.ci_pct([10.0]) == math.inf
+    assert P.ci_pct([10.0, 10.0, 10.0]) == 0.0
+    assert P.ci_pct([9.0, 11.0]) == pytest.approx(100 * 12.71 * 1.4142 / math.sqrt(2) / 10, rel=1e-3)
+    # a steady stream: 4 requests in flight, each 10 tokens 0.1 s apart, staggered: constant throughput
+    recs = [rec(0.25 * i, 0.1, [0.1] * 9) for i in range(40)]
+    bins = P.steady_bins(recs, 4)
+    assert len(bins) == P.BINS and P.ci_pct(bins) < 5
 
 
-def test_requests_per_level_scale_with_concurrency():
-    from evalgate.profile import distinct_prompts, requests_at
-    wl = {"num_prompts": 64, "repeats": 1, "concurrency": [1, 32], "min_requests_per_slot": 20}
-    assert [requests_at(wl, c) for c in (1, 32)] == [64, 640]
-    assert distinct_prompts(wl) == 640           # no level repeats a prompt
-    plain = {"num_prompts": 16, "repeats": 2, "concurrency": [1, 4]}
-    assert [requests_at(plain, c) for c in (1, 4)] == [32, 32] and distinct_prompts(plain) == 16
+class FakeEndpoint(Endpoint):
+    """Requests of `tokens` tokens at a fixed speed; throughput per level grows up to `saturate_at`."""
+    supports_rate = True
+
+    def __init__(self, tokens=40, step=0.001, saturate_at=4, jitter=0.0):
+        self.tokens, self.step, self.sat, self.jitter, self.calls = tokens, step, saturate_at, jitter, []
+
+    def lm_eval_model(self):
+        raise NotImplementedError
+
+    def run_requests(self, requests, concurrency, rate=None, burstiness=1.0, ignore_eos=False, warmup=0):
+        self.calls.append({"n": len(requests), "concurrency": concurrency, "rate": rate, "warmup": warmup})
+        c = concurrency or 4
+        eff = min(c, self.sat)
+        step = self.step * c / eff            # beyond saturation each request slows down
+        recs, t = [], 0.0
+        for i, r in enumerate(requests):
+            start = (i // c + (i % c) / c) * step * self.tokens   # a closed loop: slots free up in turn
+            j = self.jitter * ((i * 7919) % 13 - 6) / 6
+            recs.append({**rec(start, step * (1 + j), [step] * (self.tokens - 1), cap=r["max_tokens"]),
+                         "index": r["index"], "text": f"out{r['index']}"})
+            t = max(t, start + step * self.tokens)
+        return recs, t, {}
+
+
+REQS = [{"index": i, "prompt": f"p{i}", "max_tokens": 16, "stop": [], "source": "t"} for i in range(400)]
+LOAD = {"concurrency": [1, 2, 4, 8, 16], "saturation_gain_pct": 5, "rates": [0.5],
+        "requests": {"min": 8, "max": 200}, "duration_s": {"min": 0, "max": 60}, "target_ci_pct": 2, "waves": 4}
+
+
+def test_level_stops_when_precise_and_at_the_cap():
+    ep = FakeEndpoint()
+    lvl = P.run_level(ep, REQS, LOAD, {}, False, concurrency=2)
+    assert lvl["summary"]["rounds"] == 1 and lvl["summary"]["completed"] == 8   # steady: one round is enough
+    assert lvl["summary"]["ci_pct"] <= 2
+    noisy = FakeEndpoint(jitter=0.9)
+    lvl = P.run_level(noisy, REQS, {**LOAD, "target_ci_pct": 0.01}, {}, False, concurrency=1)
+    assert lvl["summary"]["completed"] == 200 and lvl["summary"]["ci_pct"] > 0.01   # capped by requests.max
+    indexes = [r["index"] for r in lvl["requests"]]
+    assert indexes == list(range(200))   # consecutive slices: no prompt repeats inside a level
+
+
+def test_sweep_climbs_to_saturation_then_rates_at_the_baseline_peak():
+    ep = FakeEndpoint(saturate_at=4)
+    res = P.sweep(ep, REQS, LOAD, {"e2el_ms": 1000}, False)
+    names = [lv["name"] for lv in res["levels"]]
+    assert names == ["c1", "c2", "c4", "c8", "r0.5x"]        # c8 no longer grows: c16 never runs
+    assert res["levels"][3]["summary"]["saturated"] == 1.0
+    peak_rps = max(lv["summary"]["request_throughput"] for lv in res["levels"] if lv["concurrency"])
+    assert ep.calls[-1]["rate"] == pytest.approx(0.5 * peak_rps)
+    s = res["summary"]
+    assert s["output_throughput"] == max(lv["summary"]["output_throughput"] for lv in res["levels"][:4])
+    assert s["median_ttft_ms"] == res["levels"][0]["summary"]["median_ttft_ms"]      # latency at c1
+    assert "c4/output_throughput" in s and "r0.5x/request_goodput" in s and s["request_goodput"] > 0
+    # a variant meets the baseline's arrival rate, not its own
+    ep2 = FakeEndpoint(saturate_at=16)
+    P.sweep(ep2, REQS, LOAD, {}, False, base_peak_rps=3.0)
+    assert ep2.calls[-1]["rate"] == pytest.approx(1.5)
+    # texts are kept at concurrency 1 only (the identical-output check)
+    assert "text" in res["levels"][0]["requests"][0] and "text" not in res["levels"][1]["requests"][0]
+
+
+def test_no_rate_levels_without_a_load_generator():
+    ep = FakeEndpoint()
+    ep.supports_rate = False
+    res = P.sweep(ep, REQS, LOAD, {}, False)
+    assert all(lv["concurrency"] for lv in res["levels"])
+
+
+class BatchEndpoint(Endpoint):
+    """The generic closed loop: rows end at their own length (EOS), the batch at its longest row."""
+    def __init__(self, batch_size):
+        self.batch_size, self.batches = batch_size, []
+
+    def lm_eval_model(self):
+        raise NotImplementedError
+
+    def generate_batch(self, requests, ignore_eos=False):
+        self.batches.append(len(requests))
+        lens = [r["max_tokens"] if ignore_eos else r["answer_len"] for r in requests]
+        return [Generation(token_times=[0.001 * (k + 1) for k in range(n)], prompt_tokens=3, text="x" * n)
+                for n in lens]
+
+
+def test_generic_loop_respects_eos_and_batches():
+    reqs = [{"index": i, "prompt": "p", "max_tokens": 10, "answer_len": 2 + i % 3, "stop": []} for i in range(8)]
+    ep = BatchEndpoint(batch_size=2)
+    recs, dur, _ = ep.run_requests(reqs, concurrency=4)
+    assert ep.batches == [2, 2, 2, 2]
+    assert [r["output_tokens"] for r in recs] == [2, 3, 4, 2, 3, 4, 2, 3]   # a request can end before max_tokens
+    assert not any(r["capped"] for r in recs)
+    assert recs[2]["start"] == recs[0]["start"] and recs[2]["ttft"] > recs[0]["ttft"]  # waited for the first batch
+    forced, _, _ = ep.run_requests(reqs[:2], concurrency=2, ignore_eos=True)
+    assert all(r["output_tokens"] == 10 and r["capped"] for r in forced)
+    with pytest.raises(ValueError, match="request-rate"):
+        ep.run_requests(reqs, concurrency=None, rate=2.0)
+
+
+def test_vllm_bench_result_to_records():
+    result = {"start_times": [100.0, 100.5], "ttfts": [0.02, 0.03], "itls": [[0.01, 0.01], []],
+              "output_lens": [3, 0], "input_lens": [7, 9], "errors": ["", "boom"], "generated_texts": ["a b", ""]}
+    reqs = [{"index": 4, "source": "fx", "max_tokens": 3}, {"index": 5, "source": "fx", "max_tokens": 8}]
+    a, b = records_from_bench(result, reqs)
+    assert a["start"] == 0.0 and a["e2el"] == pytest.approx(0.04) and a["capped"] and a["ok"]
+    assert b["start"] == 0.5 and not b["ok"] and b["error"] == "boom" and b["output_tokens"] == 0

@@ -14,7 +14,7 @@ TRIALS, LOOKS, ALPHA = 300, [0.25, 0.5], 0.01
 
 def cfg(looks=LOOKS, alpha=ALPHA):
     return parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
-                  "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
+                  "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
                   "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"v": {}},
                   "gate": {"quality": {"t/acc": {"max_loss_abs": MARGIN}},
                            "sequential": {"enabled": True, "looks": looks, "alpha": alpha}}})

@@ -94,7 +94,7 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
     bad[np.flatnonzero(acc)[:40]] = False             # 10 points lost
     _write(tmp_path / "bad", bad, ll)
     cfg = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
-                 "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
+                 "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
                  "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"same": {}, "bad": {}},
                  "gate": {"quality": {"t/acc": {"max_loss_abs": 0.02},
                                                               "t/word_perplexity": {"max_loss_rel_pct": 2}}}})
@@ -114,7 +114,7 @@ def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
     for name in ("baseline", "v"):
         _write(tmp_path / name, acc, ll)
     cfg = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
-                 "workload": {"num_prompts": 1, "output_len": 4, "warmup": 0, "repeats": 1},
+                 "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
                  "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"v": {}},
                  "gate": {"quality": {"fidelity/answer_flip_rate": {"max_loss_abs": 0.05}}}})
     results = {n: load_result(tmp_path / n) for n in ("baseline", "v")}

@@ -7,6 +7,7 @@ stops it on exit. Nothing outside an adapter knows an engine's flags.
 from __future__ import annotations
 
 import abc
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ class Generation:
     token_times: list[float]
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
+    text: str = ""
 
 
 @dataclass
@@ -37,20 +39,57 @@ class ServeInfo:
     artifacts: list[Path] = field(default_factory=list)
 
 
+def record(req: dict, g: Generation, sent_at: float) -> dict:
+    """A request's profile record (evalgate.profile reads these): times in seconds; `start` after the
+    level began; `capped`: it ran to its max_tokens instead of ending on its own."""
+    times = g.token_times
+    n = len(times)
+    return {"index": req.get("index"), "source": req.get("source"), "ok": n > 0, "prompt_tokens": g.prompt_tokens,
+            "output_tokens": n, "start": sent_at, "ttft": times[0] if n else 0.0, "e2el": times[-1] if n else 0.0,
+            "itl": [b - a for a, b in zip(times, times[1:])], "capped": n >= int(req["max_tokens"]), "text": g.text}
+
+
 class Endpoint(abc.ABC):
-    """A served model: timed generation for the profile, an lm-eval model for the evaluation."""
+    """A served model: timed requests for the profile, an lm-eval model for the evaluation."""
 
     info: ServeInfo
-    batch_size: int = 1    # requests the profile sends at once
+    batch_size: int = 1         # requests the engine runs at once in the generic loop (static batches)
+    supports_rate = False       # open-loop request-rate levels need a server's own load generator
     request_cache: bool = True  # lm-eval's request cache (`use_cache`) works with lm_eval_model()
 
-    @abc.abstractmethod
-    def generate(self, prompt: str, output_len: int) -> Generation:
-        """Greedy-generate exactly `output_len` tokens (EOS ignored), recording token arrival times."""
+    def generate_batch(self, requests: list[dict], ignore_eos: bool = False) -> list[Generation]:
+        """Greedy-generate the requests as one batch (each ends at EOS, a stop string or its
+        `max_tokens`; `ignore_eos` runs each to its cap), recording token arrival times."""
+        raise NotImplementedError(f"{type(self).__name__} has its own load generator (run_requests)")
 
-    def generate_batch(self, prompts: list[str], output_len: int) -> list[Generation]:
-        """`batch_size` requests at once; engines that batch override this."""
-        return [self.generate(p, output_len) for p in prompts]
+    def run_requests(self, requests: list[dict], concurrency: int | None, rate: float | None = None,
+                     burstiness: float = 1.0, ignore_eos: bool = False, warmup: int = 0) -> tuple[list[dict], float, dict]:
+        """Send `requests` at one load level; returns (records, duration in s, engine extras).
+
+        The generic closed loop for in-process engines: waves of `concurrency` requests sent together,
+        served in static batches of at most `batch_size`, one after another (so at a concurrency above
+        the batch size later requests wait, as they would behind a busy server)."""
+        if rate:
+            raise ValueError(f"{type(self).__name__}: no request-rate levels (closed-loop concurrency only)")
+        for i in range(0, warmup, self.batch_size):
+            self.generate_batch(requests[i:i + self.batch_size], ignore_eos)
+        self.level_extras()   # the warm-up does not count
+        c = concurrency or 1
+        records, t0 = [], time.perf_counter()
+        for w in range(0, len(requests), c):
+            sent = time.perf_counter() - t0
+            wave = requests[w:w + c]
+            for b in range(0, len(wave), self.batch_size):
+                batch = wave[b:b + self.batch_size]
+                waited = time.perf_counter() - t0 - sent
+                for req, g in zip(batch, self.generate_batch(batch, ignore_eos)):
+                    g.token_times = [waited + t for t in g.token_times]
+                    records.append(record(req, g, sent))
+        return records, time.perf_counter() - t0, self.level_extras()
+
+    def level_extras(self) -> dict:
+        """Engine facts about the requests since the last call (e.g. speculative acceptance)."""
+        return {}
 
     @abc.abstractmethod
     def lm_eval_model(self):
@@ -61,18 +100,16 @@ class Endpoint(abc.ABC):
         next-token distribution (fidelity against the baseline). Engines that cannot, return []."""
         return []
 
-    def bench(self, dataset: Path, wl: dict, out_dir: Path) -> dict | None:
-        """The engine's own load generator, if it has one ({concurrency: result in vLLM's keys});
-        None: the generic timed-request loop of `evalgate.profile` is used instead."""
-        return None
-
     def stats(self) -> dict[str, float]:
-        """Metrics the engine gathered while serving (peak memory, speculative acceptance…)."""
+        """Metrics the engine gathered while serving (peak memory, KV-cache capacity…)."""
         return dict(self.info.metrics)
 
 
 class Engine(abc.ABC):
     name: str
+    # True: `start` launches a server other processes can reach (`attach`), so the scheduler runs
+    # several side by side; False: the model lives in this process and variants run one at a time
+    attachable = False
 
     def __init__(self, options: dict):
         self.options = options

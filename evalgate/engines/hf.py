@@ -148,6 +148,24 @@ def _kv_generate_kwargs(variant: Variant) -> dict:
                              "q_group_size": kv.get("group_size", 32), "residual_length": kv.get("residual_length", 0)}}
 
 
+def _row_length(ids: list[int], tok, stops: list[str] | None, cap: int) -> int:
+    """Tokens a request produced in a static batch: up to and including its EOS, or up to the end of
+    its first stop string, and never beyond its own cap (the batch ran to the longest request's)."""
+    n = min(cap, len(ids))
+    if stops is None:
+        return n
+    for j in range(n):
+        if ids[j] == tok.eos_token_id:
+            return j + 1
+    if any(stops):
+        text = ""
+        for j in range(n):
+            text += tok.decode([ids[j]])
+            if any(s and s in text for s in stops):
+                return j + 1
+    return n
+
+
 class HFEndpoint(Endpoint):
     def __init__(self, model, tokenizer, gen_kwargs: dict, args: dict, start_s: float, disk_mb: float):
         self.model, self.tok, self.gen_kwargs, self.args = model, tokenizer, gen_kwargs, args
@@ -155,34 +173,50 @@ class HFEndpoint(Endpoint):
         self._speculative = any(k in gen_kwargs for k in ("prompt_lookup_num_tokens", "assistant_model"))
         self.info = ServeInfo(start_seconds=start_s)
         self._forwards = self._new_tokens = self._decode_forwards = 0
+        self._mark = (0, 0)
         model.register_forward_hook(self._count)  # target forward passes → speculative acceptance length
         self.info.metrics.update({"mem_weights_mb": model.get_memory_footprint() / 2**20, "disk_model_mb": disk_mb})
 
     def _count(self, *_):
         self._forwards += 1
 
-    def generate_batch(self, prompts: list[str], output_len: int) -> list[Generation]:
-        """One static batch, left-padded; every request of it shares the batch's step times."""
+    def generate_batch(self, requests: list[dict], ignore_eos: bool = False) -> list[Generation]:
+        """One static batch, left-padded, greedy. Each request ends at EOS, at one of its stop strings
+        or at its own `max_tokens` (a row that finished waits for the batch, as in static batching);
+        `ignore_eos` forces every row to its cap. Token times are per generation step of the batch."""
         import torch
 
-        if len(prompts) > 1 and self._speculative:  # transformers speculates on one sequence at a time
-            return [self.generate_batch([p], output_len)[0] for p in prompts]
+        if len(requests) > 1 and self._speculative:  # transformers speculates on one sequence at a time
+            return [self.generate_batch([r], ignore_eos)[0] for r in requests]
         self.tok.padding_side = "left"
-        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.model.device)
+        enc = self.tok([r["prompt"] for r in requests], return_tensors="pt", padding=True).to(self.model.device)
+        cap = max(int(r["max_tokens"]) for r in requests)
+        stops = sorted({s for r in requests for s in r.get("stop", []) if s})
+        kw = {"min_new_tokens": cap} if ignore_eos else (
+            {"stop_strings": stops, "tokenizer": self.tok} if stops else {})
         before = self._forwards
         t0 = time.perf_counter()
         streamer = _TimingStreamer(t0)
         with torch.no_grad():
-            seq = self.model.generate(**enc, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False,
-                                      streamer=streamer, pad_token_id=self.tok.pad_token_id, **self.gen_kwargs)
+            seq = self.model.generate(**enc, max_new_tokens=cap, do_sample=False, streamer=streamer,
+                                      pad_token_id=self.tok.pad_token_id, **kw, **self.gen_kwargs)
         self._decode_forwards += self._forwards - before - 1   # minus the prefill
         self._new_tokens += len(streamer.times) - 1            # the first token comes from the prefill
         width = enc.input_ids.shape[1]
-        return [Generation(token_times=list(streamer.times), token_ids=seq[i, width:].tolist(),
-                           prompt_tokens=int(enc.attention_mask[i].sum())) for i in range(len(prompts))]
+        out = []
+        for i, r in enumerate(requests):
+            ids = seq[i, width:].tolist()
+            n = _row_length(ids, self.tok, None if ignore_eos else r.get("stop"), int(r["max_tokens"]))
+            out.append(Generation(token_times=list(streamer.times[:n]), token_ids=ids[:n],
+                                  prompt_tokens=int(enc.attention_mask[i].sum()),
+                                  text=self.tok.decode(ids[:n], skip_special_tokens=True)))
+        return out
 
-    def generate(self, prompt: str, output_len: int) -> Generation:
-        return self.generate_batch([prompt], output_len)[0]
+    def level_extras(self) -> dict:
+        """Tokens per target decode step since the last call (speculation's acceptance length)."""
+        new, steps = self._new_tokens - self._mark[0], self._decode_forwards - self._mark[1]
+        self._mark = (self._new_tokens, self._decode_forwards)
+        return {"spec_decode_acceptance_length": new / steps} if self._speculative and steps else {}
 
     def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
         """Full next-token distributions in-process; `top_k` ≥ vocabulary keeps all of it."""
@@ -202,9 +236,6 @@ class HFEndpoint(Endpoint):
     def stats(self) -> dict[str, float]:
         out = dict(self.info.metrics)
         out["mem_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self._speculative and self._decode_forwards:
-            # tokens per target decode step: 1.0 without speculation; vLLM's "acceptance length"
-            out["spec_decode_acceptance_length"] = self._new_tokens / self._decode_forwards
         return out
 
     def lm_eval_model(self):

@@ -1,8 +1,13 @@
 """`vllm` engine: a `vllm serve` subprocess on 127.0.0.1, one start per variant.
 
-The profile runs `vllm bench serve` against it (one run per concurrency level), the evaluation runs
+The profile drives it with `vllm bench serve`'s own benchmark loop (`vllm.benchmarks.serve.benchmark`,
+called in-process: one import for every level of every variant instead of one process start per level,
+and per-request stop sequences, which the CLI's custom dataset cannot carry); the evaluation runs
 lm-eval's `local-completions` against the same server, so quality is measured under the exact serving
-configuration. Variant mapping (engine-neutral field → `vllm serve` flag), the only place these are known:
+configuration. A server can be started without waiting (`VLLMEngine.start`) and reached from another
+process (`VLLMEndpoint.attach`), so the scheduler (evalgate.schedule) runs several side by side, each
+with its memory share (`--kv-cache-memory-bytes`, and a `--gpu-memory-utilization` that only has to
+pass vLLM's start check). Variant mapping (engine-neutral field → `vllm serve` flag), the only place these are known:
   dtype                          → --dtype
   quantization.method fp8        → --quantization fp8 (weights quantized on the fly)
   quantization.method w4a16/w8a8 → serve quantize@<variant>'s compressed-tensors checkpoint (auto-detected)
@@ -16,7 +21,10 @@ configuration. Variant mapping (engine-neutral field → `vllm serve` flag), the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import json
+import math
 import os
 import re
 import signal
@@ -29,13 +37,13 @@ import urllib.request
 from pathlib import Path
 
 from evalgate.config import ConfigError, ModelSpec, Variant
-from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported
+from evalgate.engines.base import Endpoint, Engine, ServeInfo, VariantUnsupported
 from evalgate.models import resolve_model
-from evalgate.profile import requests_at
 
 QUANT = {"none": [], "fp8": ["--quantization", "fp8"], "w4a16": [], "w8a8": [], "checkpoint": []}
 KV = {"auto": [], "fp8": ["--kv-cache-dtype", "fp8"]}
 VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]  # the offline bundle installs no console script
+GIB = 2**30
 
 
 def _flag(key: str, value) -> list[str]:
@@ -46,10 +54,17 @@ def _flag(key: str, value) -> list[str]:
     return [name, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
 
 
-def serve_args(model_path: str, draft_path: str | None, variant: Variant, options: dict) -> list[str]:
-    """The `vllm serve` argument list for a variant (tested on CPU: no vLLM import)."""
+def serve_args(model_path: str, draft_path: str | None, variant: Variant, options: dict,
+               memory: dict | None = None) -> list[str]:
+    """The `vllm serve` argument list for a variant (tested on CPU: no vLLM import). `memory`: the
+    scheduler's share for this server (`kv_cache_memory_bytes`, `gpu_memory_utilization`)."""
+    util = (memory or {}).get("gpu_memory_utilization", options.get("gpu_memory_utilization", 0.85))
     args = [model_path, "--served-model-name", "model", "--seed", str(options.get("seed", 0)),
-            "--gpu-memory-utilization", str(options.get("gpu_memory_utilization", 0.85))]
+            "--gpu-memory-utilization", f"{util:.4g}"]
+    if memory and memory.get("kv_cache_memory_bytes"):
+        args += ["--kv-cache-memory-bytes", str(int(memory["kv_cache_memory_bytes"]))]
+    if options.get("max_model_len"):
+        args += ["--max-model-len", str(options["max_model_len"])]
     if variant.dtype:
         args += ["--dtype", variant.dtype]
     args += QUANT[variant.quantization["method"]] + KV[variant.kv_cache["dtype"]]
@@ -77,16 +92,6 @@ def _get(url: str, timeout: float = 5.0) -> str:
         return r.read().decode()
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum of every sample of each metric family (labels dropped) from /metrics text."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+\d.eE]+|NaN)$", line)
-        if m and m.group(2) != "NaN":
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-    return out
-
-
 def log_facts(log: str) -> dict[str, float]:
     """Numbers vLLM prints at start: weights memory and KV-cache capacity."""
     facts = {}
@@ -99,50 +104,140 @@ def log_facts(log: str) -> dict[str, float]:
     return facts
 
 
-class _GpuMemorySampler(threading.Thread):
-    """Peak GPU memory in use (nvidia-smi, every 0.5 s) while the server runs."""
+def start_phases(log: str) -> dict[str, float]:
+    """Seconds of a server start by phase, from the timestamps vLLM logs (INFO MM-DD HH:MM:SS): process
+    start → weights loading, weights, compile (torch.compile + its cache), CUDA graphs, the rest."""
+    stamps = []
+    for line in log.splitlines():
+        if m := re.search(r"(\d\d-\d\d \d\d:\d\d:\d\d)", line):
+            stamps.append((time.mktime(time.strptime("2000-" + m.group(1), "%Y-%m-%d %H:%M:%S")), line))
+    if not stamps:
+        return {}
+    t0 = stamps[0][0]
 
-    def __init__(self):
+    def first(pattern):
+        return next((t - t0 for t, line in stamps if re.search(pattern, line)), None)
+
+    marks = {"load_start": first(r"Starting to load model|Loading weights"),
+             "load_done": first(r"Model loading took"),
+             "compile_done": first(r"torch.compile took") or first(r"Directly load the compiled graph"),
+             "graphs_done": first(r"Graph capturing finished"),
+             "ready": first(r"Starting vLLM API server|Available routes")}
+    out = {}
+    for key, a, b in (("imports_s", None, "load_start"), ("weights_s", "load_start", "load_done"),
+                      ("compile_s", "load_done", "compile_done"), ("cuda_graphs_s", "compile_done", "graphs_done"),
+                      ("api_ready_s", "graphs_done", "ready")):
+        lo, hi = (0.0 if a is None else marks[a]), marks[b]
+        if lo is not None and hi is not None:
+            out[key] = max(0.0, hi - lo)
+    return out
+
+
+class GpuMemorySampler(threading.Thread):
+    """Peak GPU memory held by one server's processes (its process group), sampled every 0.5 s through
+    NVML (pynvml): with several servers on one card, the card's total says nothing about one of them."""
+
+    def __init__(self, pgid: int):
         super().__init__(daemon=True)
-        self.peak_mb, self._stop = 0.0, threading.Event()
+        self.pgid, self.peak_mb, self._stop = pgid, 0.0, threading.Event()
 
     def run(self):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # noqa: BLE001 - no NVML here (CPU host, tests): no memory figure
+            return
         while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
-                self.peak_mb = max([self.peak_mb, *(float(x) for x in out.split())])
-            except (OSError, ValueError, subprocess.SubprocessError):
-                return
+            used = 0
+            for h in handles:
+                with contextlib.suppress(Exception):
+                    for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                        with contextlib.suppress(OSError):
+                            if os.getpgid(p.pid) == self.pgid:
+                                used += p.usedGpuMemory or 0
+            self.peak_mb = max(self.peak_mb, used / 2**20)
             self._stop.wait(0.5)
 
     def stop(self):
         self._stop.set()
 
 
-class VLLMEndpoint(Endpoint):
-    def __init__(self, base_url: str, model_path: str, log_path: Path, info: ServeInfo, options: dict,
-                 sampler: _GpuMemorySampler):
-        self.base_url, self.model_path, self.log_path, self.info = base_url, model_path, log_path, info
-        self.options, self.sampler = options, sampler
+def records_from_bench(result: dict, requests: list[dict]) -> list[dict]:
+    """`vllm bench serve`'s per-request lists → evalgate.profile records (times relative to the first send)."""
+    t0 = min(result["start_times"]) if result.get("start_times") else 0.0
+    out = []
+    for i, req in enumerate(requests):
+        ttft, itl, n = result["ttfts"][i], list(result["itls"][i]), int(result["output_lens"][i])
+        ok = not result["errors"][i] and n > 0
+        out.append({"index": req.get("index"), "source": req.get("source"), "ok": ok,
+                    "prompt_tokens": int(result["input_lens"][i]), "output_tokens": n if ok else 0,
+                    "start": result["start_times"][i] - t0, "ttft": ttft, "itl": itl, "e2el": ttft + sum(itl),
+                    "capped": n >= int(req["max_tokens"]), "text": result["generated_texts"][i],
+                    **({} if ok else {"error": str(result["errors"][i])[:500]})})
+    return out
 
-    def generate(self, prompt: str, output_len: int) -> Generation:
-        """One streamed completion, timing each chunk (a chunk may carry several speculated tokens)."""
-        body = json.dumps({"model": "model", "prompt": prompt, "max_tokens": output_len, "min_tokens": output_len,
-                           "ignore_eos": True, "temperature": 0, "stream": True,
-                           "stream_options": {"include_usage": True, "continuous_usage_stats": True}}).encode()
-        req = urllib.request.Request(f"{self.base_url}/v1/completions", body, {"Content-Type": "application/json"})
-        t0, times, seen = time.perf_counter(), [], 0
-        with urllib.request.urlopen(req, timeout=600) as r:  # noqa: S310 - loopback only
-            for raw in r:
-                line = raw.decode().strip()
-                if not line.startswith("data: {"):
-                    continue
-                usage = json.loads(line[6:]).get("usage") or {}
-                n = usage.get("completion_tokens", seen)
-                times += [time.perf_counter() - t0] * (n - seen)
-                seen = n
-        return Generation(token_times=times, prompt_tokens=usage.get("prompt_tokens", 0))
+
+SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
+
+
+class VLLMEndpoint(Endpoint):
+    supports_rate = True
+
+    def __init__(self, base_url: str, model_path: str, log_path: Path, info: ServeInfo, options: dict,
+                 sampler: GpuMemorySampler | None = None):
+        self.base_url, self.model_path, self.log_path, self.info = base_url, model_path, log_path, info
+        self.options, self.sampler, self._tok, self._sent = options, sampler, None, 0
+
+    def record(self) -> dict:
+        """What another process needs to attach to this server (`attach`)."""
+        return {"base_url": self.base_url, "model_path": self.model_path, "log_path": str(self.log_path),
+                "start_seconds": self.info.start_seconds, "options": self.options}
+
+    @classmethod
+    def attach(cls, rec: dict) -> "VLLMEndpoint":
+        return cls(rec["base_url"], rec["model_path"], Path(rec["log_path"]),
+                   ServeInfo(start_seconds=rec.get("start_seconds", 0.0)), rec.get("options", {}))
+
+    def _tokenizer(self):
+        if self._tok is None:
+            from vllm.tokenizers import get_tokenizer
+
+            self._tok = get_tokenizer(self.model_path)
+        return self._tok
+
+    def run_requests(self, requests: list[dict], concurrency: int | None, rate: float | None = None,
+                     burstiness: float = 1.0, ignore_eos: bool = False, warmup: int = 0) -> tuple[list[dict], float, dict]:
+        """One load level through vLLM's own benchmark loop: greedy, each request with its `max_tokens`
+        cap and stop sequences; closed loop at `concurrency`, or Poisson/gamma arrivals at `rate`."""
+        import asyncio
+
+        from vllm.benchmarks.datasets import SampleRequest
+        from vllm.benchmarks.serve import TaskType, benchmark
+
+        tok = self._tokenizer()
+        samples = []
+        for r in requests:
+            self._sent += 1   # unique ids: vLLM refuses a request id that is still running
+            samples.append(SampleRequest(prompt=r["prompt"], prompt_len=len(tok(r["prompt"]).input_ids),
+                                         expected_output_len=int(r["max_tokens"]), request_id=f"eg-{self._sent}",
+                                         request_overrides={"stop": list(r["stop"])} if r.get("stop") else None))
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):   # its result tables go to bench.log, not the stage log
+            result = asyncio.run(benchmark(
+                task_type=TaskType.GENERATION, endpoint_type="vllm", api_url=f"{self.base_url}/v1/completions",
+                base_url=self.base_url, model_id="model", model_name="model", tokenizer=tok, input_requests=samples,
+                logprobs=None, request_rate=rate or math.inf, burstiness=burstiness, disable_tqdm=True,
+                num_warmups=warmup, profile=False, selected_percentile_metrics=["ttft", "tpot", "itl", "e2el"],
+                selected_percentiles=[50.0, 90.0, 99.0], ignore_eos=ignore_eos, goodput_config_dict={},
+                max_concurrency=concurrency, lora_modules=None, extra_headers=None,
+                extra_body={"temperature": 0.0}, ready_check_timeout_sec=0))
+        with open(self.log_path.with_name("bench.log"), "a") as f:
+            f.write(log.getvalue())
+        extras = {k: result[k] for k in SPEC_KEYS if k in result}
+        extras["vllm"] = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return records_from_bench(result, requests), float(result["duration"]), extras
 
     def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
         """Top-k prompt logprobs from the server (`prompt_logprobs`, a vLLM extension): truncated."""
@@ -150,6 +245,7 @@ class VLLMEndpoint(Endpoint):
 
         out: list[dict] = []
         k = min(top_k, int(self.options.get("max_logprobs", 20)))
+        vocab = json.loads((Path(self.model_path) / "config.json").read_text()).get("vocab_size", 0)
         for text in texts:
             body = json.dumps({"model": "model", "prompt": text, "max_tokens": 1, "temperature": 0,
                                "prompt_logprobs": k}).encode()
@@ -163,33 +259,17 @@ class VLLMEndpoint(Endpoint):
                 ranked += [(-1, -np.inf)] * (k - len(ranked))
                 top_ids.append([t for t, _ in ranked])
                 top_lp.append([lp for _, lp in ranked])
-            vocab = json.loads((Path(self.model_path) / "config.json").read_text()).get("vocab_size", 0)
             out.append({"ids": choice.get("prompt_token_ids") or [], "top_ids": np.array(top_ids),
                         "top_logprobs": np.array(top_lp, dtype=float), "vocab_size": vocab})
         return out
 
-    def bench(self, dataset: Path, wl: dict, out_dir: Path) -> dict:
-        """`vllm bench serve` once per concurrency level; returns {concurrency: result JSON}."""
-        results = {}
-        for c in wl.get("concurrency", [1]):
-            name = f"bench_c{c}.json"
-            cmd = [*self.options.get("cli", VLLM_CLI), "bench", "serve", "--backend", "vllm", "--base-url", self.base_url,
-                   "--endpoint", "/v1/completions", "--model", "model", "--tokenizer", self.model_path,
-                   "--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template",
-                   "--custom-output-len", str(wl["output_len"]), "--ignore-eos",
-                   "--num-prompts", str(requests_at(wl, c)), "--max-concurrency", str(c),
-                   "--request-rate", "inf", "--num-warmups", str(wl["warmup"]), "--seed", str(self.options.get("seed", 0)),
-                   "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
-                   "--save-result", "--result-dir", str(out_dir), "--result-filename", name]
-            with open(out_dir / f"bench_c{c}.log", "w") as log:
-                subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-            results[c] = json.loads((out_dir / name).read_text())
-        return results
-
     def stats(self) -> dict[str, float]:
         out = dict(self.info.metrics)
-        out.update(log_facts(self.log_path.read_text(errors="replace")))
-        out["mem_peak_mb"] = self.sampler.peak_mb
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        out.update(log_facts(log))
+        out.update({f"time/start/{k}": v for k, v in start_phases(log).items()})
+        if self.sampler is not None and self.sampler.peak_mb:
+            out["mem_peak_mb"] = self.sampler.peak_mb
         return out
 
     # lm-eval 0.4.13's API models break under `use_cache`: amodel_call hashes the request of a
@@ -207,8 +287,48 @@ class VLLMEndpoint(Endpoint):
                                    max_retries=3, timeout=600, max_length=int(self.options.get("max_length", 2048)))
 
 
+@dataclasses.dataclass
+class VLLMServer:
+    """A started `vllm serve` process (its own process group) that may not be healthy yet."""
+    proc: subprocess.Popen
+    base_url: str
+    model_path: str
+    log_path: Path
+    options: dict
+    sampler: GpuMemorySampler
+    t0: float
+    start_seconds: float | None = None
+
+    def wait(self, timeout: float | None = None) -> VLLMEndpoint:
+        """Block until /health answers; a clear error if the process died or the time ran out."""
+        timeout = float(timeout or self.options.get("start_timeout_s", 600))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
+                raise RuntimeError(f"vllm serve exited with {self.proc.returncode} before it was healthy:\n" + "\n".join(tail))
+            with contextlib.suppress(OSError):
+                if _get(f"{self.base_url}/health", timeout=2) is not None:
+                    self.start_seconds = time.perf_counter() - self.t0
+                    return self.endpoint()
+            time.sleep(0.5)
+        raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s (see {self.log_path})")
+
+    def endpoint(self) -> VLLMEndpoint:
+        info = ServeInfo(start_seconds=self.start_seconds or 0.0, artifacts=[self.log_path])
+        return VLLMEndpoint(self.base_url, self.model_path, self.log_path, info, self.options, self.sampler)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.sampler.stop()
+        stop_process_group(self.proc)
+
+
 class VLLMEngine(Engine):
     name = "vllm"
+    attachable = True
 
     def preflight(self) -> None:
         import importlib.util
@@ -227,8 +347,6 @@ class VLLMEngine(Engine):
         if v.speculative["method"] == "draft" and not model.draft:
             raise VariantUnsupported("engine vllm: speculative.method 'draft' needs model.draft")
         try:
-            import dataclasses
-
             from vllm.engine.arg_utils import EngineArgs
         except ImportError:
             return  # serve() will not start either; preflight says so
@@ -237,43 +355,69 @@ class VLLMEngine(Engine):
             if k not in known:
                 raise VariantUnsupported(f"engine vllm: engine_args.{k} is not a vLLM engine argument")
 
-    @contextlib.contextmanager
-    def serve(self, model: ModelSpec, variant: Variant, workdir: Path):
+    def memory_need(self, model: ModelSpec, variant: Variant) -> dict:
+        """Bytes this variant's server holds: weights (from the files served; fp8 on the fly halves
+        16-bit weights), the draft's, the KV-cache budget every server gets (`kv_cache_memory_gb`: the
+        same bytes for every variant, so one that stores more tokens per byte shows it as capacity) and
+        a fixed overhead (CUDA context, activations, CUDA graphs: `server_overhead_gb`)."""
+        def size(path):
+            return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) if path and Path(path).is_dir() else 0
+
+        weights = size(model.id)
+        if variant.quantization["method"] == "fp8":
+            weights //= 2
+        draft = size(model.draft) if variant.speculative["method"] == "draft" else 0
+        kv = int(float(self.options.get("kv_cache_memory_gb", 4)) * GIB)
+        overhead = int(float(self.options.get("server_overhead_gb", 3)) * GIB)
+        return {"weights": weights + draft, "kv_cache_memory_bytes": kv, "overhead": overhead,
+                "total": weights + draft + kv + overhead}
+
+    def start(self, model: ModelSpec, variant: Variant, workdir: Path, memory: dict | None = None) -> VLLMServer:
+        """Launch `vllm serve` (own process group) and return at once; `VLLMServer.wait` for health."""
         path = resolve_model(model)
         draft = resolve_model(model, "draft") if variant.speculative["method"] == "draft" else None
         port = _free_port()
-        base = f"http://127.0.0.1:{port}"
         log_path = workdir / "server.log"
-        cmd = [*self.options.get("cli", VLLM_CLI), "serve", *serve_args(path, draft, variant, self.options), "--host", "127.0.0.1",
-               "--port", str(port)]
+        cmd = [*self.options.get("cli", VLLM_CLI), "serve", *serve_args(path, draft, variant, self.options, memory),
+               "--host", "127.0.0.1", "--port", str(port)]
         (workdir / "server_cmd.json").write_text(json.dumps(cmd, indent=1))
-        sampler = _GpuMemorySampler()
-        sampler.start()
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
             # own session: the server's engine-core children are stopped with it, as one process group
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0"})
-        try:
-            self._wait_healthy(proc, base, log_path, float(self.options.get("start_timeout_s", 600)))
-            info = ServeInfo(start_seconds=time.perf_counter() - t0, artifacts=[log_path])
-            yield VLLMEndpoint(base, path, log_path, info, self.options, sampler)
-        finally:
-            sampler.stop()
-            stop_process_group(proc)
+        (workdir / "server.pid").write_text(str(proc.pid))   # its process group: gpu/pipeline.sh --finish stops it
+        sampler = GpuMemorySampler(proc.pid)
+        sampler.start()
+        return VLLMServer(proc, f"http://127.0.0.1:{port}", path, log_path, self.options, sampler, t0)
+
+    def attach(self, rec: dict) -> VLLMEndpoint:
+        return VLLMEndpoint.attach(rec)
 
     @staticmethod
-    def _wait_healthy(proc: subprocess.Popen, base: str, log_path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-                raise RuntimeError(f"vllm serve exited with {proc.returncode} before it was healthy:\n" + "\n".join(tail))
-            with contextlib.suppress(OSError):
-                if _get(f"{base}/health", timeout=2) is not None:
-                    return
-            time.sleep(1)
-        raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s (see {log_path})")
+    def device_memory() -> tuple[int, int] | None:
+        """(free, total) bytes of GPU 0 through NVML; None without one."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return int(info.free), int(info.total)
+        except Exception:  # noqa: BLE001 - no NVML: no capacity planning (one server at a time is safe)
+            return None
+
+    @contextlib.contextmanager
+    def serve(self, model: ModelSpec, variant: Variant, workdir: Path):
+        """The serial path: one server alone, with the same KV-cache bytes the scheduler gives it."""
+        memory = None
+        if self.options.get("kv_cache_memory_gb"):
+            memory = {"kv_cache_memory_bytes": self.memory_need(model, variant)["kv_cache_memory_bytes"],
+                      "gpu_memory_utilization": float(self.options.get("gpu_memory_utilization", 0.5))}
+        server = self.start(model, variant, workdir, memory)
+        try:
+            yield server.wait()
+        finally:
+            server.stop()
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:

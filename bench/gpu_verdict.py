@@ -1,0 +1,102 @@
+"""Time to verdict on one GPU, and where it goes: the GPU preset run end to end, then the per-phase
+breakdown per variant (server start split into imports, weights, compile, CUDA graphs, API; quality
+split into fidelity and evaluation; profile per load level), the GPU's idle share while the schedule
+ran, and the pipeline's own overhead (DVC, MLflow, gate, report).
+
+    python bench/gpu_verdict.py [--serial] [hydra overrides…]   run it (fixture first, timed apart), print
+    python bench/gpu_verdict.py --table                          only print the table for results/ as they are
+
+Run on the GPU host with the bundle on PYTHONPATH (gpu/pipeline.sh sets it; so does this script's
+caller there). Targets (issue 11): ≤ 5 min to verdict once the fixture exists, ≤ 8 min with it,
+overhead ≤ 5 % of the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START_PHASES = ("imports_s", "weights_s", "compile_s", "cuda_graphs_s", "api_ready_s")
+
+
+def _json(p: Path) -> dict:
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def breakdown(results: Path, wall_s: float | None = None) -> dict:
+    """Per variant: its phases (s); over the run: the schedule's span, GPU idle share, the rest."""
+    rows, spans = {}, []
+    for d in sorted(p for p in results.iterdir() if p.is_dir()):
+        m, tl = _json(d / "metrics.json"), _json(d / "timeline.json")
+        prof = _json(d / "profile.json")
+        row = {"start_s": m.get("time/start_s"), **{f"start/{k}": m.get(f"time/start/{k}") for k in START_PHASES},
+               "fidelity_s": m.get("time/fidelity_s"), "eval_s": m.get("time/eval_s"), "profile_s": m.get("time/profile_s")}
+        for lv in prof.get("levels", []):
+            row[f"profile/{lv['name']}_s"] = lv["summary"].get("duration")
+        rows[d.name] = {k: (round(v, 1) if isinstance(v, (int, float)) else v) for k, v in row.items() if v is not None}
+        spans += [(e["start"], e["end"]) for e in tl.get("events", [])]
+    out: dict = {"phases_s": rows}
+    sched = _json(results / "baseline" / "schedule.json")
+    if sched:
+        span = sched["end"] - sched["start"]
+        util = sched.get("gpu_utilization", [])
+        out["schedule_s"] = round(span, 1)
+        if util:
+            out["gpu_idle_share"] = round(sum(u < 5 for _, u in util) / len(util), 3)
+            out["gpu_util_mean_pct"] = round(sum(u for _, u in util) / len(util), 1)
+    elif spans:
+        out["schedule_s"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 1)
+    totals: dict[str, float] = {}
+    for r in rows.values():
+        for k in ("start_s", "fidelity_s", "eval_s", "profile_s"):
+            totals[k] = totals.get(k, 0.0) + (r.get(k) or 0.0)
+    out["phase_totals_s"] = {k: round(v, 1) for k, v in totals.items()}
+    out["serial_sum_s"] = round(sum(totals.values()), 1)   # what one-after-another would cost, at these phase times
+    if wall_s is not None and "schedule_s" in out:
+        out["outside_schedule_s"] = round(wall_s - out["schedule_s"], 1)
+    return out
+
+
+def print_table(b: dict) -> None:
+    cols = sorted({k for r in b["phases_s"].values() for k in r}, key=lambda k: (k.split("/")[0], k))
+    print("| variant | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for n, r in b["phases_s"].items():
+        print(f"| {n} | " + " | ".join(str(r.get(c, "–")) for c in cols) + " |")
+    print(json.dumps({k: v for k, v in b.items() if k != "phases_s"}, indent=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serial", action="store_true")
+    ap.add_argument("--table", action="store_true", help="only print the breakdown of results/ as they are")
+    ap.add_argument("--out", default=None, help="write the numbers as JSON here too")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    if a.table:
+        print_table(breakdown(Path("results")))
+        return 0
+    py = [sys.executable]
+    subprocess.run([*py, "-m", "stages.compose", "preset=gpu", *a.overrides], check=True)
+    t0 = time.time()
+    subprocess.run([*py, "-m", "dvc", "repro", "fixture", "workload", "quantize"], check=True)
+    fixture_s = time.time() - t0
+    t1 = time.time()
+    subprocess.run([*py, "-m", "stages.schedule", *(["--serial"] if a.serial else [])], check=True)
+    verdict_s = time.time() - t1
+    b = breakdown(Path("results"), verdict_s)
+    b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),
+             with_fixture_s=round(fixture_s + verdict_s, 1), mode="serial" if a.serial else "scheduled")
+    if "schedule_s" in b:
+        b["overhead_share"] = round(1 - b["schedule_s"] / verdict_s, 3)
+    print_table(b)
+    if a.out:
+        Path(a.out).write_text(json.dumps(b, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""The scheduler: the variants' servers side by side on one accelerator, their quality checks at the
+same time, their load profiles one at a time.
+
+Serially, a GPU verdict is mostly waiting: each variant pays a ~90 s server start, then the card idles
+through evaluation and bookkeeping, while a 309 M-parameter model fills a fraction of it. Here:
+
+1. every server that fits is started at once (`Engine.start`); each gets its memory share computed
+   from what it needs (`Engine.memory_need`: weights + the same KV-cache bytes for every variant +
+   overhead), packed into the free memory in waves when they do not all fit;
+2. as a server becomes healthy its quality phase runs in a worker process (fidelity screen, lm-eval
+   with sequential looks, answer flips: `python -m stages.run --attach …`), all of them concurrently —
+   quality is not timing-sensitive — variants after the baseline's (their looks compare with it);
+   a variant that is already clearly worse is stopped there and never profiled;
+3. the load profiles run one at a time and only while nothing else touches the card (no server
+   starting, no evaluation running): the baseline first, then each variant, each server stopped after
+   its profile; the baseline last once more, alone (A/A: the run's noise floor, which also bounds what
+   idle neighbours did to the first profile);
+4. a failure (a server that dies or never becomes healthy, a crashed or hung worker) fails only its
+   variant, recorded in its status.json with the phase and the error; the others go on.
+
+Every phase lands in the variant's own results folder, exactly as the serial `run@<variant>` stage
+writes it (both call evalgate.runner), so stages/schedule.py can hand each finished folder to DVC
+(`dvc commit`) and DVC's caching stays per variant. Engines that serve in-process (`hf`) cannot share
+a device this way: their variants run one after another through the same code (`run_serial`).
+Hand-written because no serving tool schedules benchmark phases across servers (vllm bench sweep,
+GuideLLM and llm-optimizer all run one server at a time).
+"""
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from evalgate.config import BASELINE
+
+GIB = 2**30
+
+
+@dataclass
+class Slot:
+    """One variant in the schedule and where it stands."""
+    job: object                       # evalgate.runner.Job
+    need: dict = field(default_factory=dict)
+    state: str = "pending"            # pending → starting → healthy → quality → ready → profiling → done | failed
+    server: object = None
+    endpoint: object = None
+    events: list = field(default_factory=list)   # (phase, start, end) in time.time() seconds
+    times: dict = field(default_factory=dict)
+    aa_pending: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.job.variant.name
+
+    def mark(self, phase: str, t0: float, t1: float | None = None) -> None:
+        self.events.append({"phase": phase, "start": t0, "end": t1 or time.time()})
+
+
+def plan_memory(needs: dict[str, dict], capacity: int) -> list[list[str]]:
+    """Waves of variants whose servers fit `capacity` bytes together, in order (first fit); a variant
+    that alone exceeds the capacity gets a wave of its own (its start then fails with vLLM's error)."""
+    waves, cur, used = [], [], 0
+    for name, need in needs.items():
+        if cur and used + need["total"] > capacity:
+            waves.append(cur)
+            cur, used = [], 0
+        cur.append(name)
+        used += need["total"]
+    if cur:
+        waves.append(cur)
+    return waves
+
+
+def memory_shares(needs: dict[str, dict], total: int) -> dict[str, dict]:
+    """Per server: its KV-cache bytes and a `gpu_memory_utilization` just above its need (vLLM checks at
+    start that this much is free; the KV cache itself is sized by the bytes, not the fraction)."""
+    return {n: {"kv_cache_memory_bytes": need["kv_cache_memory_bytes"],
+                "gpu_memory_utilization": min(0.95, 1.05 * need["total"] / total)} for n, need in needs.items()}
+
+
+class Scheduler:
+    """Runs `slots` (the baseline first) with the phases injected, so tests drive it with fake servers.
+
+    start(slot) → server (`wait()` → endpoint, `alive()`, `stop()`); quality(slot) runs the quality
+    phase (blocking, in a worker thread); profile(slot, endpoint, repeat) runs one load sweep (blocking,
+    on the scheduler's thread); finish(slot, final) writes metrics/status; fail(slot, phase, error)."""
+
+    def __init__(self, slots: list[Slot], capacity: int | None, *, start: Callable, quality: Callable,
+                 profile: Callable, finish: Callable, fail: Callable, aa: bool = True, log: Callable = print,
+                 poll_s: float = 0.2):
+        self.slots = slots
+        self.capacity = capacity
+        self.start_fn, self.quality_fn, self.profile_fn = start, quality, profile
+        self.finish_fn, self.fail_fn, self.log, self.poll_s = finish, fail, log, poll_s
+        self.events: queue.Queue = queue.Queue()
+        self.used = 0
+        self.profiles: list[tuple[str, float, float]] = []   # (variant, start, end): the exclusivity record
+        base = self._base()
+        if base is not None:
+            base.aa_pending = aa
+
+    def _base(self) -> Slot | None:
+        return next((s for s in self.slots if s.name == BASELINE), None)
+
+    # --- transitions ------------------------------------------------------------------------------
+    def _launch(self, s: Slot) -> None:
+        s.state, t0 = "starting", time.time()
+        self.used += s.need.get("total", 0)
+        self.log(f"schedule: starting {s.name}" + (f" ({s.need['total'] / GIB:.1f} GiB)" if s.need else ""))
+
+        def go():
+            try:
+                s.server = self.start_fn(s)
+                ep = s.server.wait()
+                s.times["start_s"] = time.time() - t0
+                s.mark("start", t0)
+                self.events.put(("healthy", s, ep))
+            except Exception as e:  # noqa: BLE001 - a server that fails to start fails only its variant
+                s.mark("start", t0)
+                self.events.put(("failed", s, ("start", f"{type(e).__name__}: {e}")))
+
+        threading.Thread(target=go, daemon=True).start()
+
+    def _run_quality(self, s: Slot) -> None:
+        s.state, t0 = "quality", time.time()
+
+        def go():
+            try:
+                early = self.quality_fn(s)
+                s.mark("quality", t0)
+                self.events.put(("quality_done", s, early))
+            except Exception as e:  # noqa: BLE001
+                s.mark("quality", t0)
+                self.events.put(("failed", s, ("quality", f"{type(e).__name__}: {e}")))
+
+        threading.Thread(target=go, daemon=True).start()
+
+    def _release(self, s: Slot) -> None:
+        if s.server is not None:
+            try:
+                s.server.stop()
+            except Exception as e:  # noqa: BLE001 - stopping is best effort; the stop itself kills the group
+                self.log(f"schedule: stopping {s.name}: {e}")
+            s.server = None
+        self.used -= s.need.get("total", 0)
+
+    def _fail(self, s: Slot, phase: str, error: str) -> None:
+        self.log(f"schedule: {s.name} failed during {phase}: {error}")
+        s.state, s.aa_pending = "failed", False
+        self._release(s)
+        self.fail_fn(s, phase, error)
+
+    def _profile(self, s: Slot, repeat: bool) -> None:
+        s.state, t0 = "profiling", time.time()
+        self.log(f"schedule: profiling {s.name}{' again (A/A, alone)' if repeat else ''}")
+        try:
+            if not s.server.alive():
+                raise RuntimeError("the server died before its profile")
+            self.profile_fn(s, s.endpoint, repeat)
+            if not s.server.alive():
+                raise RuntimeError("the server died during its profile")
+        except Exception as e:  # noqa: BLE001
+            s.mark("profile_aa" if repeat else "profile", t0)
+            self.profiles.append((s.name, t0, time.time()))
+            self._fail(s, "profile", f"{type(e).__name__}: {e}")
+            return
+        t1 = time.time()
+        s.mark("profile_aa" if repeat else "profile", t0, t1)
+        self.profiles.append((s.name, t0, t1))
+        s.times["profile_s"] = s.times.get("profile_s", 0.0) + (t1 - t0)
+        if s.name == BASELINE and s.aa_pending and not repeat:
+            s.state = "ready_aa"          # kept up for the A/A profile at the end
+            self.finish_fn(s, False)      # interim: the variants' rate levels scale with its peak
+            return
+        s.aa_pending = False
+        self._release(s)
+        s.state = "done"
+        self.finish_fn(s, True)
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        try:
+            return self._run()
+        finally:   # nothing left running, whatever happened (an exception, Ctrl-C, SIGTERM)
+            for s in self.slots:
+                if s.server is not None:
+                    self._release(s)
+
+    def _run(self) -> dict:
+        t_begin = time.time()
+        while True:
+            states = [s.state for s in self.slots]
+            if all(st in ("done", "failed") for st in states):
+                break
+            busy = any(st in ("starting", "healthy", "quality") for st in states)
+            ready = [s for s in self.slots if s.state == "ready"]
+            base = self._base()
+            base_quality_done = base is None or base.state not in ("pending", "starting", "healthy", "quality")
+            # 1. start servers, a wave at a time: only when nothing waits for its profile
+            if not ready and not any(st == "profiling" for st in states):
+                for s in self.slots:
+                    if s.state == "pending" and (self.capacity is None or not self.used
+                                                 or self.used + s.need.get("total", 0) <= self.capacity):
+                        self._launch(s)
+            # 2. quality as soon as a server is healthy (variants after the baseline's)
+            for s in self.slots:
+                if s.state == "healthy" and (s is base or base_quality_done):
+                    self._run_quality(s)
+            # 3. one profile, only while nothing else uses the device
+            if ready and not busy:
+                nxt = next((s for s in ready if s is base), ready[0])
+                self._profile(nxt, repeat=False)
+                continue
+            others_done = all(s.state in ("done", "failed") for s in self.slots if s is not base)
+            if base is not None and base.state == "ready_aa" and others_done and not busy:
+                self._profile(base, repeat=True)
+                continue
+            # 4. wait for the next event
+            try:
+                kind, s, payload = self.events.get(timeout=self.poll_s)
+            except queue.Empty:
+                continue
+            if kind == "healthy":
+                s.state, s.endpoint = "healthy", payload
+            elif kind == "quality_done":
+                if payload:   # stopped early: rejected without a profile
+                    self.log(f"schedule: {s.name} stopped early, not profiled: {payload.get('reason', '')[:200]}")
+                    s.aa_pending = False
+                    self._release(s)
+                    s.state = "done"
+                    self.finish_fn(s, True)
+                else:
+                    s.state = "ready"
+                    if s is base:
+                        self.finish_fn(s, False)   # interim metrics.json: the variants' looks read it
+            elif kind == "failed":
+                self._fail(s, *payload)
+        return {"start": t_begin, "end": time.time(), "profiles": self.profiles,
+                "variants": {s.name: {"state": s.state, "events": s.events, "times": s.times} for s in self.slots}}
+
+
+def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
+    """The quality phase as a worker process per variant (`python -m stages.run --attach`): its own
+    interpreter (no shared GIL or lm-eval state with the others), killed on timeout."""
+    def run(s: Slot):
+        job = s.job
+        rec = job.out / "server.json"
+        rec.write_text(json.dumps(s.endpoint.record()))
+        cmd = [*cmd_base, "--variant", s.name, "--attach", str(rec), "--out", str(job.out)]
+        if job.baseline is not None:
+            cmd += ["--baseline", str(job.baseline)]
+        with open(job.out / "quality.log", "w") as log:
+            p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+        status = json.loads((job.out / "status.json").read_text()) if (job.out / "status.json").exists() else {}
+        if p.returncode or status.get("ok") is False:
+            tail = (job.out / "quality.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(status.get("error") or f"quality worker exited with {p.returncode}: " + " | ".join(tail))
+        q = json.loads((job.out / "quality.json").read_text())
+        s.times.update(q.get("times", {}))
+        return q.get("early")
+    return run
+
+
+def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 0.5) -> threading.Thread:
+    """GPU utilization samples (time, %) through NVML while the schedule runs: its idle share."""
+    def go():
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no GPU here
+            return
+        while not stop.is_set():
+            try:
+                out.append((time.time(), float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)))
+            except Exception:  # noqa: BLE001
+                return
+            stop.wait(period_s)
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def python_cmd() -> list[str]:
+    return [sys.executable, "-m", "stages.run"]
+
+
+def write_timeline(d: Path, slot: Slot) -> None:
+    (d / "timeline.json").write_text(json.dumps({"variant": slot.name, "events": slot.events, "times": slot.times}, indent=1))

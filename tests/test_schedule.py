@@ -1,0 +1,160 @@
+"""The scheduler's rules, with fake servers: never two profiles at once nor a profile beside any other
+work on the device, the baseline first and last (A/A), variants' quality after the baseline's, a
+failure fails only its variant, early-rejected variants are never profiled, memory in waves."""
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from evalgate.schedule import Scheduler, Slot, memory_shares, plan_memory, quality_worker
+
+GIB = 2**30
+
+
+class FakeServer:
+    def __init__(self, name, start_s, fail_start=False, die_in_profile=False, live=None):
+        self.name, self.start_s, self.fail_start, self.die = name, start_s, fail_start, die_in_profile
+        self._alive, self.live = True, live
+
+    def wait(self):
+        time.sleep(self.start_s)
+        if self.fail_start:
+            self._alive = False
+            raise RuntimeError("vllm serve exited with 1 before it was healthy")
+        return SimpleNamespace(name=self.name)
+
+    def alive(self):
+        return self._alive
+
+    def stop(self):
+        self._alive = False
+        self.live.discard(self.name)
+
+
+def slot(name, tmp_path, gib=8):
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    job = SimpleNamespace(variant=SimpleNamespace(name=name), out=out, baseline=None)
+    return Slot(job, need={"total": gib * GIB, "kv_cache_memory_bytes": 4 * GIB})
+
+
+class Recorder:
+    """Fake phases that log (phase, variant, start, end) and track servers alive at once."""
+
+    def __init__(self, starts, quality_s=0.05, profile_s=0.05, early=(), fail_start=(), die=()):
+        self.starts, self.q, self.p = starts, quality_s, profile_s
+        self.early, self.fail_start, self.die = set(early), set(fail_start), set(die)
+        self.log, self.lock, self.live, self.max_live = [], threading.Lock(), set(), 0
+        self.finished, self.failed = {}, {}
+
+    def _note(self, phase, name, t0):
+        with self.lock:
+            self.log.append((phase, name, t0, time.time()))
+
+    def start(self, s):
+        with self.lock:
+            self.live.add(s.name)
+            self.max_live = max(self.max_live, len(self.live))
+        srv = FakeServer(s.name, self.starts.get(s.name, 0.05), s.name in self.fail_start, s.name in self.die, self.live)
+        t0 = time.time()
+        orig = srv.wait
+
+        def wait():
+            try:
+                return orig()
+            finally:
+                self._note("start", s.name, t0)
+        srv.wait = wait
+        return srv
+
+    def quality(self, s):
+        t0 = time.time()
+        time.sleep(self.q)
+        self._note("quality", s.name, t0)
+        return {"reason": "inferior"} if s.name in self.early else None
+
+    def profile(self, s, ep, repeat):
+        t0 = time.time()
+        time.sleep(self.p)
+        if s.name in self.die:
+            s.server._alive = False
+        self._note("profile_aa" if repeat else "profile", s.name, t0)
+
+    def finish(self, s, final):
+        self.finished[s.name] = final
+
+    def fail(self, s, phase, error):
+        self.failed[s.name] = (phase, error)
+
+    def scheduler(self, slots, capacity=None, aa=True):
+        return Scheduler(slots, capacity, start=self.start, quality=self.quality, profile=self.profile,
+                         finish=self.finish, fail=self.fail, aa=aa, log=lambda *a: None, poll_s=0.01)
+
+
+def overlaps(a, b):
+    return a[2] < b[3] and b[2] < a[3]
+
+
+def test_profiles_are_exclusive_and_the_baseline_comes_first_and_last(tmp_path):
+    names = ["baseline", "a", "b", "c"]
+    rec = Recorder(starts={"baseline": 0.2, "a": 0.05, "b": 0.3, "c": 0.1})
+    out = rec.scheduler([slot(n, tmp_path) for n in names]).run()
+    profiles = [e for e in rec.log if e[0].startswith("profile")]
+    assert [e[1] for e in profiles][0] == "baseline" and [e[1] for e in profiles][-1] == "baseline"
+    assert sorted(e[1] for e in profiles) == ["a", "b", "baseline", "baseline", "c"]
+    for p in profiles:   # nothing else touched the device during a profile
+        for other in rec.log:
+            if other is not p:
+                assert not overlaps(p, other), (p, other)
+    base_q = next(e for e in rec.log if e[0] == "quality" and e[1] == "baseline")
+    for e in rec.log:
+        if e[0] == "quality" and e[1] != "baseline":
+            assert e[2] >= base_q[3] - 1e-3        # variants' looks need the baseline's samples
+    assert all(out["variants"][n]["state"] == "done" for n in names) and rec.finished == {n: True for n in names}
+    assert not rec.live                              # every server stopped
+    assert rec.max_live == 4                         # no capacity limit: all started at once
+
+
+def test_a_failed_start_or_a_dying_server_fails_only_its_variant(tmp_path):
+    rec = Recorder(starts={}, fail_start={"a"}, die={"b"})
+    out = rec.scheduler([slot(n, tmp_path) for n in ["baseline", "a", "b", "c"]]).run()
+    states = {n: v["state"] for n, v in out["variants"].items()}
+    assert states == {"baseline": "done", "a": "failed", "b": "failed", "c": "done"}
+    assert rec.failed["a"][0] == "start" and "healthy" in rec.failed["a"][1]
+    assert rec.failed["b"][0] == "profile" and "died during its profile" in rec.failed["b"][1]
+    assert not rec.live
+
+
+def test_early_rejected_variants_are_never_profiled(tmp_path):
+    rec = Recorder(starts={}, early={"a"})
+    rec.scheduler([slot(n, tmp_path) for n in ["baseline", "a", "b"]]).run()
+    assert not [e for e in rec.log if e[0] == "profile" and e[1] == "a"]
+    assert rec.finished["a"] is True and "a" not in rec.failed
+
+
+def test_memory_waves_bound_the_servers_alive_at_once(tmp_path):
+    needs = {n: {"total": 8 * GIB, "kv_cache_memory_bytes": 4 * GIB} for n in ["baseline", "a", "b", "c", "d"]}
+    assert plan_memory(needs, 20 * GIB) == [["baseline", "a"], ["b", "c"], ["d"]]
+    shares = memory_shares(needs, 80 * GIB)
+    assert shares["a"]["kv_cache_memory_bytes"] == 4 * GIB and shares["a"]["gpu_memory_utilization"] == pytest.approx(0.105)
+    rec = Recorder(starts={})
+    out = rec.scheduler([slot(n, tmp_path) for n in needs], capacity=20 * GIB).run()
+    assert rec.max_live == 2 and all(v["state"] == "done" for v in out["variants"].values())
+    profiles = [e for e in rec.log if e[0].startswith("profile")]
+    assert profiles[-1][1] == "baseline" and profiles[-1][0] == "profile_aa"
+
+
+def test_quality_worker_timeout_and_crash_are_failures(tmp_path):
+    s = slot("a", tmp_path)
+    s.endpoint = SimpleNamespace(record=lambda: {"base_url": "http://x"})
+    hang = quality_worker([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.5)
+    with pytest.raises(Exception, match="timed out"):
+        hang(s)
+    crash = quality_worker([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], timeout_s=10)
+    with pytest.raises(RuntimeError, match="exited with 3.*boom"):
+        crash(s)
+    assert json.loads((tmp_path / "a" / "server.json").read_text()) == {"base_url": "http://x"}
