@@ -1,6 +1,7 @@
 """Quality through lm-eval's own tasks and model classes, keeping per-sample logs for the gate."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,13 @@ def task_manager(tasks: list[str], include_path: str | None):
     """A TaskManager that knows `tasks`; one-line ConfigError naming an unknown task.
 
     Indexing lm-eval's ~15k built-in task files takes ~12 s on 2 cores, so the local include path is
-    tried alone first and the built-ins are indexed only when a task is not found there."""
+    tried alone first and the built-ins are indexed only when a task is not found there. One per
+    process and task list (the scheduler prepares every variant with the same)."""
+    return _task_manager(tuple(tasks), include_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(tasks: tuple[str, ...], include_path: str | None):
     from lm_eval.tasks import TaskManager
 
     if include_path and not Path(include_path).is_dir():
