@@ -35,3 +35,8 @@ def tiny(tmp_path_factory):
     from evalgate.config import ModelSpec
 
     return ModelSpec(source="local", id=str(d / "model"), draft=str(d / "draft"), dtype="float32")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "simulation: error rates by simulation with binomial margins (slow-ish; "
+                                       "left out of mutation runs, see docs/mutation.md)")
