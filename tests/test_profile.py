@@ -163,3 +163,21 @@ def test_vllm_bench_result_to_records():
     a, b = records_from_bench(result, reqs)
     assert a["start"] == 0.0 and a["e2el"] == pytest.approx(0.04) and a["capped"] and a["ok"]
     assert b["start"] == 0.5 and not b["ok"] and b["error"] == "boom" and b["output_tokens"] == 0
+
+
+def test_workload_rows_to_vllm_bench_inputs():
+    from evalgate.engines.vllm import bench_kwargs, bench_requests
+
+    rows = [{"prompt": "12+3=", "max_tokens": 64, "stop": ["\n"]}, {"prompt": "abc", "max_tokens": 8, "stop": []}]
+    specs = bench_requests(rows, len, first_id=10)
+    assert specs == [{"prompt": "12+3=", "prompt_len": 5, "expected_output_len": 64, "request_id": "eg-11",
+                      "request_overrides": {"stop": ["\n"]}},
+                     {"prompt": "abc", "prompt_len": 3, "expected_output_len": 8, "request_id": "eg-12",
+                      "request_overrides": None}]
+    closed = bench_kwargs("http://h:1", 32, None, 1.0, False, 4)
+    assert closed["max_concurrency"] == 32 and closed["request_rate"] == math.inf and closed["num_warmups"] == 4
+    assert closed["extra_body"] == {"temperature": 0.0} and closed["ignore_eos"] is False   # greedy, EOS respected
+    assert closed["api_url"] == "http://h:1/v1/completions"
+    open_loop = bench_kwargs("http://h:1", None, 12.5, 0.5, True, 0)
+    assert open_loop["max_concurrency"] is None and open_loop["request_rate"] == 12.5 and open_loop["burstiness"] == 0.5
+    assert open_loop["ignore_eos"] is True

@@ -179,6 +179,28 @@ def records_from_bench(result: dict, requests: list[dict]) -> list[dict]:
     return out
 
 
+def bench_requests(requests: list[dict], count_tokens, first_id: int = 0) -> list[dict]:
+    """Workload rows → `vllm.benchmarks.datasets.SampleRequest` fields: the prompt, its length, the
+    request's cap as `expected_output_len` (sent as max_tokens), its stop sequences as a per-request
+    override of the body, and an id unique over the run."""
+    return [{"prompt": r["prompt"], "prompt_len": count_tokens(r["prompt"]), "expected_output_len": int(r["max_tokens"]),
+             "request_id": f"eg-{first_id + i + 1}",
+             "request_overrides": {"stop": list(r["stop"])} if r.get("stop") else None}
+            for i, r in enumerate(requests)]
+
+
+def bench_kwargs(base_url: str, concurrency: int | None, rate: float | None, burstiness: float, ignore_eos: bool,
+                 warmup: int) -> dict:
+    """The arguments of `vllm.benchmarks.serve.benchmark` for one load level (what `vllm bench serve
+    --max-concurrency/--request-rate/--burstiness/--ignore-eos/--num-warmups --temperature 0` sets)."""
+    return dict(endpoint_type="vllm", api_url=f"{base_url}/v1/completions", base_url=base_url, model_id="model",
+                model_name="model", logprobs=None, request_rate=rate or math.inf, burstiness=burstiness,
+                disable_tqdm=True, num_warmups=warmup, profile=False,
+                selected_percentile_metrics=["ttft", "tpot", "itl", "e2el"], selected_percentiles=[50.0, 90.0, 99.0],
+                ignore_eos=ignore_eos, goodput_config_dict={}, max_concurrency=concurrency, lora_modules=None,
+                extra_headers=None, extra_body={"temperature": 0.0}, ready_check_timeout_sec=0)
+
+
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
 
 
@@ -218,21 +240,13 @@ class VLLMEndpoint(Endpoint):
 
         tok = self._tokenizer()
         samples = []
-        for r in requests:
-            self._sent += 1   # unique ids: vLLM refuses a request id that is still running
-            samples.append(SampleRequest(prompt=r["prompt"], prompt_len=len(tok(r["prompt"]).input_ids),
-                                         expected_output_len=int(r["max_tokens"]), request_id=f"eg-{self._sent}",
-                                         request_overrides={"stop": list(r["stop"])} if r.get("stop") else None))
+        for spec in bench_requests(requests, lambda p: len(tok(p).input_ids), self._sent):
+            samples.append(SampleRequest(**spec))
+        self._sent += len(requests)   # unique ids: vLLM refuses a request id that is still running
         log = io.StringIO()
         with contextlib.redirect_stdout(log):   # its result tables go to bench.log, not the stage log
-            result = asyncio.run(benchmark(
-                task_type=TaskType.GENERATION, endpoint_type="vllm", api_url=f"{self.base_url}/v1/completions",
-                base_url=self.base_url, model_id="model", model_name="model", tokenizer=tok, input_requests=samples,
-                logprobs=None, request_rate=rate or math.inf, burstiness=burstiness, disable_tqdm=True,
-                num_warmups=warmup, profile=False, selected_percentile_metrics=["ttft", "tpot", "itl", "e2el"],
-                selected_percentiles=[50.0, 90.0, 99.0], ignore_eos=ignore_eos, goodput_config_dict={},
-                max_concurrency=concurrency, lora_modules=None, extra_headers=None,
-                extra_body={"temperature": 0.0}, ready_check_timeout_sec=0))
+            result = asyncio.run(benchmark(task_type=TaskType.GENERATION, tokenizer=tok, input_requests=samples,
+                                           **bench_kwargs(self.base_url, concurrency, rate, burstiness, ignore_eos, warmup)))
         with open(self.log_path.with_name("bench.log"), "a") as f:
             f.write(log.getvalue())
         extras = {k: result[k] for k in SPEC_KEYS if k in result}
