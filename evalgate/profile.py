@@ -174,18 +174,18 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
 
 
 def _merge_extras(extras: list[dict]) -> dict:
-    """Engine extras summed over rounds (speculative drafts and accepted tokens → rate and length)."""
-    drafts = sum(e.get("spec_decode_num_drafts", 0) for e in extras)
-    draft_tokens = sum(e.get("spec_decode_draft_tokens", 0) for e in extras)
-    accepted = sum(e.get("spec_decode_accepted_tokens", 0) for e in extras)
+    """Engine counters summed over a level's rounds → speculative acceptance rate and mean accepted
+    length (vLLM: drafts, draft tokens and accepted tokens from its metrics; hf: tokens per target step)."""
+    total = {k: sum(e.get(k, 0) for e in extras) for k in (
+        "spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
+        "spec_decode_new_tokens", "spec_decode_target_steps")}
     out = {}
-    if draft_tokens:
-        out["spec_decode_acceptance_rate"] = 100 * accepted / draft_tokens
-        out["spec_decode_acceptance_length"] = 1 + accepted / drafts if drafts else 0.0
-    for e in extras:  # engines that report acceptance directly (hf: tokens per target step)
-        for k in ("spec_decode_acceptance_length",):
-            if k in e and k not in out:
-                out[k] = e[k]
+    if total["spec_decode_draft_tokens"]:
+        out["spec_decode_acceptance_rate"] = 100 * total["spec_decode_accepted_tokens"] / total["spec_decode_draft_tokens"]
+    if total["spec_decode_num_drafts"]:
+        out["spec_decode_acceptance_length"] = 1 + total["spec_decode_accepted_tokens"] / total["spec_decode_num_drafts"]
+    elif total["spec_decode_target_steps"]:
+        out["spec_decode_acceptance_length"] = total["spec_decode_new_tokens"] / total["spec_decode_target_steps"]
     return out
 
 

@@ -89,7 +89,8 @@ def test_speculation_keeps_greedy_outputs(engine, tiny, tmp_path, spec):
         got = [ep.generate_batch([req(p, 16)], ignore_eos=True)[0].token_ids for p in prompts]
         extras = ep.level_extras()
     assert got == ref
-    assert extras["spec_decode_acceptance_length"] >= 1.0
+    # every generated token after the first needed a target step, or fewer when drafts were accepted
+    assert 0 < extras["spec_decode_target_steps"] <= extras["spec_decode_new_tokens"]
 
 
 @pytest.mark.parametrize("spec", [

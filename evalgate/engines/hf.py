@@ -213,10 +213,11 @@ class HFEndpoint(Endpoint):
         return out
 
     def level_extras(self) -> dict:
-        """Tokens per target decode step since the last call (speculation's acceptance length)."""
+        """Tokens generated and target decode steps since the last call: their ratio is speculation's
+        mean accepted length (transformers does not expose proposed-token counts, so no rate)."""
         new, steps = self._new_tokens - self._mark[0], self._decode_forwards - self._mark[1]
         self._mark = (self._new_tokens, self._decode_forwards)
-        return {"spec_decode_acceptance_length": new / steps} if self._speculative and steps else {}
+        return {"spec_decode_new_tokens": new, "spec_decode_target_steps": steps} if self._speculative else {}
 
     def prompt_logprobs(self, texts: list[str], top_k: int) -> list[dict]:
         """Full next-token distributions in-process; `top_k` ≥ vocabulary keeps all of it."""
