@@ -13,7 +13,8 @@ its own, and keeps a failed variant's status.json as that variant's result. Plai
 serial path: the same results, one server at a time. Usage:
 
   python -m stages.schedule              (make repro; bash gpu/pipeline.sh)
-  python -m stages.schedule --serial     one variant at a time, through the same code
+  python -m stages.schedule --serial     one variant at a time: plain `dvc repro` (also what an engine
+                                         that serves in-process, `hf`, always gets)
 """
 from __future__ import annotations
 
@@ -82,6 +83,13 @@ def main(argv=None):
     stages = ["baseline", *[f"run@{n}" for n in cfg.variants if n != "baseline"]]
     todo = stale(stages)
     print(f"schedule: 2/5 stale: {', '.join(todo) or 'none'}", flush=True)
+    if todo and (a.serial or not engine.attachable):
+        # one at a time: exactly what DVC runs itself, each variant in its own process (in-process
+        # engines free their model with it)
+        print(f"schedule: 3/5 running {len(todo)} variant(s) one at a time (dvc repro)", flush=True)
+        dvc("repro")
+        print(f"schedule: done in {time.time() - t0:.1f} s", flush=True)
+        return 0
     results = Path(PATHS["results"])
     slots = []
     for st in todo:
@@ -91,14 +99,9 @@ def main(argv=None):
                              results / "baseline", engine)
         if job is not None:
             slots.append(schedule.Slot(job))
-    print(f"schedule: 3/5 running {len(slots)} variant(s)"
-          f"{' one at a time' if a.serial or not engine.attachable else ' side by side'}", flush=True)
+    print(f"schedule: 3/5 running {len(slots)} variant(s) side by side", flush=True)
     if slots:
-        if a.serial or not engine.attachable:
-            for s in slots:
-                runner.run_serial(s.job, engine)
-        else:
-            run_scheduled(cfg, engine, slots)
+        run_scheduled(cfg, engine, slots)
     if todo:
         print(f"schedule: 4/5 dvc commit {' '.join(todo)}", flush=True)
         dvc("commit", "-f", *todo)
