@@ -1,19 +1,18 @@
 """Typed view of params.yaml, validated before any model loads.
 
-Every stage reads params.yaml through `load()`; a bad key fails here with one line that names it
-(`ConfigError`), so a typo never costs a model load. What an *engine* can or cannot do is checked by
-the engine adapter (`Engine.check`), not here: this module knows no engine's flags.
+Every stage reads params.yaml through `evalgate.compose.load()`, which parses it here; a bad key fails
+with one line that names it (`ConfigError`), so a typo never costs a model load. What an *engine* can or cannot do is checked by
+the engine adapter (`Engine.check`), not here: this module knows no engine's flags, nor which engines
+exist (the registry, evalgate.engines, checks `engine.name`; evalgate.compose.validate runs both, and
+checks that every variant file in conf/ is named as its variant).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -50,12 +49,16 @@ class Variant:
     engine_args: dict = field(default_factory=dict)
 
     def as_params(self) -> dict:
-        """Flat params for MLflow (`quantization.method`, …)."""
-        out: dict[str, Any] = {"dtype": self.dtype or "model"}
-        for group in ("quantization", "kv_cache", "speculative", "engine_args"):
-            for k, v in getattr(self, group).items():
-                out[f"{group}.{k}"] = v
-        return out
+        """The variant's fields, flat and with the same keys for every variant (MLflow params, variant.json):
+        each family's method plus its other options as JSON ("{}" when none)."""
+        def rest(d: dict, main: str) -> str:
+            return json.dumps({k: v for k, v in d.items() if k != main}, sort_keys=True)
+
+        return {"dtype": self.dtype or "model",
+                "quantization": self.quantization["method"], "quantization.options": rest(self.quantization, "method"),
+                "kv_cache": self.kv_cache["dtype"], "kv_cache.options": rest(self.kv_cache, "dtype"),
+                "speculative": self.speculative["method"], "speculative.options": rest(self.speculative, "method"),
+                "engine_args": json.dumps(self.engine_args, sort_keys=True)}
 
 
 @dataclass(frozen=True)
@@ -281,12 +284,11 @@ def _parse_model(m: Any) -> ModelSpec:
 
 
 def parse(raw: dict) -> Config:
-    """Validate a composed params dict (schema only: no files, no imports of engines)."""
-    from evalgate.engines import ENGINES  # registry names only; adapters import their libraries lazily
-
+    """Validate a composed params dict (schema only: no files, no engines)."""
     raw = _mapping(raw, "params")
     engine = _mapping(_need(raw, "engine", "params"), "engine")
-    _choice(_need(engine, "name", "engine"), tuple(ENGINES), "engine.name")
+    if not isinstance(_need(engine, "name", "engine"), str):
+        raise ConfigError(f"engine.name: expected a string, got {engine['name']!r}")
     ev = _mapping(_need(raw, "eval", "params"), "eval")
     tasks = _need(ev, "tasks", "eval")
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
@@ -311,13 +313,16 @@ def parse(raw: dict) -> Config:
     return Config(
         seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
         workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
-        slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load, mlflow=_mapping(raw.get("mlflow"), "mlflow"),
+        slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load,
+        mlflow=_mapping(raw.get("mlflow"), "mlflow"),
         report=_mapping(raw.get("report"), "report"), variants=variants, raw=raw)
 
 
-def load(path: str | os.PathLike = "params.yaml") -> Config:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: not found (compose it with `python -m stages.compose`)")
-    with open(p) as f:
-        return parse(yaml.safe_load(f) or {})
+def fixture_params(raw: dict) -> dict:
+    """The `fixture:` section, the only one the fixture stage reads (its keys are checked by the trainer)."""
+    fx = raw.get("fixture") if isinstance(raw, dict) else None
+    if not isinstance(fx, dict):
+        raise ConfigError("fixture: missing from params")
+    _choice(fx.get("device", "auto"), ("auto", "cpu", "cuda"), "fixture.device")
+    _choice(fx.get("bf16", "auto"), ("auto", True, False), "fixture.bf16")
+    return fx

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -34,18 +33,17 @@ def _task_manager(tasks: tuple[str, ...], include_path: str | None):
     return tm
 
 
-def evaluate(lm, tasks: list[str], tm, out_dir: Path, limit=None, bootstrap_iters: int = 1000,
+def evaluate(lm, tasks: list[str], tm, out, limit=None, bootstrap_iters: int = 1000,
              seed: int = 0, use_cache: str | None = None) -> dict[str, float]:
-    """Run lm-eval; write `lm_eval.json` (its results) and `samples_<task>.jsonl`; return flat metrics.
-    `use_cache`: lm-eval's request cache, which answers the docs sequential looks already evaluated."""
+    """Run lm-eval; store its results (`lm_eval.json`) and per-sample logs in `out` (the variant's
+    `VariantResults`); return flat metrics. `use_cache`: lm-eval's request cache, which answers the
+    docs sequential looks already evaluated."""
     from lm_eval import simple_evaluate
-    from lm_eval.utils import handle_non_serializable
 
     res = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True,
                           bootstrap_iters=bootstrap_iters, use_cache=use_cache, **_seeds(seed))
-    write_samples(res.pop("samples", {}), out_dir)
-    keep = {k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res}
-    (out_dir / "lm_eval.json").write_text(json.dumps(keep, indent=1, default=handle_non_serializable))
+    out.write_samples(res.pop("samples", {}))
+    out.write_lm_eval({k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res})
     return flatten_lmeval(res["results"])
 
 
@@ -68,16 +66,6 @@ def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
             n = min(n, int(math.ceil(limit * n)) if limit < 1 else int(limit))
         counts[t] = n
     return counts
-
-
-def write_samples(samples: dict[str, list[dict]], out_dir: Path) -> None:
-    from lm_eval.utils import handle_non_serializable
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for task, rows in samples.items():
-        with open(out_dir / f"samples_{task}.jsonl", "w") as f:
-            for r in sorted(rows, key=lambda r: r["doc_id"]):
-                f.write(json.dumps(r, default=handle_non_serializable) + "\n")
 
 
 def _seeds(seed: int) -> dict:

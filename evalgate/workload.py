@@ -1,4 +1,4 @@
-"""The requests every variant is profiled with, built once per pipeline (`stages/workload.py`).
+"""The requests every variant is profiled with, built once per pipeline (`evalgate workload`).
 
 A workload file is JSONL, one request per line: `prompt`, `max_tokens` (a cap: the request ends at
 EOS or at one of its `stop` sequences first, as a real client's would), `stop`, and `source` (where
@@ -163,3 +163,28 @@ def build_reference(fid: dict, tm, seed: int) -> list[str]:
                     texts.append(prompt + (task.config.target_delimiter if prompt else "") + target)
     random.Random(seed).shuffle(texts)
     return texts[: fid.get("max_texts", 200)]
+
+
+def write_files(workload: dict, load: dict, fidelity: dict, model, include_path: str | None, seed: int,
+                out: Path, reference: Path) -> str:
+    """The `workload` stage: the requests (`out`, JSONL) and the fidelity reference texts (`reference`).
+    A bad user file is one line before any model or task loads. Returns what it wrote, in words."""
+    if workload["source"] == "file":
+        read_user_file(Path(workload["path"]), workload.get("format", "auto"))
+    from transformers import AutoTokenizer
+
+    from evalgate.evaluate import task_manager
+    from evalgate.models import resolve_model
+
+    fidelity = fidelity or {}
+    tasks = (workload.get("tasks") or []) if workload["source"] == "tasks" else []
+    tm = task_manager(list(dict.fromkeys(tasks + fidelity.get("tasks", []))), include_path)
+    requests = build(workload, load, tm, AutoTokenizer.from_pretrained(resolve_model(model)), seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in requests)
+    texts = build_reference(fidelity, tm, seed)
+    with open(reference, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    return (f"{len(requests)} requests ({workload.get('name', workload['source'])}) in {out}, "
+            f"{len(texts)} reference texts in {reference}")

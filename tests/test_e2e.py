@@ -46,7 +46,7 @@ def proj(tmp_path_factory):
             shutil.copy2(ROOT / f, d / f)
     (d / "dvc.lock").unlink(missing_ok=True)
     sh(["git", "init", "-q"], d)
-    sh([sys.executable, "-m", "stages.compose", *TINY], d)
+    sh([sys.executable, "-m", "evalgate", "compose", *TINY], d)
     first = sh(["dvc", "repro"], d)
     return d, first.stdout
 
@@ -104,9 +104,7 @@ def test_noop_repro_runs_and_logs_nothing(proj):
 
 def test_bad_variant_is_one_line_before_loading(proj):
     d, _ = proj
-    p = sh([sys.executable, "-m", "stages.run", "--variant", "nope", "--workload", "data/workload.jsonl",
-            "--reference", "data/reference.jsonl",
-            "--out", "/tmp/x"], d, check=False)
+    p = sh([sys.executable, "-m", "evalgate", "run", "nope", "--out", "/tmp/x"], d, check=False)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "variants.nope" in p.stderr
 
 
@@ -132,16 +130,16 @@ def test_dvc_exp_run_composes_conf_through_hydra(proj):
 
 
 def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
-    """python -m stages.schedule: DVC decides what is stale, the scheduler runs it (serially on hf),
+    """evalgate repro: DVC decides what is stale, the scheduler runs it (serially on hf),
     `dvc commit` records it, and DVC then sees everything up to date."""
     d, _ = proj
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["variants"]["prompt_lookup"]["speculative"]["num_tokens"] = 5
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    out = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: run@prompt_lookup\n" in out and "running 1 variant(s) one at a time" in out
     assert json.loads((d / "results/prompt_lookup/timeline.json").read_text())["events"]
     status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
     assert "up to date" in status, status
-    again = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    again = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: none" in again and "Running stage" not in again

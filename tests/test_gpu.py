@@ -7,7 +7,6 @@ and every variant family's flags accepted by vLLM, their servers started side by
 scheduler's memory shares."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 
