@@ -196,7 +196,7 @@ def level_rows(results: dict, verdicts: dict) -> list[dict]:
 
 # the headline per variant for `dvc metrics show`: short names, one row per variant
 HEADLINE = {"peak_tok_s": "output_throughput", "speedup_pct": None, "ms_per_tok_c1": "c1/median_e2el_per_token_ms",
-            "ttft_ms": "median_ttft_ms", "goodput_rps": "request_goodput", "mem_mb": "mem_peak_mb"}
+            "mem_mb": "mem_peak_mb"}
 
 
 def short_name(key: str) -> str:
@@ -205,8 +205,16 @@ def short_name(key: str) -> str:
     return "/".join(parts[:-1] if parts[-1] == "none" else parts)
 
 
+def column_names(keys: list[str]) -> dict[str, str]:
+    """The gated metrics' columns in `dvc metrics show`: the task alone where one metric of it is gated."""
+    tasks = [short_name(k).split("/")[0] for k in keys]
+    return {k: t if tasks.count(t) == 1 and k.startswith("lmeval/") else short_name(k) for k, t in zip(keys, tasks)}
+
+
 def headline(table: list[dict], results: dict, keys: list[str]) -> dict[str, dict]:
-    """Per variant: accepted (1/0), the headline speed numbers and the gated metrics, rounded."""
+    """Per variant: accepted (1/0), the headline speed numbers and the gated metrics, rounded (every
+    metric stays in the variant's metrics.json)."""
+    columns = column_names(keys)
     out = {}
     for r in table:
         m = results.get(r["variant"], {}).get("metrics", {})
@@ -217,7 +225,7 @@ def headline(table: list[dict], results: dict, keys: list[str]) -> dict[str, dic
                 row[short] = round(v, 2)
         for key in keys:
             if isinstance(m.get(key), (int, float)):
-                row[short_name(key)] = round(m[key], 4)
+                row[columns[key]] = round(m[key], 4)
         out[r["variant"]] = row
     return out
 
