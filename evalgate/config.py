@@ -198,26 +198,26 @@ def _parse_limits(limits: Any) -> dict:
     return limits
 
 
-def _parse_workload(wl: Any) -> dict:
-    wl = _mapping(wl, "workload")
-    source = _choice(_need(wl, "source", "workload"), WORKLOAD_SOURCES, "workload.source")
+def _parse_workload(workload: Any) -> dict:
+    workload = _mapping(workload, "workload")
+    source = _choice(_need(workload, "source", "workload"), WORKLOAD_SOURCES, "workload.source")
     if source == "tasks":
-        tasks = _need(wl, "tasks", "workload")
+        tasks = _need(workload, "tasks", "workload")
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
             raise ConfigError("workload.tasks: expected a non-empty list of lm-eval task names")
-        _number(wl.get("prefix_tokens", 0), "workload.prefix_tokens", integer=True)
+        _number(workload.get("prefix_tokens", 0), "workload.prefix_tokens", integer=True)
     elif source == "random":
         for k in ("input_len", "output_len"):
-            _number(_need(wl, k, "workload"), f"workload.{k}", low=1, integer=True)
+            _number(_need(workload, k, "workload"), f"workload.{k}", low=1, integer=True)
     else:
-        path = _need(wl, "path", "workload")
+        path = _need(workload, "path", "workload")
         if not isinstance(path, str) or not path:
             raise ConfigError("workload.path: a JSONL or ShareGPT file is needed with source 'file'")
-        _choice(wl.get("format", "auto"), ("auto", "jsonl", "sharegpt"), "workload.format")
-    _number(wl.get("max_tokens", 256), "workload.max_tokens", low=1, integer=True)
-    if not isinstance(wl.get("ignore_eos", False), bool):
-        raise ConfigError(f"workload.ignore_eos: must be true or false, got {wl['ignore_eos']!r}")
-    return wl
+        _choice(workload.get("format", "auto"), ("auto", "jsonl", "sharegpt"), "workload.format")
+    _number(workload.get("max_tokens", 256), "workload.max_tokens", low=1, integer=True)
+    if not isinstance(workload.get("ignore_eos", False), bool):
+        raise ConfigError(f"workload.ignore_eos: must be true or false, got {workload['ignore_eos']!r}")
+    return workload
 
 
 def _parse_load(load: Any) -> dict:
@@ -246,31 +246,31 @@ def _parse_load(load: Any) -> dict:
     return load
 
 
-def _parse_statistics(st: Any) -> dict:
-    st = _mapping(st, "gate.statistics")
-    unknown = set(st) - {"enabled", "alpha", "power", "on_inconclusive"}
+def _parse_statistics(statistics: Any) -> dict:
+    statistics = _mapping(statistics, "gate.statistics")
+    unknown = set(statistics) - {"enabled", "alpha", "power", "on_inconclusive"}
     if unknown:
         raise ConfigError(f"gate.statistics.{sorted(unknown)[0]}: unknown field")
-    if not 0 < st.get("alpha", 0.05) < 0.5:
-        raise ConfigError(f"gate.statistics.alpha: must be within (0, 0.5), got {st['alpha']!r}")
-    if not 0 < st.get("power", 0.8) < 1:
-        raise ConfigError(f"gate.statistics.power: must be within (0, 1), got {st['power']!r}")
-    _choice(st.get("on_inconclusive", "reject"), ("reject", "accept"), "gate.statistics.on_inconclusive")
-    return st
+    if not 0 < statistics.get("alpha", 0.05) < 0.5:
+        raise ConfigError(f"gate.statistics.alpha: must be within (0, 0.5), got {statistics['alpha']!r}")
+    if not 0 < statistics.get("power", 0.8) < 1:
+        raise ConfigError(f"gate.statistics.power: must be within (0, 1), got {statistics['power']!r}")
+    _choice(statistics.get("on_inconclusive", "reject"), ("reject", "accept"), "gate.statistics.on_inconclusive")
+    return statistics
 
 
-def _parse_sequential(sq: Any) -> dict:
-    sq = _mapping(sq, "gate.sequential")
-    unknown = set(sq) - {"enabled", "looks", "alpha"}
+def _parse_sequential(sequential: Any) -> dict:
+    sequential = _mapping(sequential, "gate.sequential")
+    unknown = set(sequential) - {"enabled", "looks", "alpha"}
     if unknown:
         raise ConfigError(f"gate.sequential.{sorted(unknown)[0]}: unknown field")
-    looks = sq.get("looks", [])
+    looks = sequential.get("looks", [])
     if not isinstance(looks, list) or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in looks) \
             or looks != sorted(set(looks)):
         raise ConfigError(f"gate.sequential.looks: expected increasing fractions within (0, 1), got {looks!r}")
-    if not 0 < sq.get("alpha", 0.01) < 0.5:
-        raise ConfigError(f"gate.sequential.alpha: must be within (0, 0.5), got {sq['alpha']!r}")
-    return sq
+    if not 0 < sequential.get("alpha", 0.01) < 0.5:
+        raise ConfigError(f"gate.sequential.alpha: must be within (0, 0.5), got {sequential['alpha']!r}")
+    return sequential
 
 
 def _parse_model(m: Any) -> ModelSpec:
@@ -308,11 +308,11 @@ def parse(raw: dict) -> Config:
     variants = {BASELINE: base, **{n: parse_variant(n, s) for n, s in variants_raw.items()}}
     _parse_statistics(gate.get("statistics"))
     _parse_sequential(gate.get("sequential"))
-    wl = _parse_workload(_need(raw, "workload", "params"))
+    workload = _parse_workload(_need(raw, "workload", "params"))
     load = _parse_load(raw.get("load", {}))
     return Config(
         seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
-        workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
+        workload=workload, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
         slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load,
         mlflow=_mapping(raw.get("mlflow"), "mlflow"),
         report=_mapping(raw.get("report"), "report"), variants=variants, raw=raw)

@@ -61,7 +61,7 @@ def levels_of(results: dict) -> list[str]:
 
 def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_times: dict | None = None) -> str:
     q = quality_keys(cfg.thresholds)
-    wl = cfg.workload
+    workload = cfg.workload
     lines = [f"# Variant report: {cfg.model.id} on `{cfg.engine['name']}`", "",
              f"**Best accepted variant (by `{cfg.report.get('rank_by', 'output_throughput')}`): `{gate['best']}`**"
              if gate["best"] else "**No variant was accepted.**", ""]
@@ -76,9 +76,10 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
                  *[_fmt(r[k], f) for k, _, f in FIDELITY]]
         lines.append("| " + " | ".join(cells) + " |")
     slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in cfg.slo.items()) or "none"
-    ended = ("its max_tokens (EOS ignored: a capacity test)" if wl.get("ignore_eos")
+    ended = ("its max_tokens (EOS ignored: a capacity test)" if workload.get("ignore_eos")
              else "EOS or a stop sequence, capped at max_tokens")
-    lines += ["", f"Workload `{wl.get('name', wl['source'])}`: the same requests for every variant, each ended by {ended}. "
+    name = workload.get("name", workload["source"])
+    lines += ["", f"Workload `{name}`: the same requests for every variant, each ended by {ended}. "
               f"Peak tok/s: the best output throughput over the concurrency ladder; latency and TTFT/TPOT at "
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "

@@ -64,7 +64,7 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     quant_error = checkpoint_error(checkpoint)
     model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
-    tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
+    tasks_index = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     out.reset()
     out.write("variant.json", {"name": variant.name, **variant.as_params()})
     tracker = open_run(cfg, variant, workload)
@@ -83,7 +83,7 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
             tracker.close(False, error=error, artifacts=out.path)
         return None
     base = baseline if baseline is not None and name != BASELINE else None
-    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tm, tracker)
+    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tasks_index, tracker)
 
 
 def _baseline_ok(job: Job) -> dict | None:
@@ -145,24 +145,24 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
     from evalgate import sequential
     from evalgate.evaluate import doc_counts, evaluate, evaluate_docs
 
-    cfg, out, tm = job.cfg, job.out, job.task_manager
+    cfg, out, tasks_index = job.cfg, job.out, job.task_manager
     lm = ep.lm_eval_model()
     tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     looks = cfg.gate.get("sequential") or {}
     gated = sequential.gated_tasks(cfg.thresholds)
     if base is None or not sequential.enabled(looks) or not gated:
-        return evaluate(lm, tasks, tm, out, **full), None
-    counts = doc_counts(tm, tasks, limit)
+        return evaluate(lm, tasks, tasks_index, out, **full), None
+    counts = doc_counts(tasks_index, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
         cache = str(Path(tmp) / "requests") if ep.request_cache else None
         seq = sequential.evaluate_in_looks(
-            lambda docs: evaluate_docs(lm, docs, tm, cfg.seed, cache), {t: counts[t] for t in gated},
+            lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
             base, {t: job.baseline.samples(t) for t in gated}, cfg.thresholds, looks["looks"],
             looks.get("alpha", 0.01), cfg.seed)
         if not seq["stopped"]:
-            quality = evaluate(lm, tasks, tm, out, use_cache=cache, **full)
+            quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())

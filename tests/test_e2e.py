@@ -89,8 +89,25 @@ def test_mlflow_parent_and_nested_runs(proj):
     assert base.data.tags["verdict"] == "accept" and "output_throughput" in base.data.metrics
     import mlflow
 
-    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(base.info.run_id, "results")}
+    client = mlflow.MlflowClient()
+    arts = {a.path for a in client.list_artifacts(base.info.run_id, "results")}
     assert {"results/lm_eval.json", "results/profile.json", "results/samples_fx_add.jsonl"} <= arts
+    # live: opened when the variant's run started, with system metrics, the full config, the inputs, progress
+    assert base.info.end_time - base.info.start_time > 5_000
+    assert any(k.startswith("system/cpu") for k in base.data.metrics) and base.data.metrics["progress"] == 4
+    assert [h.value for h in client.get_metric_history(base.info.run_id, "progress")] == [1, 2, 3, 4]
+    contexts = {i.tags[0].value for i in base.inputs.dataset_inputs}
+    assert contexts == {"profile", "eval"}
+    for r in children:   # the same params for every variant: no sparse columns in the compare view
+        assert set(r.data.params) == set(base.data.params) and "variant.quantization" in r.data.params
+        assert r.data.metrics["verdict/accepted"] == (r.data.tags["verdict"] == "accept")
+    assert base.data.params["engine.name"] == "hf"
+    bad = next(r for r in children if r.info.run_name == "unsupported")
+    assert bad.info.status == "FAILED" and "fp8" in bad.data.tags["error"]
+    parent = parents[0]
+    assert parent.info.run_name.startswith("fixtures/model · hf · 3 variants · ")
+    assert "Best accepted variant" in parent.data.tags["mlflow.note.content"]
+    assert "variants.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_noop_repro_runs_and_logs_nothing(proj):
