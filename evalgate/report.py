@@ -246,7 +246,7 @@ def quality_points(table: list[dict], keys: list[str], directions: dict[str, boo
     for key in keys:
         up = directions.get(key, True)
         pts = [{"variant": r["variant"], "metric": short_name(key), "value": r.get(key), "verdict": r["verdict"],
-                "status": _status(r), "peak_tok_s": r.get("output_throughput") or 0.0}
+                "status": _status(r), "peak_tok_s": r.get("output_throughput") or 0.0, "higher_is_better": up}
                for r in table if r.get(key) is not None]
         profiled = [p for p in pts if p["status"] != "rejected, not profiled"]
 
@@ -309,7 +309,8 @@ def pareto_png(points: list[dict], path: Path) -> None:
                         fontsize=7.5, zorder=4)
         ax.set_xlabel("peak output throughput (tok/s)")
         ax.set_ylabel(metric)
-        ax.set_title(metric, fontsize=10)
+        up = pts[0]["higher_is_better"] if pts else True
+        ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.12)
     for ax in list(axes.flat)[len(metrics):]:

@@ -318,8 +318,6 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
         runner.fail(s.job, phase, error)
 
     def start(s: Slot):
-        if s.job.tracker is not None:
-            s.job.tracker.phase("start")
         return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
 
     util: list = []
