@@ -46,6 +46,9 @@ app = typer.Typer(
 
 Params = Annotated[Path, typer.Option("--params", help="the composed params (evalgate compose writes it)")]
 PARAMS = Path("params.yaml")
+ReferenceFile = Annotated[Path, typer.Option(help="fidelity reference texts (JSONL)")]
+ResultsDir = Annotated[Path, typer.Option(help="one results folder per variant")]
+WORKLOAD, REFERENCE, RESULTS = Path("data/workload.jsonl"), Path("data/reference.jsonl"), Path("results")
 
 
 def _config(params: Path):
@@ -115,8 +118,8 @@ def fixture(
 
 @app.command()
 def workload(
-    out: Annotated[Path, typer.Option(help="the requests (JSONL)")] = Path("data/workload.jsonl"),
-    reference: Annotated[Path, typer.Option(help="fidelity reference texts (JSONL)")] = Path("data/reference.jsonl"),
+    out: Annotated[Path, typer.Option(help="the requests (JSONL)")] = WORKLOAD,
+    reference: ReferenceFile = REFERENCE,
     params: Params = PARAMS,
 ):
     """The requests every variant is profiled with, and the fidelity reference texts, built once."""
@@ -152,8 +155,8 @@ def quantize(
 @app.command()
 def run(
     variant: Annotated[str, typer.Argument(help="a variant of params.yaml, or `baseline`")],
-    workload: Annotated[Path, typer.Option(help="the requests (the workload stage's)")] = Path("data/workload.jsonl"),
-    reference: Annotated[Path, typer.Option(help="fidelity reference texts (JSONL)")] = Path("data/reference.jsonl"),
+    workload: Annotated[Path, typer.Option(help="the requests (the workload stage's)")] = WORKLOAD,
+    reference: ReferenceFile = REFERENCE,
     checkpoint: Annotated[Path | None, typer.Option(help="the quantize stage's folder (served if it holds one)")] = None,
     baseline: Annotated[Path | None, typer.Option(help="the baseline's results (fidelity, sequential looks)")] = None,
     out: Annotated[Path | None, typer.Option(help="the variant's results folder (default results/VARIANT)")] = None,
@@ -181,7 +184,7 @@ def run(
 
 @app.command()
 def gate(
-    results: Annotated[Path, typer.Option(help="one results folder per variant")] = Path("results"),
+    results: ResultsDir = RESULTS,
     out: Annotated[Path, typer.Option(help="the verdicts (JSON)")] = Path("reports/gate.json"),
     params: Params = PARAMS,
 ):
@@ -202,7 +205,7 @@ def gate(
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Option(help="one results folder per variant")] = Path("results"),
+    results: ResultsDir = RESULTS,
     gate: Annotated[Path, typer.Option(help="the gate's verdicts")] = Path("reports/gate.json"),
     out: Annotated[Path, typer.Option(help="the report folder")] = Path("reports"),
     params: Params = PARAMS,
