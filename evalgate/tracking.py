@@ -356,5 +356,8 @@ def _log_report(options, raw, parent_label, names, variant_params, results, gate
     for p in artifacts:
         client.log_artifact(ppid, str(p))
     client.set_terminated(ppid, "FINISHED")
-    print(f"mlflow: logged this state as run {ppid} ({parent.info.run_name}) with {len(names)} nested runs")
+    print(
+        f"mlflow: logged this state as run {ppid} ({parent.info.run_name}) with {len(names)} nested runs; in the UI: "
+        f"#/experiments/{exp.id}/runs?workflowType=machine_learning"
+    )
     return ppid
