@@ -1,7 +1,8 @@
 """One variant's work in phases, shared by the serial `evalgate run VARIANT` stage and the scheduler.
 
-  prepare   validate, resolve the model, ask the engine whether it can run the variant (nothing loads),
-            open the variant's MLflow run (evalgate.tracking)
+  prepare   validate, resolve the model, ask the engine whether it can run the variant (nothing loads)
+  track     open the variant's MLflow run (evalgate.tracking) as it starts: run_serial does, the
+            scheduler does for the variants it starts side by side
   quality   cheap checks first: the fidelity screen (next-token KL and top-1 agreement against the
             baseline), then lm-eval (the gated tasks in sequential looks, then the rest), then answer
             flips; a variant that is already clearly worse stops here and is never profiled
@@ -42,11 +43,21 @@ class Job:
         return self.variant.name == BASELINE
 
 
-def open_run(cfg: Config, variant: Variant, workload: Path | None, task_docs: dict | None = None) -> VariantRun | None:
-    """The variant's nested MLflow run, under this execution's parent (evalgate.tracking)."""
-    return VariantRun.open(cfg.mlflow, cfg.raw, variant.name, variant.as_params(),
-                           parent_name(cfg.model.id, cfg.engine["name"], len(cfg.variants)),
-                           workload=workload, tasks=cfg.eval["tasks"], task_docs=task_docs)
+def open_run(cfg: Config, variant: Variant, workload: Path | None, out: VariantResults) -> VariantRun | None:
+    """The variant's nested MLflow run, under this execution's parent (evalgate.tracking); its id goes
+    to the results folder, for the scheduler's quality worker and the report."""
+    run = VariantRun.open(cfg.mlflow, cfg.raw, variant.name, variant.as_params(),
+                          parent_name(cfg.model.id, cfg.engine["name"], len(cfg.variants)),
+                          workload=workload, tasks=cfg.eval["tasks"])
+    if run is not None:
+        out.write_tracking(run.info)
+    return run
+
+
+def track(job: Job) -> None:
+    """Open the job's MLflow run, now that the variant starts (once)."""
+    if job.tracker is None:
+        job.tracker = open_run(job.cfg, job.variant, job.workload, job.out)
 
 
 def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, reference: Path, checkpoint: str | None,
@@ -67,9 +78,6 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     tasks_index = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     out.reset()
     out.write("variant.json", {"name": variant.name, **variant.as_params()})
-    tracker = open_run(cfg, variant, workload)
-    if tracker is not None:
-        out.write_tracking(tracker.info)
     error = f"quantization failed: {quant_error}" if quant_error else None
     if error is None:
         try:
@@ -79,11 +87,12 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     if error is not None:
         print(f"run {name}: {error}")
         out.fail("quantize" if quant_error else "check", quant_error or error.removeprefix("not supported: "))
+        tracker = open_run(cfg, variant, workload, out)   # a run that starts and fails at once
         if tracker is not None:
             tracker.close(False, error=error, artifacts=out.path)
         return None
     base = baseline if baseline is not None and name != BASELINE else None
-    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tasks_index, tracker)
+    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tasks_index)
 
 
 def _baseline_ok(job: Job) -> dict | None:
@@ -302,6 +311,7 @@ def run_serial(job: Job, engine) -> int:
     phase, times, t_all = "start", {}, time.perf_counter()
     events: list[dict] = []
     name = job.variant.name
+    track(job)
 
     def mark(phase: str, t0: float) -> None:
         events.append({"phase": phase, "start": t0, "end": time.time()})

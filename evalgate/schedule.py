@@ -320,6 +320,8 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
     def start(s: Slot):
         return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
 
+    for s in slots:   # every server starts now: every variant's MLflow run opens now
+        runner.track(s.job)
     util: list = []
     stop = threading.Event()
     gpu_utilization_sampler(stop, util)
