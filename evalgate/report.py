@@ -257,8 +257,30 @@ def quality_points(table: list[dict], keys: list[str], directions: dict[str, boo
 
         for p in pts:
             p["frontier"] = p in profiled and not any(better(o, p) for o in profiled if o is not p)
+        _place_labels(pts)
         out += pts
     return out
+
+
+LABEL_ROWS = (0, 1, 2, -1, -2, 3, -3)   # label rows above (+) and below (−) a point, in the order tried
+
+
+def _place_labels(pts: list[dict]) -> None:
+    """Give each point's name a row (`label_row`) so that names of points close together do not overlap:
+    points nearer than a name's width along x and 6 % of the span along y take different rows, in x order.
+    `label_value` is where the name goes on the y axis (the Vega-Lite template draws it there)."""
+    if not pts:
+        return
+    xs, ys = [p["peak_tok_s"] for p in pts], [p["value"] for p in pts]
+    x_span = (max(xs) - min(xs)) or 1.0
+    y_span = (max(ys) - min(ys)) or max(0.05 * abs(ys[0]), 0.01)   # all equal: a span the axis will show
+    placed: list[dict] = []
+    for p in sorted(pts, key=lambda p: (p["peak_tok_s"], p["variant"])):
+        near = {q["label_row"] for q in placed
+                if abs(q["peak_tok_s"] - p["peak_tok_s"]) < 0.25 * x_span and abs(q["value"] - p["value"]) < 0.06 * y_span}
+        p["label_row"] = next((r for r in LABEL_ROWS if r not in near), 0)
+        p["label_value"] = p["value"] + (p["label_row"] + 0.4) * 0.07 * y_span
+        placed.append(p)
 
 
 def _plt():
@@ -273,17 +295,6 @@ def _plt():
 COLORS = {"accepted": "tab:green", "rejected": "tab:red", "rejected, not profiled": "tab:gray"}
 
 
-def _label_offsets(xy: list[tuple[float, float]], span: tuple[float, float]) -> list[tuple[int, int]]:
-    """Text offsets (points) that keep labels of nearby points apart: points closer than 4 % of the
-    axes span get their labels stacked above one another."""
-    offsets, placed = [], []
-    for x, y in xy:
-        near = sum(1 for px, py in placed if abs(px - x) <= 0.04 * span[0] and abs(py - y) <= 0.04 * span[1])
-        offsets.append((6, 4 + 9 * near if near % 2 == 0 else -10 - 9 * near))
-        placed.append((x, y))
-    return offsets
-
-
 def pareto_png(points: list[dict], path: Path) -> None:
     """One panel per gated metric: quality against peak output throughput for every variant (green
     accepted, red rejected, grey rejected before any profile, at 0 tok/s; ★ the baseline), each point
@@ -295,24 +306,22 @@ def pareto_png(points: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 4.2 * rows_n), dpi=110, squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         pts = [p for p in points if p["metric"] == metric]
-        xs = [p["peak_tok_s"] for p in pts] or [0.0]
-        ys = [p["value"] for p in pts] or [0.0]
-        span = ((max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0)
         front = sorted((p for p in pts if p["frontier"]), key=lambda p: p["peak_tok_s"])
         if len(front) > 1:
             ax.step([p["peak_tok_s"] for p in front], [p["value"] for p in front], where="post", color="tab:blue",
                     alpha=0.6, lw=1.5, zorder=2, label="Pareto frontier")
-        for p, off in zip(pts, _label_offsets([(p["peak_tok_s"], p["value"]) for p in pts], span)):
+        for p in pts:
             ax.scatter(p["peak_tok_s"], p["value"], s=90 if p["variant"] == BASELINE else 50, c=COLORS[p["status"]],
                        marker="*" if p["variant"] == BASELINE else "o", edgecolors="black", linewidths=0.4, zorder=3)
-            ax.annotate(p["variant"], (p["peak_tok_s"], p["value"]), textcoords="offset points", xytext=off,
+            ax.annotate(p["variant"], (p["peak_tok_s"], p["value"]), textcoords="offset points",
+                        xytext=(6, 3 + 10 * p.get("label_row", 0)),
                         fontsize=7.5, zorder=4)
         ax.set_xlabel("peak output throughput (tok/s)")
         ax.set_ylabel(metric)
         up = pts[0]["higher_is_better"] if pts else True
         ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.margins(x=0.15, y=0.12)
+        ax.margins(x=0.15, y=0.3)   # room for the names above and below the points
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in COLORS.items()]
