@@ -131,6 +131,14 @@ class Experiment:
         return out
 
 
+def description(summary: str, limit: int = 7800) -> str:
+    """The summary as a run description: MLflow keeps 8,000 characters of a tag, so a longer one is cut
+    at a line, saying where the whole of it is."""
+    if len(summary) <= limit:
+        return summary
+    return summary[: summary.rfind("\n", 0, limit)] + "\n\n… (cut here: the whole report is summary.md among the artifacts)\n"
+
+
 def parent_name(model_id: str, engine: str, n_variants: int) -> str:
     return f"{model_id} · {engine} · {n_variants} variants · {time.strftime('%Y-%m-%d %H:%M')}"
 
@@ -337,7 +345,7 @@ def _log_report(options, raw, parent_label, names, variant_params, results, gate
         }
     )
     if summary is not None:
-        tags["mlflow.note.content"] = summary.read_text()[:60000]  # the run's description in the UI
+        tags["mlflow.note.content"] = description(summary.read_text())  # the run's description in the UI
     for k, v in tags.items():
         client.set_tag(ppid, k, v)
     from mlflow.entities import Param

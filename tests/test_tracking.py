@@ -82,3 +82,10 @@ def test_tracking_never_fails_the_variant(capsys):
     broken = {"tracking_uri": "unknown-scheme://nowhere", "system_metrics": False}
     assert tracking.VariantRun.open(broken, RAW, "a", VARIANT, "x") is None
     assert "mlflow: open failed" in capsys.readouterr().err
+
+
+def test_a_long_summary_is_cut_at_a_line_for_the_description():
+    text = "".join(f"line {i}\n" for i in range(2000))
+    cut = tracking.description(text)
+    assert len(cut) < 8000 and cut.endswith("summary.md among the artifacts)\n") and "\nline 1\n" in cut
+    assert tracking.description("short") == "short"
