@@ -310,6 +310,8 @@ def pareto_png(points: list[dict], path: Path) -> None:
         if len(front) > 1:
             ax.step([p["peak_tok_s"] for p in front], [p["value"] for p in front], where="post", color="tab:blue",
                     alpha=0.6, lw=1.5, zorder=2, label="Pareto frontier")
+        ax.scatter([p["peak_tok_s"] for p in front], [p["value"] for p in front], s=260, facecolors="none",
+                   edgecolors="tab:blue", linewidths=1.5, zorder=2)   # frontier points ringed (one alone too)
         for p in pts:
             ax.scatter(p["peak_tok_s"], p["value"], s=90 if p["variant"] == BASELINE else 50, c=COLORS[p["status"]],
                        marker="*" if p["variant"] == BASELINE else "o", edgecolors="black", linewidths=0.4, zorder=3)
@@ -325,7 +327,8 @@ def pareto_png(points: list[dict], path: Path) -> None:
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in COLORS.items()]
-    handles.append(plt.Line2D([], [], color="tab:blue", label="Pareto frontier"))
+    handles.append(plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="none", markersize=10,
+                              label="Pareto frontier"))
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("quality vs throughput per gated metric (★ baseline)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
