@@ -89,3 +89,24 @@ def test_a_long_summary_is_cut_at_a_line_for_the_description():
     cut = tracking.description(text)
     assert len(cut) < 8000 and cut.endswith("summary.md among the artifacts)\n") and "\nline 1\n" in cut
     assert tracking.description("short") == "short"
+
+
+def test_a_worker_process_logs_to_the_run_its_scheduler_opened(tmp_path, store):
+    """The scheduler opens a variant's run and writes its id to tracking.json; the quality worker (another
+    process) attaches to it and logs its phase and metrics there; the scheduler closes it."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    run = tracking.VariantRun.open(store, RAW, "a", VARIANT, "p")
+    info = json.dumps(run.info)
+    code = ("import json, sys; from evalgate.tracking import VariantRun; "
+            "r = VariantRun.attach(json.loads(sys.argv[1])); r.phase('quality'); r.metrics({'lmeval/t/acc/none': 0.5})")
+    subprocess.run([sys.executable, "-c", code, info], check=True)
+    run.close(True, {"output_throughput": 3.0})
+    client = mlflow.MlflowClient(store["tracking_uri"])
+    done = client.get_run(run.run_id)
+    assert done.info.status == "FINISHED" and done.data.metrics["lmeval/t/acc/none"] == 0.5
+    assert [m.value for m in client.get_metric_history(run.run_id, "progress")] == [1, 2, 4]
+    assert tracking.VariantRun.attach(None) is None
