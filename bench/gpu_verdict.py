@@ -19,19 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
+from evalgate.results import VariantResults  # noqa: E402
+
 START_PHASES = ("imports_s", "weights_s", "compile_s", "cuda_graphs_s", "api_ready_s")
-
-
-def _json(p: Path) -> dict:
-    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def breakdown(results: Path, wall_s: float | None = None) -> dict:
     """Per variant: its phases (s); over the run: the schedule's span, GPU idle share, the rest."""
     rows, spans = {}, []
     for d in sorted(p for p in results.iterdir() if p.is_dir()):
-        m, tl = _json(d / "metrics.json"), _json(d / "timeline.json")
-        prof = _json(d / "profile.json")
+        store = VariantResults(d)
+        m, tl, prof = store.metrics(), store.timeline() or {}, store.profile() or {}
         row = {"start_s": m.get("time/start_s"), **{f"start/{k}": m.get(f"time/start/{k}") for k in START_PHASES},
                "fidelity_s": m.get("time/fidelity_s"), "eval_s": m.get("time/eval_s"), "profile_s": m.get("time/profile_s")}
         for lv in prof.get("levels", []):
@@ -39,7 +38,7 @@ def breakdown(results: Path, wall_s: float | None = None) -> dict:
         rows[d.name] = {k: (round(v, 1) if isinstance(v, (int, float)) else v) for k, v in row.items() if v is not None}
         spans += [(e["start"], e["end"]) for e in tl.get("events", [])]
     out: dict = {"phases_s": rows}
-    sched = _json(results / "baseline" / "schedule.json")
+    sched = VariantResults(results / "baseline").read("schedule.json") or {}
     if sched:
         span = sched["end"] - sched["start"]
         util = sched.get("gpu_utilization", [])
@@ -80,12 +79,12 @@ def main() -> int:
         print_table(breakdown(Path("results")))
         return 0
     py = [sys.executable]
-    subprocess.run([*py, "-m", "stages.compose", "preset=gpu", *a.overrides], check=True)
+    subprocess.run([*py, "-m", "evalgate", "compose", "preset=gpu", *a.overrides], check=True)
     t0 = time.time()
     subprocess.run([*py, "-m", "dvc", "repro", "fixture", "workload", "quantize"], check=True)
     fixture_s = time.time() - t0
     t1 = time.time()
-    subprocess.run([*py, "-m", "stages.schedule", *(["--serial"] if a.serial else [])], check=True)
+    subprocess.run([*py, "-m", "evalgate", "repro", *(["--serial"] if a.serial else [])], check=True)
     verdict_s = time.time() - t1
     b = breakdown(Path("results"), verdict_s)
     b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),

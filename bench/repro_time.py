@@ -1,4 +1,4 @@
-"""Wall time of a fresh CPU `make repro` (the scheduled `dvc repro`: `python -m stages.schedule`), of a
+"""Wall time of a fresh CPU `make repro` (the scheduled `dvc repro`: `evalgate repro`), of a
 no-op re-run, and peak memory (targets on 2 cores: fresh ≤ 5 min, no-op ≤ 15 s, peak RSS ≤ 1 GB).
 
 Runs in a fresh `git clone` of this repository (the committed state, nothing cached), with this
@@ -43,8 +43,8 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     try:
-        fresh = timed([sys.executable, "-m", "stages.schedule"], work, env)
-        noop = timed([sys.executable, "-m", "stages.schedule"], work, env)
+        fresh = timed([sys.executable, "-m", "evalgate", "repro"], work, env)
+        noop = timed([sys.executable, "-m", "evalgate", "repro"], work, env)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         fixture = json.loads((work / "fixtures/metrics.json").read_text())
         gate = json.loads((work / "reports/gate.json").read_text())

@@ -1,19 +1,18 @@
 """Typed view of params.yaml, validated before any model loads.
 
-Every stage reads params.yaml through `load()`; a bad key fails here with one line that names it
-(`ConfigError`), so a typo never costs a model load. What an *engine* can or cannot do is checked by
-the engine adapter (`Engine.check`), not here: this module knows no engine's flags.
+Every stage reads params.yaml through `evalgate.compose.load()`, which parses it here; a bad key fails
+with one line that names it (`ConfigError`), so a typo never costs a model load. What an *engine* can or cannot do is checked by
+the engine adapter (`Engine.check`), not here: this module knows no engine's flags, nor which engines
+exist (the registry, evalgate.engines, checks `engine.name`; evalgate.compose.validate runs both, and
+checks that every variant file in conf/ is named as its variant).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -50,12 +49,16 @@ class Variant:
     engine_args: dict = field(default_factory=dict)
 
     def as_params(self) -> dict:
-        """Flat params for MLflow (`quantization.method`, …)."""
-        out: dict[str, Any] = {"dtype": self.dtype or "model"}
-        for group in ("quantization", "kv_cache", "speculative", "engine_args"):
-            for k, v in getattr(self, group).items():
-                out[f"{group}.{k}"] = v
-        return out
+        """The variant's fields, flat and with the same keys for every variant (MLflow params, variant.json):
+        each family's method plus its other options as JSON ("{}" when none)."""
+        def rest(d: dict, main: str) -> str:
+            return json.dumps({k: v for k, v in d.items() if k != main}, sort_keys=True)
+
+        return {"dtype": self.dtype or "model",
+                "quantization": self.quantization["method"], "quantization.options": rest(self.quantization, "method"),
+                "kv_cache": self.kv_cache["dtype"], "kv_cache.options": rest(self.kv_cache, "dtype"),
+                "speculative": self.speculative["method"], "speculative.options": rest(self.speculative, "method"),
+                "engine_args": json.dumps(self.engine_args, sort_keys=True)}
 
 
 @dataclass(frozen=True)
@@ -195,26 +198,26 @@ def _parse_limits(limits: Any) -> dict:
     return limits
 
 
-def _parse_workload(wl: Any) -> dict:
-    wl = _mapping(wl, "workload")
-    source = _choice(_need(wl, "source", "workload"), WORKLOAD_SOURCES, "workload.source")
+def _parse_workload(workload: Any) -> dict:
+    workload = _mapping(workload, "workload")
+    source = _choice(_need(workload, "source", "workload"), WORKLOAD_SOURCES, "workload.source")
     if source == "tasks":
-        tasks = _need(wl, "tasks", "workload")
+        tasks = _need(workload, "tasks", "workload")
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
             raise ConfigError("workload.tasks: expected a non-empty list of lm-eval task names")
-        _number(wl.get("prefix_tokens", 0), "workload.prefix_tokens", integer=True)
+        _number(workload.get("prefix_tokens", 0), "workload.prefix_tokens", integer=True)
     elif source == "random":
         for k in ("input_len", "output_len"):
-            _number(_need(wl, k, "workload"), f"workload.{k}", low=1, integer=True)
+            _number(_need(workload, k, "workload"), f"workload.{k}", low=1, integer=True)
     else:
-        path = _need(wl, "path", "workload")
+        path = _need(workload, "path", "workload")
         if not isinstance(path, str) or not path:
             raise ConfigError("workload.path: a JSONL or ShareGPT file is needed with source 'file'")
-        _choice(wl.get("format", "auto"), ("auto", "jsonl", "sharegpt"), "workload.format")
-    _number(wl.get("max_tokens", 256), "workload.max_tokens", low=1, integer=True)
-    if not isinstance(wl.get("ignore_eos", False), bool):
-        raise ConfigError(f"workload.ignore_eos: must be true or false, got {wl['ignore_eos']!r}")
-    return wl
+        _choice(workload.get("format", "auto"), ("auto", "jsonl", "sharegpt"), "workload.format")
+    _number(workload.get("max_tokens", 256), "workload.max_tokens", low=1, integer=True)
+    if not isinstance(workload.get("ignore_eos", False), bool):
+        raise ConfigError(f"workload.ignore_eos: must be true or false, got {workload['ignore_eos']!r}")
+    return workload
 
 
 def _parse_load(load: Any) -> dict:
@@ -243,31 +246,31 @@ def _parse_load(load: Any) -> dict:
     return load
 
 
-def _parse_statistics(st: Any) -> dict:
-    st = _mapping(st, "gate.statistics")
-    unknown = set(st) - {"enabled", "alpha", "power", "on_inconclusive"}
+def _parse_statistics(statistics: Any) -> dict:
+    statistics = _mapping(statistics, "gate.statistics")
+    unknown = set(statistics) - {"enabled", "alpha", "power", "on_inconclusive"}
     if unknown:
         raise ConfigError(f"gate.statistics.{sorted(unknown)[0]}: unknown field")
-    if not 0 < st.get("alpha", 0.05) < 0.5:
-        raise ConfigError(f"gate.statistics.alpha: must be within (0, 0.5), got {st['alpha']!r}")
-    if not 0 < st.get("power", 0.8) < 1:
-        raise ConfigError(f"gate.statistics.power: must be within (0, 1), got {st['power']!r}")
-    _choice(st.get("on_inconclusive", "reject"), ("reject", "accept"), "gate.statistics.on_inconclusive")
-    return st
+    if not 0 < statistics.get("alpha", 0.05) < 0.5:
+        raise ConfigError(f"gate.statistics.alpha: must be within (0, 0.5), got {statistics['alpha']!r}")
+    if not 0 < statistics.get("power", 0.8) < 1:
+        raise ConfigError(f"gate.statistics.power: must be within (0, 1), got {statistics['power']!r}")
+    _choice(statistics.get("on_inconclusive", "reject"), ("reject", "accept"), "gate.statistics.on_inconclusive")
+    return statistics
 
 
-def _parse_sequential(sq: Any) -> dict:
-    sq = _mapping(sq, "gate.sequential")
-    unknown = set(sq) - {"enabled", "looks", "alpha"}
+def _parse_sequential(sequential: Any) -> dict:
+    sequential = _mapping(sequential, "gate.sequential")
+    unknown = set(sequential) - {"enabled", "looks", "alpha"}
     if unknown:
         raise ConfigError(f"gate.sequential.{sorted(unknown)[0]}: unknown field")
-    looks = sq.get("looks", [])
+    looks = sequential.get("looks", [])
     if not isinstance(looks, list) or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in looks) \
             or looks != sorted(set(looks)):
         raise ConfigError(f"gate.sequential.looks: expected increasing fractions within (0, 1), got {looks!r}")
-    if not 0 < sq.get("alpha", 0.01) < 0.5:
-        raise ConfigError(f"gate.sequential.alpha: must be within (0, 0.5), got {sq['alpha']!r}")
-    return sq
+    if not 0 < sequential.get("alpha", 0.01) < 0.5:
+        raise ConfigError(f"gate.sequential.alpha: must be within (0, 0.5), got {sequential['alpha']!r}")
+    return sequential
 
 
 def _parse_model(m: Any) -> ModelSpec:
@@ -281,12 +284,11 @@ def _parse_model(m: Any) -> ModelSpec:
 
 
 def parse(raw: dict) -> Config:
-    """Validate a composed params dict (schema only: no files, no imports of engines)."""
-    from evalgate.engines import ENGINES  # registry names only; adapters import their libraries lazily
-
+    """Validate a composed params dict (schema only: no files, no engines)."""
     raw = _mapping(raw, "params")
     engine = _mapping(_need(raw, "engine", "params"), "engine")
-    _choice(_need(engine, "name", "engine"), tuple(ENGINES), "engine.name")
+    if not isinstance(_need(engine, "name", "engine"), str):
+        raise ConfigError(f"engine.name: expected a string, got {engine['name']!r}")
     ev = _mapping(_need(raw, "eval", "params"), "eval")
     tasks = _need(ev, "tasks", "eval")
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
@@ -306,18 +308,21 @@ def parse(raw: dict) -> Config:
     variants = {BASELINE: base, **{n: parse_variant(n, s) for n, s in variants_raw.items()}}
     _parse_statistics(gate.get("statistics"))
     _parse_sequential(gate.get("sequential"))
-    wl = _parse_workload(_need(raw, "workload", "params"))
+    workload = _parse_workload(_need(raw, "workload", "params"))
     load = _parse_load(raw.get("load", {}))
     return Config(
         seed=int(raw.get("seed", 0)), model=_parse_model(_need(raw, "model", "params")), engine=engine,
-        workload=wl, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
-        slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load, mlflow=_mapping(raw.get("mlflow"), "mlflow"),
+        workload=workload, eval=ev, gate=gate, thresholds=_parse_thresholds(gate.get("quality"), tasks),
+        slo=_parse_slo(gate.get("slo")), limits=_parse_limits(gate.get("limits")), load=load,
+        mlflow=_mapping(raw.get("mlflow"), "mlflow"),
         report=_mapping(raw.get("report"), "report"), variants=variants, raw=raw)
 
 
-def load(path: str | os.PathLike = "params.yaml") -> Config:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: not found (compose it with `python -m stages.compose`)")
-    with open(p) as f:
-        return parse(yaml.safe_load(f) or {})
+def fixture_params(raw: dict) -> dict:
+    """The `fixture:` section, the only one the fixture stage reads (its keys are checked by the trainer)."""
+    fx = raw.get("fixture") if isinstance(raw, dict) else None
+    if not isinstance(fx, dict):
+        raise ConfigError("fixture: missing from params")
+    _choice(fx.get("device", "auto"), ("auto", "cpu", "cuda"), "fixture.device")
+    _choice(fx.get("bf16", "auto"), ("auto", True, False), "fixture.bf16")
+    return fx

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -25,42 +24,41 @@ def _task_manager(tasks: tuple[str, ...], include_path: str | None):
 
     if include_path and not Path(include_path).is_dir():
         raise ConfigError(f"eval.include_path: {include_path!r} is not a folder")
-    tm = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
-    if tm is None or set(tasks) - set(tm.all_tasks):
-        tm = TaskManager(include_path=include_path)
-    unknown = [t for t in tasks if t not in tm.all_tasks]
+    tasks_index = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if tasks_index is None or set(tasks) - set(tasks_index.all_tasks):
+        tasks_index = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if t not in tasks_index.all_tasks]
     if unknown:
         raise ConfigError(f"eval.tasks: unknown lm-eval task {unknown[0]!r}")
-    return tm
+    return tasks_index
 
 
-def evaluate(lm, tasks: list[str], tm, out_dir: Path, limit=None, bootstrap_iters: int = 1000,
+def evaluate(lm, tasks: list[str], tasks_index, out, limit=None, bootstrap_iters: int = 1000,
              seed: int = 0, use_cache: str | None = None) -> dict[str, float]:
-    """Run lm-eval; write `lm_eval.json` (its results) and `samples_<task>.jsonl`; return flat metrics.
-    `use_cache`: lm-eval's request cache, which answers the docs sequential looks already evaluated."""
+    """Run lm-eval; store its results (`lm_eval.json`) and per-sample logs in `out` (the variant's
+    `VariantResults`); return flat metrics. `use_cache`: lm-eval's request cache, which answers the
+    docs sequential looks already evaluated."""
     from lm_eval import simple_evaluate
-    from lm_eval.utils import handle_non_serializable
 
-    res = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True,
+    res = simple_evaluate(model=lm, tasks=tasks, task_manager=tasks_index, limit=limit, log_samples=True,
                           bootstrap_iters=bootstrap_iters, use_cache=use_cache, **_seeds(seed))
-    write_samples(res.pop("samples", {}), out_dir)
-    keep = {k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res}
-    (out_dir / "lm_eval.json").write_text(json.dumps(keep, indent=1, default=handle_non_serializable))
+    out.write_samples(res.pop("samples", {}))
+    out.write_lm_eval({k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res})
     return flatten_lmeval(res["results"])
 
 
-def evaluate_docs(lm, samples: dict[str, list[int]], tm, seed: int = 0, use_cache: str | None = None) -> dict:
+def evaluate_docs(lm, samples: dict[str, list[int]], tasks_index, seed: int = 0, use_cache: str | None = None) -> dict:
     """lm-eval's logged samples of just these docs (`samples`: task → doc indices), for a sequential look."""
     from lm_eval import simple_evaluate
 
-    res = simple_evaluate(model=lm, tasks=list(samples), task_manager=tm, samples=samples, log_samples=True,
+    res = simple_evaluate(model=lm, tasks=list(samples), task_manager=tasks_index, samples=samples, log_samples=True,
                           bootstrap_iters=0, use_cache=use_cache, **_seeds(seed))
     return res.get("samples", {})
 
 
-def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
+def doc_counts(tasks_index, tasks: list[str], limit=None) -> dict[str, int]:
     """Docs each task evaluates (after `eval.limit`, as lm-eval applies it)."""
-    loaded = tm.load(tasks)["tasks"]
+    loaded = tasks_index.load(tasks)["tasks"]
     counts = {}
     for t in tasks:
         n = len(list(loaded[t].eval_docs))
@@ -68,16 +66,6 @@ def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
             n = min(n, int(math.ceil(limit * n)) if limit < 1 else int(limit))
         counts[t] = n
     return counts
-
-
-def write_samples(samples: dict[str, list[dict]], out_dir: Path) -> None:
-    from lm_eval.utils import handle_non_serializable
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for task, rows in samples.items():
-        with open(out_dir / f"samples_{task}.jsonl", "w") as f:
-            for r in sorted(rows, key=lambda r: r["doc_id"]):
-                f.write(json.dumps(r, default=handle_non_serializable) + "\n")
 
 
 def _seeds(seed: int) -> dict:

@@ -1,15 +1,15 @@
 """Fidelity against the baseline on a fixed reference text set: how far the variant's next-token
 distributions and greedy answers move, whatever the task scores say.
 
-Each run@<variant> stores its per-position top-k log-probs (`fidelity.npz`); the gate compares them
-with the baseline's. On the `hf` engine k covers the whole vocabulary, so KL(baseline ‖ variant) is
-exact. Through a server (vLLM) only the top-k prompt log-probs come back: the KL is then *truncated*
-to the baseline's top-k tokens, and a token missing from the variant's top-k gets the variant's k-th
-log-prob (an upper bound), so the truncated KL is a lower bound of the full one (`kl_truncated` = 1).
+Each variant's run stores its per-position top-k log-probs (`fidelity.npz`) and compares them with
+the baseline's there, in its quality phase (the gate only reads the resulting `fidelity/*` metrics).
+On the `hf` engine k covers the whole vocabulary, so KL(baseline ‖ variant) is exact. Through a server
+(vLLM) only the top-k prompt log-probs come back: the KL is then *truncated* to the baseline's top-k
+tokens, and a token missing from the variant's top-k gets the variant's k-th log-prob (an upper bound),
+so the truncated KL is a lower bound of the full one (`kl_truncated` = 1).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +50,12 @@ def compare_logprobs(base: Path, var: Path) -> dict[str, float]:
             "kl_truncated": float(k < vocab), "positions": float(len(kl))}
 
 
-def answer_flips(base_dir: Path, var_dir: Path, generate_tasks: list[str]) -> dict[str, float]:
-    """Share of generate_until docs whose filtered greedy answer differs from the baseline's."""
+def answer_flips(base: dict[str, dict], var: dict[str, dict]) -> dict[str, float]:
+    """Share of generate_until docs whose filtered greedy answer differs from the baseline's. `base`,
+    `var`: per task, (doc_id, filter) → the answer (`VariantResults.answers`)."""
     out, flips, total = {}, 0, 0
-    for task in generate_tasks:
-        def answers(d):
-            f = d / f"samples_{task}.jsonl"
-            if not f.exists():
-                return {}
-            rows = (json.loads(line) for line in open(f))
-            return {(r["doc_id"], r.get("filter")): json.dumps(r["filtered_resps"]) for r in rows}
-
-        a, b = answers(base_dir), answers(var_dir)
+    for task, a in base.items():
+        b = var.get(task) or {}
         keys = sorted(set(a) & set(b))
         if not keys:
             continue
@@ -73,38 +67,18 @@ def answer_flips(base_dir: Path, var_dir: Path, generate_tasks: list[str]) -> di
     return out
 
 
-def fidelity_metrics(base_dir: Path, var_dir: Path, logprobs_only: bool = False, flips_only: bool = False
-                     ) -> dict[str, float]:
-    """`fidelity/*` metrics of one variant against the baseline, from the files both runs wrote:
-    the next-token comparison (`logprobs_only`: before any evaluation, the cheap screen) and the
-    greedy answer flips (`flips_only`: after lm-eval wrote the samples)."""
+def fidelity_metrics(base, var, logprobs_only: bool = False, flips_only: bool = False) -> dict[str, float]:
+    """`fidelity/*` metrics of one variant against the baseline, from what both runs stored (`base`,
+    `var`: their `VariantResults`): the next-token comparison (`logprobs_only`: before any evaluation,
+    the cheap screen) and the greedy answer flips (`flips_only`: after lm-eval wrote the samples)."""
     out = {}
-    if not flips_only and (base_dir / "fidelity.npz").exists() and (var_dir / "fidelity.npz").exists():
-        out.update(compare_logprobs(base_dir / "fidelity.npz", var_dir / "fidelity.npz"))
+    if not flips_only and base.fidelity_file.exists() and var.fidelity_file.exists():
+        out.update(compare_logprobs(base.fidelity_file, var.fidelity_file))
     if not logprobs_only:
-        cfgs = json.loads((base_dir / "lm_eval.json").read_text()).get("configs", {}) if (
-            base_dir / "lm_eval.json").exists() else {}
-        gen = [t for t, c in cfgs.items() if c.get("output_type") == "generate_until"]
-        out.update(answer_flips(base_dir, var_dir, gen))
+        tasks = base.generate_tasks()
+        out.update(answer_flips({t: base.answers(t) for t in tasks}, {t: var.answers(t) for t in tasks}))
     return {f"fidelity/{k}": v for k, v in out.items()}
 
 
 # the baseline against itself: what a fidelity threshold's loss is measured from
 IDEAL = {"kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0, "answer_flip_rate": 0.0}
-
-
-def screen(cfg, metrics: dict[str, float]) -> dict | None:
-    """The cheap check before the expensive ones: the first `fidelity/*` threshold of gate.quality this
-    variant already breaks, as an early-rejection record (None: go on). Point estimates, as in the gate."""
-    from evalgate.gate import point_check
-
-    for th in cfg.thresholds:
-        if not th.metric.startswith("fidelity/") or th.metric not in metrics:
-            continue
-        name = th.metric.rsplit("/", 1)[-1]
-        ideal = IDEAL.get(name, 0.0)
-        row = point_check(th, th.metric, ideal, metrics[th.metric], HIGHER_IS_BETTER.get(name, False))
-        if not row["passed"]:
-            return {"kind": "fidelity", "reason": f"fidelity screen: {row['reason']} (not evaluated or profiled further)",
-                    "check": row}
-    return None

@@ -6,73 +6,21 @@ the metric's own unit (0.02 = 2 points of accuracy), `max_loss_rel_pct` in % of 
 the tighter of the two is the margin δ. With per-sample logs on both sides (the default) the gate runs
 a paired non-inferiority test (evalgate.stats) against δ; without them it compares point estimates.
 SLOs bound serving metrics. A variant that failed to run is rejected with its error.
+
+What sequential early rejection and the fidelity screen (both in the variant's run) use of it:
+`margin`, `higher_is_better`, `compare_samples` + `test_row` (one metric's paired test, as a check row)
+and `fidelity_screen`. The gate reads results only as loaded by the results store (evalgate.results);
+ranking the accepted variants is evalgate.select's.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
-
-from evalgate import stats
-from evalgate.config import BASELINE, Config
-from evalgate.fidelity import HIGHER_IS_BETTER, fidelity_metrics
+from evalgate import results as store
+from evalgate import select, stats
+from evalgate.config import BASELINE, Config, Threshold
+from evalgate.fidelity import HIGHER_IS_BETTER, IDEAL
 from evalgate.metrics import gate_metric_key
-from evalgate.results import load_result, load_samples, sample_values  # noqa: F401 - the gate's readers
-
-# lm-eval aggregations over per-sample (loglikelihood, weight) pairs, as functions of stacked columns
-AGGREGATES = {
-    "word_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
-    "byte_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
-    "bits_per_byte": lambda x, axis: -x[0].sum(axis=axis) / x[1].sum(axis=axis) / math.log(2),
-}
-
-
-def pair(b: dict, v: dict):
-    """Both sides' values on the docs both answered, in doc order (None when there are none)."""
-    ids = sorted(set(b) & set(v))
-    if not ids:
-        return None
-    return np.array([b[i] for i in ids], float), np.array([v[i] for i in ids], float)
-
-
-def paired_samples(base_dir: Path, var_dir: Path, key: str):
-    """Per-sample values of `lmeval/<task>/<metric>/<filter>` for both sides, paired by doc_id."""
-    _, task, metric, flt = key.split("/")
-    b, v = load_samples(base_dir, task), load_samples(var_dir, task)
-    p = pair(sample_values(b, metric, flt), sample_values(v, metric, flt)) if b and v else None
-    return None if p is None else (*p, metric)
-
-
-def paired_test(b: np.ndarray, v: np.ndarray, metric: str, delta: float, up: bool, alpha: float,
-                power: float = 0.8, seed: int = 0):
-    """The non-inferiority test on paired per-sample values (None for an aggregate it cannot recompute)."""
-    if b.ndim == 2:
-        kind, fn = "aggregate", AGGREGATES.get(metric)
-        if fn is None:
-            return None
-    else:
-        kind, fn = ("binary" if set(np.unique(np.r_[b, v])) <= {0.0, 1.0} else "mean"), None
-    return stats.noninferiority(b, v, delta, higher_is_better=up, kind=kind, statistic=fn, alpha=alpha,
-                                power=power, seed=seed)
-
-
-def higher_is_better(key: str, hib: dict) -> bool:
-    """Direction of a gated metric: fidelity metrics by name, lm-eval metrics by their task's higher_is_better."""
-    if key.startswith("fidelity/"):
-        return HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], False)
-    # hib keys lack the filter part: lmeval/task/metric
-    return hib.get("/".join(key.split("/")[:3]), True)
-
-
-def add_fidelity(results: dict[str, dict], baseline: str) -> None:
-    """Put each variant's `fidelity/*` metrics (against the baseline) into its metrics, in place."""
-    base = results.get(baseline)
-    if not base or not base["status"].get("ok"):
-        return
-    for r in results.values():   # the run computes them (runner.quality); older results get them here
-        if r["status"].get("ok") and "dir" in r and not any(k.startswith("fidelity/") for k in r["metrics"]):
-            r["metrics"].update(fidelity_metrics(base["dir"], r["dir"]))
 
 
 def margin(th, baseline_value: float) -> float:
@@ -82,25 +30,48 @@ def margin(th, baseline_value: float) -> float:
     return min(limits)
 
 
-def paired_check(cfg: Config, key: str, delta: float, base: dict, var: dict, up: bool) -> dict | None:
-    """The non-inferiority test of one metric, or None without per-sample logs on both sides."""
-    st = cfg.gate.get("statistics", {})
-    if not key.startswith("lmeval/") or not st.get("enabled", True) or "dir" not in base or "dir" not in var:
-        return None  # fidelity metrics are already comparisons with the baseline: point estimates
-    pair = paired_samples(base["dir"], var["dir"], key)
-    if pair is None:
+def higher_is_better(key: str, directions: dict) -> bool:
+    """Direction of a gated metric: fidelity metrics by name, lm-eval metrics by their task's
+    `higher_is_better` (`directions`: `lmeval/<task>/<metric>` → bool, without the filter part)."""
+    if key.startswith("fidelity/"):
+        return HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], False)
+    return directions.get("/".join(key.split("/")[:3]), True)
+
+
+def compare_samples(key: str, delta: float, base_rows: list[dict] | None, var_rows: list[dict] | None, up: bool,
+                    alpha: float, power: float = 0.8, seed: int = 0) -> stats.Test | None:
+    """The paired non-inferiority test of one lm-eval metric (`lmeval/<task>/<metric>/<filter>`) on both
+    sides' logged samples of its task (None without samples, docs in common or a known aggregate)."""
+    _, _, metric, flt = key.split("/")
+    if not base_rows or not var_rows:
         return None
-    t = paired_test(*pair, delta, up, st.get("alpha", 0.05), st.get("power", 0.8), cfg.seed)
+    p = stats.pair(store.sample_values(base_rows, metric, flt), store.sample_values(var_rows, metric, flt))
+    return None if p is None else stats.paired_test(*p, metric, delta, up, alpha, power, seed)
+
+
+def test_row(key: str, baseline_value: float, delta: float, test: stats.Test) -> dict:
+    """A paired test as a gate check row (`sequential`'s stop reports its check this way too)."""
+    return {"metric": key, "baseline": baseline_value, "margin": delta, "passed": test.verdict == "non-inferior",
+            "loss": test.loss, "test": test.as_dict(), "reason": test.line(key)}
+
+
+def paired_check(key: str, delta: float, base: dict, var: dict, up: bool, statistics: dict, seed: int) -> dict | None:
+    """The non-inferiority test of one metric, or None without per-sample logs on both sides."""
+    if not key.startswith("lmeval/") or not statistics.get("enabled", True) or "dir" not in base or "dir" not in var:
+        return None  # fidelity metrics are already comparisons with the baseline: point estimates
+    task = key.split("/")[1]
+    t = compare_samples(key, delta, store.samples(base, task), store.samples(var, task), up,
+                        statistics.get("alpha", 0.05), statistics.get("power", 0.8), seed)
     if t is None:
         return None
-    on_inc = st.get("on_inconclusive", "reject")
-    passed = t.verdict == "non-inferior" or (t.verdict == "inconclusive" and on_inc == "accept")
+    on_inconclusive = statistics.get("on_inconclusive", "reject")
+    passed = t.verdict == "non-inferior" or (t.verdict == "inconclusive" and on_inconclusive == "accept")
     return {"passed": passed, "loss": t.loss, "test": t.as_dict(), "reason": t.line(key)}
 
 
-def check_quality(cfg: Config, base: dict, var: dict) -> list[dict]:
+def check_quality(thresholds: tuple[Threshold, ...], statistics: dict, seed: int, base: dict, var: dict) -> list[dict]:
     checks = []
-    for th in cfg.thresholds:
+    for th in thresholds:
         key = gate_metric_key(th.metric)
         b, v = base["metrics"].get(key), var["metrics"].get(key)
         row = {"metric": key, "baseline": b, "value": v, "max_loss_abs": th.max_loss_abs,
@@ -111,7 +82,7 @@ def check_quality(cfg: Config, base: dict, var: dict) -> list[dict]:
             continue
         up = higher_is_better(key, base["higher_is_better"])
         row["margin"] = delta = margin(th, b)
-        paired = paired_check(cfg, key, delta, base, var, up)
+        paired = paired_check(key, delta, base, var, up, statistics, seed)
         if paired is not None:
             row.update(paired, loss_rel_pct=100 * paired["loss"] / abs(b) if b else None)
             checks.append(row)
@@ -134,10 +105,25 @@ def point_check(th, key: str, b: float, v: float, up: bool) -> dict:
             "reason": f"{key}: {b:.4g} → {v:.4g} ({'; '.join(fails) or 'within limits'})"}
 
 
-def check_limits(cfg: Config, var: dict) -> list[dict]:
+def fidelity_screen(thresholds: tuple[Threshold, ...], metrics: dict[str, float]) -> dict | None:
+    """The cheap check before the expensive ones (run in the variant's quality phase): the first
+    `fidelity/*` threshold this variant already breaks, as an early-rejection record (None: go on).
+    Point estimates against the ideal (the baseline against itself: KL 0, agreement 1, no flips)."""
+    for th in thresholds:
+        if not th.metric.startswith("fidelity/") or th.metric not in metrics:
+            continue
+        name = th.metric.rsplit("/", 1)[-1]
+        row = point_check(th, th.metric, IDEAL.get(name, 0.0), metrics[th.metric], HIGHER_IS_BETTER.get(name, False))
+        if not row["passed"]:
+            return {"kind": "fidelity", "reason": f"fidelity screen: {row['reason']} (not evaluated or profiled further)",
+                    "check": row}
+    return None
+
+
+def check_limits(limits: dict, var: dict) -> list[dict]:
     """`gate.limits`: bounds on the variant's own profile metrics (e.g. p99_ttft_ms: {max: 200})."""
     checks = []
-    for metric, lim in cfg.limits.items():
+    for metric, lim in limits.items():
         v = var["metrics"].get(metric)
         bad = v is None or ("max" in lim and v > lim["max"]) or ("min" in lim and v < lim["min"])
         bound = " and ".join(f"{k} {x:g}" for k, x in lim.items())
@@ -146,11 +132,11 @@ def check_limits(cfg: Config, var: dict) -> list[dict]:
     return checks
 
 
-def check_output_length(cfg: Config, var: dict) -> list[dict]:
+def check_output_length(bounds: dict | None, var: dict) -> list[dict]:
     """`gate.output_length`: the variant's total output tokens over the baseline's on the same greedy
     requests (the profile's first level) within [min_ratio, max_ratio]: speed must not come from
     answering short (or padding long). MLPerf's rule is 0.9–1.1."""
-    lim = cfg.gate.get("output_length") or {}
+    lim = bounds or {}
     ratio = var["metrics"].get("output_length_ratio")
     if not lim or ratio is None:
         return []
@@ -179,32 +165,20 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
             out[name] = {"verdict": "reject", "reason": early["reason"], "checks": [early["check"]],
                          "early_rejection": {k: v for k, v in early.items() if k != "check"}}
             continue
-        checks = ([] if name == base_name else check_quality(cfg, base, var) + check_output_length(cfg, var)) \
-            + check_limits(cfg, var)
+        if name == base_name:
+            checks = check_limits(cfg.limits, var)
+        else:
+            checks = (check_quality(cfg.thresholds, cfg.gate.get("statistics", {}), cfg.seed, base, var)
+                      + check_output_length(cfg.gate.get("output_length"), var) + check_limits(cfg.limits, var))
         failed = [c["reason"] for c in checks if not c["passed"]]
         verdict = "accept" if not failed else "reject"
         reason = "; ".join(failed) if failed else ("reference" if name == base_name else "all checks passed")
         out[name] = {"verdict": verdict, "reason": reason, "checks": checks}
-    from evalgate import select
-
     spec = [n for n in cfg.variants if cfg.variants[n].speculative["method"] != "none"
             and "output_throughput" in results.get(n, {}).get("metrics", {})]
-    return {"baseline": base_name, "variants": out, "best": best_variant(cfg, results, out),
+    rank_by = cfg.report.get("rank_by", "output_throughput")
+    return {"baseline": base_name, "variants": out, "best": select.best_overall(results, out, rank_by),
             "best_per_level": select.per_level(results, out), "speculation": select.speculation(results, spec),
             "noise_floor_pct": {k.removeprefix("aa/"): v for k, v in base.get("metrics", {}).items()
                                 if k.startswith("aa/") and "/" not in k.removeprefix("aa/")},
             "statistics": cfg.gate.get("statistics", {})}
-
-
-def best_variant(cfg: Config, results: dict, verdicts: dict) -> str | None:
-    """The accepted variant best on `report.rank_by` (default: peak output throughput); the metric's
-    name gives the direction (latencies lower, throughputs higher: evalgate.select.lower_is_better)."""
-    from evalgate.select import lower_is_better
-
-    key = cfg.report.get("rank_by", "output_throughput")
-    lower = lower_is_better(key)
-    ok = [(results[n]["metrics"].get(key), n) for n, v in verdicts.items()
-          if v["verdict"] == "accept" and results[n]["metrics"].get(key) is not None]
-    if not ok:
-        return None
-    return (min(ok) if lower else max(ok))[1]

@@ -15,8 +15,9 @@ every engine:
 - goodput = requests per second that meet every bound of `gate.slo` (vLLM's `--goodput` rule: TTFT,
   TPOT with TPOT = 0 for one-token outputs, E2EL);
 - each level is adaptive: it runs in rounds of requests until the headline metric's 95 % interval is
-  within ±`target_ci_pct` (output throughput from the batch means of the steady window), with `requests.min` as the floor and `requests.max`/`duration_s.max`
-  as the cap. Hand-written because neither `vllm bench serve` nor GuideLLM stops on a precision target.
+  within ±`target_ci_pct` (output throughput from the batch means of the steady window), with
+  `requests.min` as the floor and `requests.max`/`duration_s.max` as the cap. Hand-written because
+  neither `vllm bench serve` nor GuideLLM stops on a precision target.
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     s["ci_pct"] = precision
     s["rounds"] = len(rounds)
     s.update(_merge_extras(extras))
-    return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency, "rate": rate, "summary": s, "requests": records}
+    return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency,
+            "rate": rate, "summary": s, "requests": records}
 
 
 def _merge_extras(extras: list[dict]) -> dict:

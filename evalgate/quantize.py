@@ -8,9 +8,40 @@ transformers ≤ 5.17, while vLLM 0.24 pins compressed-tensors 0.17 — the two 
 """
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 SCHEMES = {"w4a16": ("W4A16", "pack-quantized"), "w8a8": ("W8A8", "int-quantized")}
+OFFLINE = tuple(SCHEMES)   # the methods that need a checkpoint written before the variant is served
+MARKER = "checkpoint.json"
+
+
+def quantize_variant(name: str, quantization: dict, model, out: Path) -> dict:
+    """The `quantize VARIANT` stage: the variant's checkpoint in `out` when its method is offline, else
+    a one-line marker (written without importing torch: ~1 s). A failed quantization is recorded in
+    the marker, and the variant's run rejects it with that error; the other variants go on."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if quantization["method"] not in OFFLINE:
+        info = {"checkpoint": False}
+    else:
+        from evalgate.models import resolve_model
+
+        src = resolve_model(model)  # a missing model is a config error (exit 2)
+        try:
+            info = {"checkpoint": True, **quantize_checkpoint(src, quantization["method"], out,
+                                                              group_size=quantization.get("group_size"))}
+        except Exception as e:  # noqa: BLE001 - recorded; the variant's run rejects it with this, others go on
+            info = {"checkpoint": False, "error": f"{type(e).__name__}: {e}"}
+    (out / MARKER).write_text(json.dumps(info) + "\n")
+    return info
+
+
+def checkpoint_error(checkpoint: str | Path | None) -> str | None:
+    """The error `quantize VARIANT` recorded for this checkpoint folder, if any."""
+    marker = Path(checkpoint or "-") / MARKER
+    return json.loads(marker.read_text()).get("error") if marker.exists() else None
 
 
 def _weight_qparams(w, args):

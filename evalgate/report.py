@@ -1,13 +1,21 @@
 """The report: every variant's speed (per load level), quality and verdict; the best accepted variant
 per load level (with "no difference" inside the run's noise); the A/A noise floor; speculation per
 level; output lengths against the baseline's; and the pictures: quality vs throughput, throughput vs
-latency per variant, output lengths, and the schedule's timeline."""
+latency per variant, output lengths, and the schedule's timeline.
+
+For DVC (`dvc metrics show`, `dvc plots show`): `reports/metrics/<variant>.json`, a few headline
+numbers per variant under short names, so `dvc metrics show` prints one row per variant; and the plots'
+data, `reports/plots/quality.json` (every variant × every gated metric of `gate.quality`: the y axes
+come from params, not from a fixed key; rejected and not-profiled variants marked; the Pareto frontier
+flagged) and `reports/plots/levels.json` (every variant × load level). Full detail stays in each
+variant's results folder.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from evalgate.config import BASELINE
+from evalgate.config import BASELINE, Config
 from evalgate.metrics import gate_metric_key
 
 SPEED = [("output_throughput", "peak tok/s", "{:.1f}"), ("c1/median_e2el_per_token_ms", "ms/token c1", "{:.2f}"),
@@ -25,20 +33,21 @@ def _fmt(v, f: str) -> str:
     return "–" if v is None else f.format(v)
 
 
-def quality_keys(cfg) -> list[str]:
+def quality_keys(thresholds) -> list[str]:
     """The gated metrics, in the order of gate.quality."""
-    return list(dict.fromkeys(gate_metric_key(t.metric) for t in cfg.thresholds))
+    return list(dict.fromkeys(gate_metric_key(t.metric) for t in thresholds))
 
 
-def rows(cfg, results: dict, gate: dict) -> list[dict]:
+def rows(keys: list[str], results: dict, gate: dict) -> list[dict]:
+    """One row per variant: verdict, speed, output length, the gated metrics (`keys`), fidelity."""
     base = results.get(gate["baseline"], {}).get("metrics", {})
     out = []
     for name, v in gate["variants"].items():
-        m = {**results.get(name, {}).get("metrics", {}), **gate.get("fidelity", {}).get(name, {})}
+        m = results.get(name, {}).get("metrics", {})
         thr, bthr = m.get("output_throughput"), base.get("output_throughput")
         out.append({"variant": name, "verdict": v["verdict"], "reason": v["reason"],
                     "speedup_pct": 100 * (thr / bthr - 1) if thr and bthr else None,
-                    **{k: m.get(k) for k, _, _ in SPEED + LENGTH + FIDELITY}, **{k: m.get(k) for k in quality_keys(cfg)}})
+                    **{k: m.get(k) for k, _, _ in SPEED + LENGTH + FIDELITY}, **{k: m.get(k) for k in keys}})
     return out
 
 
@@ -50,9 +59,9 @@ def levels_of(results: dict) -> list[str]:
     return ladder + sorted(n for n in names if not n[1:].isdigit())
 
 
-def markdown(cfg, table: list[dict], gate: dict, results: dict, phase_times: dict | None = None) -> str:
-    q = quality_keys(cfg)
-    wl = cfg.workload
+def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_times: dict | None = None) -> str:
+    q = quality_keys(cfg.thresholds)
+    workload = cfg.workload
     lines = [f"# Variant report: {cfg.model.id} on `{cfg.engine['name']}`", "",
              f"**Best accepted variant (by `{cfg.report.get('rank_by', 'output_throughput')}`): `{gate['best']}`**"
              if gate["best"] else "**No variant was accepted.**", ""]
@@ -67,8 +76,10 @@ def markdown(cfg, table: list[dict], gate: dict, results: dict, phase_times: dic
                  *[_fmt(r[k], f) for k, _, f in FIDELITY]]
         lines.append("| " + " | ".join(cells) + " |")
     slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in cfg.slo.items()) or "none"
-    lines += ["", f"Workload `{wl.get('name', wl['source'])}`: the same requests for every variant, each ended by "
-              f"{'its max_tokens (EOS ignored: a capacity test)' if wl.get('ignore_eos') else 'EOS or a stop sequence, capped at max_tokens'}. "
+    ended = ("its max_tokens (EOS ignored: a capacity test)" if workload.get("ignore_eos")
+             else "EOS or a stop sequence, capped at max_tokens")
+    name = workload.get("name", workload["source"])
+    lines += ["", f"Workload `{name}`: the same requests for every variant, each ended by {ended}. "
               f"Peak tok/s: the best output throughput over the concurrency ladder; latency and TTFT/TPOT at "
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
@@ -140,7 +151,8 @@ def _speculation(gate: dict) -> list[str]:
         ident = s.get("identical_output_share")
         lines.append(f"- `{name}`: " + (f"greedy outputs identical to the baseline's: {100 * ident:.1f} %; "
                                         if ident is not None else "")
-                     + (f"stops paying at {s['stops_paying_at']}" if s.get("stops_paying_at") else "faster at every level measured"))
+                     + (f"stops paying at {s['stops_paying_at']}" if s.get("stops_paying_at")
+                        else "faster at every level measured"))
         for lv, row in s.get("levels", {}).items():
             acc = "" if row.get("acceptance_rate") is None else f", acceptance {row['acceptance_rate']:.1f} %"
             length = "" if row.get("acceptance_length") is None else f", mean accepted length {row['acceptance_length']:.2f}"
@@ -158,7 +170,8 @@ def _verdicts(table: list[dict], gate: dict) -> list[str]:
         lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
         early = gate["variants"][r["variant"]].get("early_rejection")
         if early and early.get("kind", "sequential") == "sequential":
-            saved = "" if early.get("eval_s_saved") is None else f", {early['eval_s_saved']:.1f} s saved against the baseline's full eval"
+            saved = ("" if early.get("eval_s_saved") is None
+                     else f", {early['eval_s_saved']:.1f} s saved against the baseline's full eval")
             lines.append(f"  - ⏹ stopped early at look {early['look']} of {early['looks']} (α = {early['alpha_per_look']:g} "
                          f"per look): {early['docs_evaluated']} of {early['docs_total']} docs evaluated in "
                          f"{early['eval_s']:.1f} s{saved}; not profiled")
@@ -175,10 +188,99 @@ def level_rows(results: dict, verdicts: dict) -> list[dict]:
         for lv in levels_of(results):
             if f"{lv}/output_throughput" in m:
                 out.append({"variant": name, "level": lv, "verdict": verdicts.get(name, {}).get("verdict"),
+                            "label": f"{name} {lv}",
                             **{k: m.get(f"{lv}/{k}") for k in ("output_throughput", "request_throughput",
                                                               "request_goodput", "median_e2el_per_token_ms",
                                                               "median_tpot_ms", "median_ttft_ms", "p99_e2el_ms")}})
     return out
+
+
+# the headline per variant for `dvc metrics show`: short names, one row per variant
+HEADLINE = {"peak_tok_s": "output_throughput", "speedup_pct": None, "ms_per_tok_c1": "c1/median_e2el_per_token_ms",
+            "mem_mb": "mem_peak_mb"}
+
+
+def short_name(key: str) -> str:
+    """`lmeval/fx_add/exact_match/none` → `fx_add/exact_match` (the filter only when it is not `none`)."""
+    parts = key.removeprefix("lmeval/").split("/")
+    return "/".join(parts[:-1] if parts[-1] == "none" else parts)
+
+
+def column_names(keys: list[str]) -> dict[str, str]:
+    """The gated metrics' columns in `dvc metrics show`: the task alone where one metric of it is gated."""
+    tasks = [short_name(k).split("/")[0] for k in keys]
+    return {k: t if tasks.count(t) == 1 and k.startswith("lmeval/") else short_name(k) for k, t in zip(keys, tasks)}
+
+
+def headline(table: list[dict], results: dict, keys: list[str]) -> dict[str, dict]:
+    """Per variant: accepted (1/0), the headline speed numbers and the gated metrics, rounded (every
+    metric stays in the variant's metrics.json)."""
+    columns = column_names(keys)
+    out = {}
+    for r in table:
+        m = results.get(r["variant"], {}).get("metrics", {})
+        row = {"accepted": int(r["verdict"] == "accept")}
+        for short, key in HEADLINE.items():
+            v = r.get("speedup_pct") if key is None else m.get(key)
+            if isinstance(v, (int, float)):
+                row[short] = round(v, 2)
+        for key in keys:
+            if isinstance(m.get(key), (int, float)):
+                row[columns[key]] = round(m[key], 4)
+        out[r["variant"]] = row
+    return out
+
+
+def _status(row: dict) -> str:
+    if row["verdict"] == "accept":
+        return "accepted"
+    return "rejected" if row.get("output_throughput") is not None else "rejected, not profiled"
+
+
+def quality_points(table: list[dict], keys: list[str], directions: dict[str, bool]) -> list[dict]:
+    """Every variant × every gated metric (`keys`, from gate.quality): its value against peak throughput,
+    its status (accepted / rejected / rejected, not profiled: drawn at 0 tok/s), and whether it is on
+    the Pareto frontier of that metric (no other profiled variant is at least as fast and as good, and
+    better in one; the direction of each metric from lm-eval's `higher_is_better`, `directions`)."""
+    out = []
+    for key in keys:
+        up = directions.get(key, True)
+        pts = [{"variant": r["variant"], "metric": short_name(key), "value": r.get(key), "verdict": r["verdict"],
+                "status": _status(r), "peak_tok_s": r.get("output_throughput") or 0.0, "higher_is_better": up}
+               for r in table if r.get(key) is not None]
+        profiled = [p for p in pts if p["status"] != "rejected, not profiled"]
+
+        def better(a, b, up=up):   # a dominates b
+            ge_q = a["value"] >= b["value"] if up else a["value"] <= b["value"]
+            gt_q = a["value"] > b["value"] if up else a["value"] < b["value"]
+            return a["peak_tok_s"] >= b["peak_tok_s"] and ge_q and (a["peak_tok_s"] > b["peak_tok_s"] or gt_q)
+
+        for p in pts:
+            p["frontier"] = p in profiled and not any(better(o, p) for o in profiled if o is not p)
+        _place_labels(pts)
+        out += pts
+    return out
+
+
+LABEL_ROWS = (0, 1, 2, -1, -2, 3, -3)   # label rows above (+) and below (−) a point, in the order tried
+
+
+def _place_labels(pts: list[dict]) -> None:
+    """Give each point's name a row (`label_row`) so that names of points close together do not overlap:
+    points nearer than a name's width along x and 6 % of the span along y take different rows, in x order.
+    `label_value` is where the name goes on the y axis (the Vega-Lite template draws it there)."""
+    if not pts:
+        return
+    xs, ys = [p["peak_tok_s"] for p in pts], [p["value"] for p in pts]
+    x_span = (max(xs) - min(xs)) or 1.0
+    y_span = (max(ys) - min(ys)) or max(0.05 * abs(ys[0]), 0.01)   # all equal: a span the axis will show
+    placed: list[dict] = []
+    for p in sorted(pts, key=lambda p: (p["peak_tok_s"], p["variant"])):
+        near = {q["label_row"] for q in placed
+                if abs(q["peak_tok_s"] - p["peak_tok_s"]) < 0.25 * x_span and abs(q["value"] - p["value"]) < 0.06 * y_span}
+        p["label_row"] = next((r for r in LABEL_ROWS if r not in near), 0)
+        p["label_value"] = p["value"] + (p["label_row"] + 0.4) * 0.07 * y_span
+        placed.append(p)
 
 
 def _plt():
@@ -190,24 +292,46 @@ def _plt():
     return plt
 
 
-def pareto_png(cfg, table: list[dict], path: Path) -> None:
-    """Quality (first gated metric) against output throughput, accepted in green, rejected in red."""
+COLORS = {"accepted": "tab:green", "rejected": "tab:red", "rejected, not profiled": "tab:gray"}
+
+
+def pareto_png(points: list[dict], path: Path) -> None:
+    """One panel per gated metric: quality against peak output throughput for every variant (green
+    accepted, red rejected, grey rejected before any profile, at 0 tok/s; ★ the baseline), each point
+    named, and the Pareto frontier as a line."""
     plt = _plt()
-    q = quality_keys(cfg)
-    qk = q[0] if q else None
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in table:
-        x, y = r.get("output_throughput"), r.get(qk) if qk else None
-        if x is None or y is None:
-            continue
-        ax.scatter(x, y, s=60, c="tab:green" if r["verdict"] == "accept" else "tab:red",
-                   marker="*" if r["variant"] == BASELINE else "o", zorder=3)
-        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("peak output throughput (tok/s)")
-    ax.set_ylabel(qk.removeprefix("lmeval/") if qk else "quality")
-    ax.set_title("quality vs throughput (green: accepted, red: rejected, ★ baseline)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    metrics = list(dict.fromkeys(p["metric"] for p in points)) or ["quality"]
+    cols = min(2, len(metrics))
+    rows_n = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 4.2 * rows_n), dpi=110, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        pts = [p for p in points if p["metric"] == metric]
+        front = sorted((p for p in pts if p["frontier"]), key=lambda p: p["peak_tok_s"])
+        if len(front) > 1:
+            ax.step([p["peak_tok_s"] for p in front], [p["value"] for p in front], where="post", color="tab:blue",
+                    alpha=0.6, lw=1.5, zorder=2, label="Pareto frontier")
+        ax.scatter([p["peak_tok_s"] for p in front], [p["value"] for p in front], s=260, facecolors="none",
+                   edgecolors="tab:blue", linewidths=1.5, zorder=2)   # frontier points ringed (one alone too)
+        for p in pts:
+            ax.scatter(p["peak_tok_s"], p["value"], s=90 if p["variant"] == BASELINE else 50, c=COLORS[p["status"]],
+                       marker="*" if p["variant"] == BASELINE else "o", edgecolors="black", linewidths=0.4, zorder=3)
+            ax.annotate(p["variant"], (p["peak_tok_s"], p["value"]), textcoords="offset points",
+                        xytext=(6, 3 + 10 * p.get("label_row", 0)),
+                        fontsize=7.5, zorder=4)
+        ax.set_xlabel("peak output throughput (tok/s)")
+        ax.set_ylabel(metric)
+        up = pts[0]["higher_is_better"] if pts else True
+        ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.3)   # room for the names above and below the points
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in COLORS.items()]
+    handles.append(plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="none", markersize=10,
+                              label="Pareto frontier"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle("quality vs throughput per gated metric (★ baseline)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)
 
@@ -239,14 +363,14 @@ def curves_png(rows_: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def output_lengths_png(result_dirs: dict[str, Path], path: Path) -> None:
+def output_lengths_png(stores: dict, path: Path) -> None:
     """Each variant's output lengths at concurrency 1 (the same greedy prompts) beside the baseline's."""
     plt = _plt()
     data, names = [], []
-    for name, d in result_dirs.items():
-        f = d / "profile.json"
-        if f.exists():
-            lv = json.loads(f.read_text())["levels"][0]
+    for name, store in stores.items():
+        prof = store.profile()
+        if prof is not None:
+            lv = prof["levels"][0]
             data.append([r["output_tokens"] for r in lv["requests"] if r.get("ok", True)])
             names.append(name)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4), dpi=120)
@@ -264,14 +388,9 @@ def output_lengths_png(result_dirs: dict[str, Path], path: Path) -> None:
 PHASE_COLORS = {"start": "tab:gray", "quality": "tab:blue", "profile": "tab:orange", "profile_aa": "tab:red"}
 
 
-def timeline(result_dirs: dict[str, Path]) -> dict[str, list[dict]]:
-    """The phases each variant's run went through (timeline.json, written by the scheduler)."""
-    out = {}
-    for name, d in result_dirs.items():
-        f = d / "timeline.json"
-        if f.exists():
-            out[name] = json.loads(f.read_text())["events"]
-    return out
+def timeline(stores: dict) -> dict[str, list[dict]]:
+    """The phases each variant's run went through (its timeline.json)."""
+    return {name: tl["events"] for name, store in stores.items() if (tl := store.timeline())}
 
 
 def timeline_png(events: dict[str, list[dict]], path: Path) -> None:
@@ -279,7 +398,7 @@ def timeline_png(events: dict[str, list[dict]], path: Path) -> None:
     plt = _plt()
     t0 = min((e["start"] for evs in events.values() for e in evs), default=0.0)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(events) + 1.5), dpi=120)
-    for i, (name, evs) in enumerate(events.items()):
+    for i, evs in enumerate(events.values()):
         for e in evs:
             ax.barh(i, e["end"] - e["start"], left=e["start"] - t0, color=PHASE_COLORS.get(e["phase"], "tab:green"),
                     edgecolor="black", linewidth=0.3)
@@ -293,3 +412,38 @@ def timeline_png(events: dict[str, list[dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_report(cfg: Config, results, gate: dict, out: Path) -> tuple[list[dict], list[Path]]:
+    """The `report` stage's files in `out`; returns the per-variant table and the files for MLflow."""
+    from evalgate.gate import higher_is_better
+
+    names = list(cfg.variants)
+    stores = {n: results.variant(n) for n in names}
+    loaded = {n: s.load() for n, s in stores.items()}
+    keys = quality_keys(cfg.thresholds)
+    table = rows(keys, loaded, gate)
+    out.mkdir(parents=True, exist_ok=True)
+    phases = {n: {k.removeprefix("time/"): v for k, v in r["metrics"].items() if k.startswith("time/") and k.count("/") == 1}
+              for n, r in loaded.items() if r["status"].get("ok")}
+    (out / "summary.md").write_text(markdown(cfg, table, gate, loaded, phases))
+    (out / "variants.json").write_text(json.dumps(table, indent=1))
+    metrics_dir = out / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    for old in metrics_dir.glob("*.json"):
+        old.unlink()
+    for name, row in headline(table, loaded, keys).items():
+        (metrics_dir / f"{name}.json").write_text(json.dumps(row, indent=1))
+    base_dirs = loaded.get(BASELINE, {}).get("higher_is_better", {})
+    points = quality_points(table, keys, {k: higher_is_better(k, base_dirs) for k in keys})
+    levels = level_rows(loaded, gate["variants"])
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    (plots / "quality.json").write_text(json.dumps(points, indent=1))
+    (plots / "levels.json").write_text(json.dumps(levels, indent=1))
+    pictures = [out / "pareto.png", out / "curves.png", out / "output_lengths.png", out / "timeline.png"]
+    pareto_png(points, pictures[0])
+    curves_png(levels, pictures[1])
+    output_lengths_png(stores, pictures[2])
+    timeline_png(timeline(stores), pictures[3])
+    return table, [out / "summary.md", *pictures]

@@ -1,12 +1,31 @@
-"""The results store: what a variant's run left in `results/<variant>/`, read in one place.
+"""The results store: every read and write of `results/<variant>/`, in one place.
 
-Written by evalgate.runner (status.json, metrics.json, quality.json, profile.json, lm_eval.json,
-samples_<task>.jsonl, fidelity.npz); read here by the run (the baseline's results), the gate and the
-report. A missing or unreadable file is a failed variant with the reason, never a crash of the reader.
+A variant's folder is written by its run (evalgate.runner, through the stages `evalgate run` and
+`evalgate repro`) and read by the next variants' runs (the baseline's results), the gate and the
+report. Nothing else opens these files. The files, one per phase so phases can run in different
+processes (the scheduler's quality workers) and a failure in one keeps the rest:
+
+  variant.json        the variant's fields (what ran)
+  status.json         {"ok": true} | {"ok": false, "phase", "error"} [+ "early_rejection"]
+  quality.json        the quality phase: fidelity + lm-eval metrics, phase times, early rejection
+  lm_eval.json        lm-eval's results, configs and metric directions (`higher_is_better`)
+  samples_<task>.jsonl  lm-eval's per-sample logs (the gate's paired tests read them)
+  fidelity.npz        top-k next-token log-probs on the reference texts
+  profile.json        the load sweep (profile_aa.json: the baseline's second, A/A sweep)
+  metrics.json        every flat metric of the variant (what the gate, the report and MLflow read)
+  timeline.json       the phases' start and end times
+  tracking.json       the variant's MLflow run (its id), for the report and the quality worker
+  server.json         (scheduler) a running server's record, for the quality worker to attach to
+  error.log           a failure's traceback
+  engine files        server.log, server_cmd.json, bench.log, …: the engine's own, in the same folder
+
+A missing or unreadable file is a failed variant with the reason, never a crash of the reader.
 """
+
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 
@@ -17,34 +36,151 @@ def _json(path: Path):
         raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
 
 
-def load_result(d: Path) -> dict:
-    """One variant's outputs: status, flat metrics, metric directions (lm-eval's higher_is_better)."""
-    d = Path(d)
-    try:
-        status = _json(d / "status.json") if (d / "status.json").exists() else {
-            "ok": False, "error": f"{d}/status.json missing: the variant did not run"}
-        metrics = _json(d / "metrics.json") if (d / "metrics.json").exists() else {}
-        hib = {}
-        if (d / "lm_eval.json").exists():
-            for task, m in _json(d / "lm_eval.json").get("higher_is_better", {}).items():
-                for name, up in m.items():
-                    hib[f"lmeval/{task}/{name}"] = up
-    except ValueError as e:
-        return {"status": {"ok": False, "error": str(e)}, "metrics": {}, "higher_is_better": {}, "dir": d}
-    return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": d}
+class VariantResults:
+    """One variant's folder, `results/<variant>/`."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"VariantResults({str(self.path)!r})"
+
+    # -- generic ------------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        """A file of this folder by name (for the engine's logs and lm-eval's request cache)."""
+        return self.path / name
+
+    def read(self, name: str) -> dict | None:
+        f = self.path / name
+        return _json(f) if f.exists() else None
+
+    def write(self, name: str, obj) -> None:
+        (self.path / name).write_text(json.dumps(obj, indent=1, default=str))
+
+    def reset(self) -> None:
+        """An empty folder for a new run of the variant."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+
+    # -- status -------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        return self.read("status.json") or {"ok": False, "error": f"{self.path}/status.json missing: the variant did not run"}
+
+    def succeed(self, early_rejection: dict | None = None) -> None:
+        self.write("status.json", {"ok": True, **({"early_rejection": early_rejection} if early_rejection else {})})
+
+    def fail(self, phase: str, error: str, traceback: str | None = None, **extra) -> None:
+        if traceback:
+            (self.path / "error.log").write_text(traceback)
+        self.write("status.json", {"ok": False, "phase": phase, "error": error[:2000], **extra})
+
+    # -- the phases' documents ----------------------------------------------------------------------
+    def metrics(self) -> dict:
+        return self.read("metrics.json") or {}
+
+    def write_metrics(self, metrics: dict) -> None:
+        self.write("metrics.json", metrics)
+
+    def quality(self) -> dict | None:
+        return self.read("quality.json")
+
+    def write_quality(self, quality: dict) -> None:
+        self.write("quality.json", quality)
+
+    def profile(self, repeat: bool = False) -> dict | None:
+        return self.read("profile_aa.json" if repeat else "profile.json")
+
+    def write_profile(self, profile: dict, repeat: bool = False) -> None:
+        self.write("profile_aa.json" if repeat else "profile.json", profile)
+
+    def timeline(self) -> dict | None:
+        return self.read("timeline.json")
+
+    def write_timeline(self, name: str, events: list[dict], times: dict) -> None:
+        self.write("timeline.json", {"variant": name, "events": events, "times": times})
+
+    def tracking(self) -> dict | None:
+        return self.read("tracking.json")
+
+    def write_tracking(self, info: dict) -> None:
+        self.write("tracking.json", info)
+
+    # -- lm-eval ------------------------------------------------------------------------------------
+    def lm_eval(self) -> dict | None:
+        return self.read("lm_eval.json")
+
+    def write_lm_eval(self, results: dict) -> None:
+        from lm_eval.utils import handle_non_serializable
+
+        (self.path / "lm_eval.json").write_text(json.dumps(results, indent=1, default=handle_non_serializable))
+
+    def samples(self, task: str) -> list[dict] | None:
+        """lm-eval's logged samples of one task (None when the variant has none)."""
+        f = self.path / f"samples_{task}.jsonl"
+        return [json.loads(line) for line in open(f)] if f.exists() else None
+
+    def write_samples(self, samples: dict[str, list[dict]]) -> None:
+        from lm_eval.utils import handle_non_serializable
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        for task, rows in samples.items():
+            with open(self.path / f"samples_{task}.jsonl", "w") as f:
+                for r in sorted(rows, key=lambda r: r["doc_id"]):
+                    f.write(json.dumps(r, default=handle_non_serializable) + "\n")
+
+    def generate_tasks(self) -> list[str]:
+        """The lm-eval tasks this run evaluated by generation (their answers can flip)."""
+        configs = (self.lm_eval() or {}).get("configs", {})
+        return [t for t, c in configs.items() if c.get("output_type") == "generate_until"]
+
+    def answers(self, task: str) -> dict:
+        """(doc_id, filter) → the filtered greedy answer, as JSON text, of one generate task."""
+        return {(r["doc_id"], r.get("filter")): json.dumps(r["filtered_resps"]) for r in self.samples(task) or []}
+
+    # -- fidelity -----------------------------------------------------------------------------------
+    @property
+    def fidelity_file(self) -> Path:
+        return self.path / "fidelity.npz"
+
+    # -- everything the gate and the report need, at once -------------------------------------------
+    def load(self) -> dict:
+        """status, flat metrics, metric directions (lm-eval's higher_is_better), and `dir`."""
+        try:
+            status = self.status()
+            metrics = self.metrics()
+            hib = {
+                f"lmeval/{task}/{name}": up
+                for task, m in ((self.lm_eval() or {}).get("higher_is_better") or {}).items()
+                for name, up in m.items()
+            }
+        except ValueError as e:
+            return {"status": {"ok": False, "error": str(e)}, "metrics": {}, "higher_is_better": {}, "dir": self.path}
+        return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": self.path}
 
 
-def load_samples(d: Path, task: str) -> list[dict] | None:
-    """lm-eval's logged samples of one task (None when the variant has none)."""
-    f = Path(d) / f"samples_{task}.jsonl"
-    return [json.loads(line) for line in open(f)] if f.exists() else None
+class Results:
+    """`results/`: one folder per variant (the baseline's is `results/baseline`)."""
+
+    def __init__(self, root: Path | str = "results"):
+        self.root = Path(root)
+
+    def variant(self, name: str) -> VariantResults:
+        return VariantResults(self.root / name)
+
+    def load(self, names) -> dict[str, dict]:
+        return {n: self.variant(n).load() for n in names}
+
+
+def load_result(d: Path | str) -> dict:
+    """One variant's outputs (`VariantResults(d).load()`)."""
+    return VariantResults(d).load()
+
+
+def samples(result: dict, task: str) -> list[dict] | None:
+    """The logged samples of `task` of a loaded result (None without its folder or its samples)."""
+    return VariantResults(result["dir"]).samples(task) if "dir" in result else None
 
 
 def sample_values(rows, metric: str, flt: str) -> dict:
     """doc_id → per-sample value of `metric` under filter `flt`, from lm-eval's logged samples."""
     return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
-
-
-def load_json(d: Path, name: str) -> dict | None:
-    f = Path(d) / name
-    return _json(f) if f.exists() else None

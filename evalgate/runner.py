@@ -1,24 +1,29 @@
-"""One variant's work in phases, shared by the serial `run@<variant>` stage and the scheduler.
+"""One variant's work in phases, shared by the serial `evalgate run VARIANT` stage and the scheduler.
 
   prepare   validate, resolve the model, ask the engine whether it can run the variant (nothing loads)
+  track     open the variant's MLflow run (evalgate.tracking) as it starts: run_serial does, the
+            scheduler does for the variants it starts side by side
   quality   cheap checks first: the fidelity screen (next-token KL and top-1 agreement against the
             baseline), then lm-eval (the gated tasks in sequential looks, then the rest), then answer
             flips; a variant that is already clearly worse stops here and is never profiled
   profile   the load sweep (evalgate.profile); the baseline's is run twice (A/A: the noise floor)
-  finish    metrics.json + status.json from what the phases wrote
+  finish    metrics.json + status.json from what the phases wrote; the MLflow run is closed
 
-Each phase writes its own file in the variant's results folder (quality.json, profile.json, …), so
-phases can run in different processes (the scheduler's workers) and a failure in one keeps the rest.
+Every file goes through the results store (evalgate.results): each phase writes its own, so phases can
+run in different processes (the scheduler's workers) and a failure in one keeps the rest.
 """
 from __future__ import annotations
 
 import json
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from evalgate.config import BASELINE, Config, ModelSpec, Variant
+from evalgate.results import VariantResults
+from evalgate.tracking import VariantRun, parent_name
 
 
 @dataclass
@@ -26,104 +31,117 @@ class Job:
     cfg: Config
     variant: Variant
     model: ModelSpec
-    out: Path
+    out: VariantResults
     workload: Path
     reference: Path
-    baseline: Path | None    # the baseline's results (None for the baseline itself)
-    tm: object               # lm-eval TaskManager
+    baseline: VariantResults | None    # the baseline's results (None for the baseline itself)
+    task_manager: object               # lm-eval TaskManager
+    tracker: VariantRun | None = None  # the variant's MLflow run
 
     @property
     def is_baseline(self) -> bool:
         return self.variant.name == BASELINE
 
 
-def write(out: Path, name: str, obj) -> None:
-    (out / name).write_text(json.dumps(obj, indent=1))
+def open_run(cfg: Config, variant: Variant, workload: Path | None, out: VariantResults) -> VariantRun | None:
+    """The variant's nested MLflow run, under this execution's parent (evalgate.tracking); its id goes
+    to the results folder, for the scheduler's quality worker and the report."""
+    run = VariantRun.open(cfg.mlflow, cfg.raw, variant.name, variant.as_params(),
+                          parent_name(cfg.model.id, cfg.engine["name"], len(cfg.variants)),
+                          workload=workload, tasks=cfg.eval["tasks"])
+    if run is not None:
+        out.write_tracking(run.info)
+    return run
 
 
-def read(out: Path, name: str) -> dict | None:
-    f = out / name
-    return json.loads(f.read_text()) if f.exists() else None
+def track(job: Job) -> None:
+    """Open the job's MLflow run, now that the variant starts (once)."""
+    if job.tracker is None:
+        job.tracker = open_run(job.cfg, job.variant, job.workload, job.out)
 
 
-def fail(out: Path, phase: str, error: str, **extra) -> None:
-    write(out, "status.json", {"ok": False, "phase": phase, "error": error[:2000], **extra})
-
-
-def prepare(cfg: Config, name: str, out: Path, workload: Path, reference: Path, checkpoint: str | None,
-            baseline: Path | None, engine) -> Job | None:
+def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, reference: Path, checkpoint: str | None,
+            baseline: VariantResults | None, engine) -> Job | None:
     """Checks that fail fast (ConfigError: one line, exit 2); a variant the engine cannot run, or whose
-    quantization failed, gets its status.json now and None back (rejected with the reason)."""
-    import shutil
-
+    quantization failed, gets its status.json (and a failed MLflow run) now and None back (rejected
+    with the reason)."""
     from evalgate.engines.base import VariantUnsupported
     from evalgate.evaluate import task_manager
     from evalgate.models import resolve_model, served_model
+    from evalgate.quantize import checkpoint_error
 
     variant = cfg.variant(name)
     engine.preflight()                                                # engine not installed → ConfigError
-    marker = Path(checkpoint or "-") / "checkpoint.json"
-    quant_error = json.loads(marker.read_text()).get("error") if marker.exists() else None
+    quant_error = checkpoint_error(checkpoint)
     model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
-    tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    write(out, "variant.json", {"name": variant.name, **variant.as_params()})
-    if quant_error:
-        print(f"run@{name}: quantization failed: {quant_error}")
-        fail(out, "quantize", quant_error)
+    tasks_index = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
+    out.reset()
+    out.write("variant.json", {"name": variant.name, **variant.as_params()})
+    error = f"quantization failed: {quant_error}" if quant_error else None
+    if error is None:
+        try:
+            engine.check(model, variant)
+        except VariantUnsupported as e:
+            error = f"not supported: {e}"
+    if error is not None:
+        print(f"run {name}: {error}")
+        out.fail("quantize" if quant_error else "check", quant_error or error.removeprefix("not supported: "))
+        tracker = open_run(cfg, variant, workload, out)   # a run that starts and fails at once
+        if tracker is not None:
+            tracker.close(False, error=error, artifacts=out.path)
         return None
-    try:
-        engine.check(model, variant)
-    except VariantUnsupported as e:
-        print(f"run@{name}: not supported: {e}")
-        fail(out, "check", str(e))
-        return None
-    base = Path(baseline) if baseline and name != BASELINE else None
-    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tm)
+    base = baseline if baseline is not None and name != BASELINE else None
+    return Job(cfg, variant, model, out, Path(workload), Path(reference), base, tasks_index)
 
 
 def _baseline_ok(job: Job) -> dict | None:
     if job.baseline is None:
         return None
-    from evalgate.results import load_result
-
-    base = load_result(job.baseline)
+    base = job.baseline.load()
     return base if base["status"].get("ok") else None
 
 
 def quality(job: Job, ep) -> dict:
     """Fidelity screen, lm-eval (sequential looks first), answer flips; writes quality.json.
     Returns it: `metrics`, `times`, and `early` (the early-rejection record) when it stopped."""
-    from evalgate import fidelity
+    from evalgate import fidelity, gate
 
     cfg, out = job.cfg, job.out
+    if job.tracker is not None:
+        job.tracker.phase("quality")
     times: dict[str, float] = {}
     base = _baseline_ok(job)
     t = time.perf_counter()
     texts = [json.loads(line)["text"] for line in open(job.reference)]
-    fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out / "fidelity.npz")
+    fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out.fidelity_file)
     times["fidelity_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {}
     if base is not None:
         metrics.update(fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
-        early = fidelity.screen(cfg, metrics)
+        _track(job, metrics)
+        early = gate.fidelity_screen(cfg.thresholds, metrics)
         if early:
-            return _done(out, metrics, times, early)
+            return _done(job, metrics, times, early)
     t = time.perf_counter()
     lm_metrics, early = _evaluate(job, ep, base)
     times["eval_s"] = time.perf_counter() - t
     metrics.update(lm_metrics)
     if base is not None and not early:
         metrics.update(fidelity.fidelity_metrics(job.baseline, out, flips_only=True))
-        early = fidelity.screen(cfg, metrics)
-    return _done(out, metrics, times, early)
+        early = gate.fidelity_screen(cfg.thresholds, metrics)
+    _track(job, {**metrics, **{f"time/{k}": v for k, v in times.items()}})
+    return _done(job, metrics, times, early)
 
 
-def _done(out: Path, metrics: dict, times: dict, early: dict | None) -> dict:
+def _track(job: Job, metrics: dict, step: int | None = None) -> None:
+    if job.tracker is not None:
+        job.tracker.metrics(metrics, step)
+
+
+def _done(job: Job, metrics: dict, times: dict, early: dict | None) -> dict:
     q = {"metrics": metrics, "times": times, "early": early}
-    write(out, "quality.json", q)
+    job.out.write_quality(q)
     return q
 
 
@@ -134,25 +152,28 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
     looks (evalgate.sequential); a stop skips the rest of the evaluation and records why, how many docs
     were evaluated and the time saved against the baseline's full evaluation."""
     from evalgate import sequential
-    from evalgate.evaluate import doc_counts, evaluate, evaluate_docs, write_samples
+    from evalgate.evaluate import doc_counts, evaluate, evaluate_docs
 
-    cfg, out, tm = job.cfg, job.out, job.tm
+    cfg, out, tasks_index = job.cfg, job.out, job.task_manager
     lm = ep.lm_eval_model()
     tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
-    gated = sequential.gated_tasks(cfg)
-    if base is None or not sequential.enabled(cfg) or not gated:
-        return evaluate(lm, tasks, tm, out, **full), None
-    counts = doc_counts(tm, tasks, limit)
+    looks = cfg.gate.get("sequential") or {}
+    gated = sequential.gated_tasks(cfg.thresholds)
+    if base is None or not sequential.enabled(looks) or not gated:
+        return evaluate(lm, tasks, tasks_index, out, **full), None
+    counts = doc_counts(tasks_index, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
         cache = str(Path(tmp) / "requests") if ep.request_cache else None
-        seq = sequential.run(lambda docs: evaluate_docs(lm, docs, tm, cfg.seed, cache),
-                             {t: counts[t] for t in gated}, cfg, job.baseline)
+        seq = sequential.evaluate_in_looks(
+            lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
+            base, {t: job.baseline.samples(t) for t in gated}, cfg.thresholds, looks["looks"],
+            looks.get("alpha", 0.01), cfg.seed)
         if not seq["stopped"]:
-            quality = evaluate(lm, tasks, tm, out, use_cache=cache, **full)
+            quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
-    write_samples(seq["rows"], out)  # what the looks evaluated, for a reviewer to recompute the stop
+    out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())
     base_eval = base["metrics"].get("time/eval_s")
     early = {k: seq[k] for k in ("reason", "check", "look", "looks", "fraction", "alpha_per_look",
@@ -167,25 +188,37 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
     return quality, early
 
 
-def profile(job: Job, ep, repeat: bool = False, progress=None) -> dict:
-    """The load sweep; writes profile.json (or profile_aa.json: the baseline's second, A/A sweep)."""
+def profile(job: Job, ep, repeat: bool = False) -> dict:
+    """The load sweep; writes profile.json (or profile_aa.json: the baseline's second, A/A sweep).
+    Each level's headline goes to the MLflow run as soon as it is measured."""
     from evalgate.profile import sweep
 
     cfg = job.cfg
+    if job.tracker is not None and not repeat:
+        job.tracker.phase("profile")
     requests = [json.loads(line) for line in open(job.workload)]
     base_peak = None
     if job.baseline is not None:
-        base = read(job.baseline, "metrics.json") or {}
-        base_peak = base.get("request_throughput")
+        base_peak = job.baseline.metrics().get("request_throughput")
+    levels_done = []
+
+    def progress(level: dict) -> None:
+        levels_done.append(level["name"])
+        prefix = f"aa/{level['name']}" if repeat else level["name"]
+        _track(job, {f"{prefix}/{k}": v for k, v in level["summary"].items()
+                     if k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
+                              "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms", "ci_pct")})
+        _track(job, {"progress/profile_levels": len(levels_done)})
+
     res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
                 base_peak_rps=base_peak, progress=progress)
     res["stats"] = ep.stats()
     if job.baseline is not None:
-        res["summary"].update(output_agreement(read(job.baseline, "profile.json"), res))
+        res["summary"].update(output_agreement(job.baseline.profile(), res))
     for lv in res["levels"][1:]:     # token gaps are summarised already; the first level keeps them whole
         for r in lv["requests"]:
             r.pop("itl", None)
-    write(job.out, "profile_aa.json" if repeat else "profile.json", res)
+    job.out.write_profile(res, repeat=repeat)
     return res
 
 
@@ -200,7 +233,8 @@ def output_agreement(base: dict | None, var: dict) -> dict[str, float]:
     common = sorted(b.keys() & v.keys())
     if not common:
         return {}
-    out = {"output_length_ratio": sum(v[i]["output_tokens"] for i in common) / max(1, sum(b[i]["output_tokens"] for i in common))}
+    produced = sum(v[i]["output_tokens"] for i in common)
+    out = {"output_length_ratio": produced / max(1, sum(b[i]["output_tokens"] for i in common))}
     texts = [i for i in common if "text" in b[i] and "text" in v[i]]
     if texts:
         out["identical_output_share"] = sum(b[i]["text"] == v[i]["text"] for i in texts) / len(texts)
@@ -225,40 +259,48 @@ def aa_floor(first: dict, second: dict) -> dict[str, float]:
     return out
 
 
-def finish(job: Job, times: dict[str, float]) -> dict:
-    """metrics.json and status.json from quality.json and profile.json (profile_aa.json)."""
+def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
+    """metrics.json and status.json from quality.json and profile.json (profile_aa.json); with `final`,
+    the MLflow run is closed (the scheduler writes an interim one for the baseline first)."""
     out = job.out
-    q = read(out, "quality.json") or {"metrics": {}, "times": {}, "early": None}
-    prof = read(out, "profile.json")
+    q = out.quality() or {"metrics": {}, "times": {}, "early": None}
+    prof = out.profile()
     metrics: dict[str, float] = dict(q["metrics"])
     if prof is not None:
         metrics.update(prof["summary"])
         metrics.update(prof.get("stats", {}))
-        aa = read(out, "profile_aa.json")
+        aa = out.profile(repeat=True)
         if aa is not None:
             metrics.update(aa_floor(prof, aa))
     metrics.update({f"time/{k}": v for k, v in {**q["times"], **times}.items()})
-    write(out, "metrics.json", metrics)
-    early = q.get("early")
-    write(out, "status.json", {"ok": True, **({"early_rejection": early} if early else {})})
+    out.write_metrics(metrics)
+    out.succeed(q.get("early"))
+    if final and job.tracker is not None:
+        job.tracker.close(True, metrics, artifacts=out.path)
     return metrics
 
 
-def attached_quality(cfg: Config, name: str, out: Path, workload: Path, reference: Path, baseline: Path | None,
-                     engine, record: Path) -> int:
-    """The scheduler's worker: the quality phase against a server another process started and holds
-    (the variant's folder was prepared by the scheduler and holds the server log: nothing is cleared)."""
-    import traceback
+def fail(job: Job, phase: str, error: str, trace: str | None = None) -> None:
+    """A failed phase: status.json says which and why; the MLflow run ends FAILED."""
+    job.out.fail(phase, error, trace)
+    if job.tracker is not None:
+        job.tracker.close(False, error=f"{phase}: {error}", artifacts=job.out.path)
 
+
+def attached_quality(cfg: Config, name: str, out: VariantResults, workload: Path, reference: Path,
+                     baseline: VariantResults | None, engine, record: Path) -> int:
+    """The scheduler's worker: the quality phase against a server another process started and holds
+    (the variant's folder was prepared by the scheduler and holds the server log: nothing is cleared).
+    It logs to the variant's MLflow run, which the scheduler opened and will close."""
     from evalgate.evaluate import task_manager
 
     job = Job(cfg, cfg.variant(name), cfg.model, out, workload, reference,
-              baseline if name != BASELINE else None, task_manager(cfg.eval["tasks"], cfg.eval.get("include_path")))
+              baseline if name != BASELINE else None, task_manager(cfg.eval["tasks"], cfg.eval.get("include_path")),
+              VariantRun.attach(out.tracking()))
     try:
         quality(job, engine.attach(json.loads(record.read_text())))
     except Exception as e:  # noqa: BLE001 - recorded; the scheduler fails this variant only
-        (out / "error.log").write_text(traceback.format_exc())
-        fail(out, "quality", f"{type(e).__name__}: {e}")
+        out.fail("quality", f"{type(e).__name__}: {e}", traceback.format_exc())
     return 0
 
 
@@ -266,17 +308,17 @@ def run_serial(job: Job, engine) -> int:
     """Serve once, then quality, profile (twice for the baseline when `load.aa`), finish. Any failure is
     recorded (status.json) and the stage still exits 0, so the other variants run. The phases go to
     timeline.json, as the scheduler's do, so the report draws serial and scheduled runs alike."""
-    import traceback
-
     phase, times, t_all = "start", {}, time.perf_counter()
     events: list[dict] = []
+    name = job.variant.name
+    track(job)
 
-    def mark(name: str, t0: float) -> None:
-        events.append({"phase": name, "start": t0, "end": time.time()})
+    def mark(phase: str, t0: float) -> None:
+        events.append({"phase": phase, "start": t0, "end": time.time()})
 
     t0 = time.time()
     try:
-        with engine.serve(job.model, job.variant, job.out) as ep:
+        with engine.serve(job.model, job.variant, job.out.path) as ep:
             times["start_s"] = ep.info.start_seconds
             mark("start", t0)
             phase, t0 = "quality", time.time()
@@ -293,16 +335,15 @@ def run_serial(job: Job, engine) -> int:
                 times["profile_s"] = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
         mark(phase, t0)
-        (job.out / "error.log").write_text(traceback.format_exc())
-        print(f"run@{job.variant.name}: failed during {phase}: {type(e).__name__}: {e}")
-        fail(job.out, phase, f"{type(e).__name__}: {e}")
-        write(job.out, "timeline.json", {"variant": job.variant.name, "events": events, "times": times})
+        print(f"run {name}: failed during {phase}: {type(e).__name__}: {e}")
+        job.out.write_timeline(name, events, times)
+        fail(job, phase, f"{type(e).__name__}: {e}", traceback.format_exc())
         return 0
     times["total_s"] = time.perf_counter() - t_all
-    write(job.out, "timeline.json", {"variant": job.variant.name, "events": events, "times": times})
+    job.out.write_timeline(name, events, times)
     m = finish(job, times)
-    early = (read(job.out, "status.json") or {}).get("early_rejection")
+    early = job.out.status().get("early_rejection")
     speed = f"{m['output_throughput']:.1f} tok/s peak" if "output_throughput" in m else "not profiled"
-    print(f"run@{job.variant.name}: {speed}; " + (early["reason"] if early else ", ".join(
+    print(f"run {name}: {speed}; " + (early["reason"] if early else ", ".join(
         f"{k.removeprefix('lmeval/')}={v:.4g}" for k, v in m.items() if k.startswith("lmeval/") and "stderr" not in k)))
     return 0

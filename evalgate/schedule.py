@@ -8,7 +8,7 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    from what it needs (`Engine.memory_need`: weights + the same KV-cache bytes for every variant +
    overhead), packed into the free memory in waves when they do not all fit;
 2. as a server becomes healthy its quality phase runs in a worker process (fidelity screen, lm-eval
-   with sequential looks, answer flips: `python -m stages.run --attach …`), all of them concurrently —
+   with sequential looks, answer flips: `python -m evalgate run VARIANT --attach …`), all of them concurrently —
    quality is not timing-sensitive — variants after the baseline's (their looks compare with it);
    a variant that is already clearly worse is stopped there and never profiled;
 3. the load profiles run one at a time and only while nothing else touches the card (no server
@@ -19,7 +19,7 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    variant, recorded in its status.json with the phase and the error; the others go on.
 
 Every phase lands in the variant's own results folder, exactly as the serial `run@<variant>` stage
-writes it (both call evalgate.runner), so stages/schedule.py can hand each finished folder to DVC
+writes it (both call evalgate.runner), so evalgate.repro can hand each finished folder to DVC
 (`dvc commit`) and DVC's caching stays per variant. Engines that serve in-process (`hf`) cannot share
 a device this way: their variants run one after another through the same code (`run_serial`).
 Hand-written because no serving tool schedules benchmark phases across servers (vllm bench sweep,
@@ -33,9 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 from evalgate.config import BASELINE
 
@@ -246,22 +245,23 @@ class Scheduler:
 
 
 def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
-    """The quality phase as a worker process per variant (`python -m stages.run --attach`): its own
-    interpreter (no shared GIL or lm-eval state with the others), killed on timeout."""
+    """The quality phase as a worker process per variant (`python -m evalgate run VARIANT --attach`): its
+    own interpreter (no shared GIL or lm-eval state with the others), killed on timeout."""
     def run(s: Slot):
         job = s.job
-        rec = job.out / "server.json"
+        rec = job.out.file("server.json")
         rec.write_text(json.dumps(s.endpoint.record()))
-        cmd = [*cmd_base, "--variant", s.name, "--attach", str(rec), "--out", str(job.out)]
+        cmd = [*cmd_base, s.name, "--attach", str(rec), "--out", str(job.out.path)]
         if job.baseline is not None:
-            cmd += ["--baseline", str(job.baseline)]
-        with open(job.out / "quality.log", "w") as log:
+            cmd += ["--baseline", str(job.baseline.path)]
+        log_path = job.out.file("quality.log")
+        with open(log_path, "w") as log:
             p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
-        status = json.loads((job.out / "status.json").read_text()) if (job.out / "status.json").exists() else {}
+        status = job.out.read("status.json") or {}
         if p.returncode or status.get("ok") is False:
-            tail = (job.out / "quality.log").read_text(errors="replace").strip().splitlines()[-3:]
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(status.get("error") or f"quality worker exited with {p.returncode}: " + " | ".join(tail))
-        q = json.loads((job.out / "quality.json").read_text())
+        q = job.out.quality() or {}
         s.times.update(q.get("times", {}))
         return q.get("early")
     return run
@@ -288,9 +288,50 @@ def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 
     return t
 
 
-def python_cmd() -> list[str]:
-    return [sys.executable, "-m", "stages.run"]
+def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
+    """The prepared variants (`runner.prepare`) through the Scheduler with the real phases: servers from
+    the engine, quality in worker processes, profiles and the bookkeeping from evalgate.runner."""
+    from evalgate import runner
 
+    capacity = None
+    mem = engine.device_memory() if hasattr(engine, "device_memory") else None
+    if mem:
+        free, total = mem
+        capacity = int(free * float(cfg.engine.get("schedule_memory_fraction", 0.9)))
+        needs = {s.name: engine.memory_need(s.job.model, s.job.variant) for s in slots}
+        shares = memory_shares(needs, total)
+        for s in slots:
+            s.need = needs[s.name]
+            s.need["share"] = shares[s.name]
+        waves = plan_memory(needs, capacity)
+        print(f"schedule: {len(slots)} servers in {len(waves)} wave(s) on {capacity / GIB:.0f} GiB: "
+              + " | ".join(", ".join(w) for w in waves), flush=True)
+    worker = [sys.executable, "-m", "evalgate", "run", "--params", "params.yaml", "--workload", paths["workload"],
+              "--reference", paths["reference"]]
 
-def write_timeline(d: Path, slot: Slot) -> None:
-    (d / "timeline.json").write_text(json.dumps({"variant": slot.name, "events": slot.events, "times": slot.times}, indent=1))
+    def finish(s: Slot, final: bool) -> None:
+        runner.finish(s.job, {k: v for k, v in s.times.items() if k in ("start_s", "profile_s")}, final)
+        s.job.out.write_timeline(s.name, s.events, s.times)
+
+    def fail(s: Slot, phase: str, error: str) -> None:
+        s.job.out.write_timeline(s.name, s.events, s.times)
+        runner.fail(s.job, phase, error)
+
+    def start(s: Slot):
+        return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
+
+    for s in slots:   # every server starts now: every variant's MLflow run opens now
+        runner.track(s.job)
+    util: list = []
+    stop = threading.Event()
+    gpu_utilization_sampler(stop, util)
+    sch = Scheduler(slots, capacity, start=start,
+                    quality=quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800))),
+                    profile=lambda s, ep, repeat: runner.profile(s.job, ep, repeat=repeat),
+                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")))
+    out = sch.run()
+    stop.set()
+    out["gpu_utilization"] = util
+    base = next((s for s in slots if s.name == BASELINE), slots[0])
+    base.job.out.write("schedule.json", out)
+    return out

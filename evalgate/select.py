@@ -104,3 +104,13 @@ def speculation(results: dict[str, dict], spec_variants: list[str]) -> dict[str,
                 stops = lv
         out[n] = {"levels": rows, "stops_paying_at": stops, "identical_output_share": m.get("identical_output_share")}
     return out
+
+
+def best_overall(results: dict[str, dict], verdicts: dict[str, dict], rank_by: str = "output_throughput") -> str | None:
+    """The accepted variant best on `rank_by` (`report.rank_by`, default peak output throughput); the
+    metric's name gives the direction (`lower_is_better`)."""
+    ok = [(results[n]["metrics"].get(rank_by), n) for n, v in verdicts.items()
+          if v["verdict"] == "accept" and results[n]["metrics"].get(rank_by) is not None]
+    if not ok:
+        return None
+    return (min(ok) if lower_is_better(rank_by) else max(ok))[1]

@@ -2,7 +2,7 @@
 metric is already clearly inferior to the baseline, so a broken variant does not pay for a full eval.
 
 Looks at cumulative fractions f_1 < … < f_K of each gated task's docs, in one seeded order per task that
-every variant shares. At each look the gate's own paired test (evalgate.gate.paired_test) runs on the
+every variant shares. At each look the gate's own paired test (evalgate.gate.compare_samples) runs on the
 docs evaluated so far, against the baseline's per-sample results, at level alpha / K (Bonferroni over
 the looks): a variant whose true loss is at most δ is stopped with probability ≤ alpha. A stop is a
 rejection, never an acceptance, so the gate's false-accept rate is unchanged; its cost in power and its
@@ -17,24 +17,24 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from evalgate import gate as g
-from evalgate.config import Config
+from evalgate import gate
+from evalgate.config import Threshold
 from evalgate.metrics import gate_metric_key
 
 
-def enabled(cfg: Config) -> bool:
-    sq = cfg.gate.get("sequential") or {}
-    return bool(sq.get("enabled", False) and sq.get("looks"))
+def enabled(sequential: dict | None) -> bool:
+    """`gate.sequential` asks for looks (off unless `enabled` and some `looks` are set)."""
+    sequential = sequential or {}
+    return bool(sequential.get("enabled", False) and sequential.get("looks"))
 
 
-def gated_tasks(cfg: Config) -> list[str]:
+def gated_tasks(thresholds: tuple[Threshold, ...]) -> list[str]:
     """Tasks with a gated lm-eval metric: the only ones the looks evaluate."""
-    keys = (gate_metric_key(th.metric) for th in cfg.thresholds)
+    keys = (gate_metric_key(th.metric) for th in thresholds)
     return sorted({k.split("/")[1] for k in keys if k.startswith("lmeval/")})
 
 
@@ -45,50 +45,47 @@ def schedule(n_docs: dict[str, int], looks: list[float], seed: int) -> list[dict
     return [{t: sorted(int(i) for i in p[:max(1, math.ceil(f * len(p)))]) for t, p in perms.items()} for f in looks]
 
 
-def interim_check(cfg: Config, base: dict, base_rows: dict[str, list[dict] | None], rows: dict[str, list[dict]],
-                  alpha: float) -> dict | None:
+def interim_check(thresholds: tuple[Threshold, ...], base: dict, base_rows: dict[str, list[dict] | None],
+                  rows: dict[str, list[dict]], alpha: float, seed: int = 0) -> dict | None:
     """The first gated metric already inferior (lower bound of the loss > δ at level `alpha`) on the
-    docs evaluated so far, as a gate check row; None while every metric may still pass. `base_rows`:
-    the baseline's logged samples per task, read once per variant."""
-    for th in cfg.thresholds:
+    docs evaluated so far, as a gate check row; None while every metric may still pass. `base`: the
+    baseline's loaded result; `base_rows`: its logged samples per task, read once per variant."""
+    for th in thresholds:
         key = gate_metric_key(th.metric)
         if not key.startswith("lmeval/"):
             continue
-        _, task, metric, flt = key.split("/")
-        b_value, b_rows = base["metrics"].get(key), base_rows.get(task)
-        if b_value is None or not b_rows or not rows.get(task):
+        task = key.split("/")[1]
+        b_value = base["metrics"].get(key)
+        if b_value is None:
             continue
-        p = g.pair(g.sample_values(b_rows, metric, flt), g.sample_values(rows[task], metric, flt))
-        if p is None:
-            continue
-        delta = g.margin(th, b_value)
-        t = g.paired_test(*p, metric, delta, g.higher_is_better(key, base["higher_is_better"]), alpha, seed=cfg.seed)
+        delta = gate.margin(th, b_value)
+        t = gate.compare_samples(key, delta, base_rows.get(task), rows.get(task),
+                                 gate.higher_is_better(key, base["higher_is_better"]), alpha, seed=seed)
         if t is not None and t.verdict == "inferior":
-            return {"metric": key, "baseline": b_value, "margin": delta, "passed": False, "loss": t.loss,
-                    "test": t.as_dict(), "reason": t.line(key)}
+            return gate.test_row(key, b_value, delta, t)
     return None
 
 
-def run(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
-        cfg: Config, base_dir: Path) -> dict:
+def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
+                      base: dict, base_rows: dict[str, list[dict] | None], thresholds: tuple[Threshold, ...],
+                      looks: list[float], alpha: float = 0.01, seed: int = 0) -> dict:
     """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
-    just those docs. Returns the outcome (`stopped`, counts, timings, and `rows`: every logged sample)."""
-    sq = cfg.gate["sequential"]
-    looks = list(sq["looks"])
-    alpha = sq.get("alpha", 0.01) / len(looks)
-    base = g.load_result(base_dir)
-    base_rows = {t: g.load_samples(base_dir, t) for t in n_docs}
+    just those docs; `base`, `base_rows`: the baseline's result and samples (evalgate.results). `alpha`
+    is split over the looks. Returns the outcome (`stopped`, counts, timings, and `rows`: every logged
+    sample)."""
+    looks = list(looks)
+    alpha = alpha / len(looks)
     rows: dict[str, list[dict]] = {t: [] for t in n_docs}
     seen: dict[str, set] = {t: set() for t in n_docs}
     t0 = time.perf_counter()
-    for k, (frac, want) in enumerate(zip(looks, schedule(n_docs, looks, cfg.seed)), 1):
+    for k, (frac, want) in enumerate(zip(looks, schedule(n_docs, looks, seed)), 1):
         new = {t: [i for i in ids if i not in seen[t]] for t, ids in want.items()}
         new = {t: ids for t, ids in new.items() if ids}
         if new:
             for task, logged in evaluate_docs(new).items():
                 rows.setdefault(task, []).extend(logged)
                 seen.setdefault(task, set()).update(r["doc_id"] for r in logged)
-        check = interim_check(cfg, base, base_rows, rows, alpha)
+        check = interim_check(thresholds, base, base_rows, rows, alpha, seed)
         used = sum(len(s) for s in seen.values())
         out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,
                "eval_s": time.perf_counter() - t0, "rows": rows}

@@ -93,7 +93,8 @@ def mde(sd_diff: float, n: int, alpha: float, power: float) -> float:
     return (stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)) * sd_diff / math.sqrt(n)
 
 
-def decide(loss: float, lcb: float, ucb: float, margin: float) -> str:
+def verdict_of(loss: float, lcb: float, ucb: float, margin: float) -> str:
+    """non-inferior (UCB ≤ δ), inferior (LCB > δ) or inconclusive."""
     if ucb <= margin:
         return "non-inferior"
     if lcb > margin:
@@ -124,4 +125,36 @@ def noninferiority(base: np.ndarray, var: np.ndarray, margin: float, higher_is_b
         sd = (ucb - lcb) / (2 * stats.norm.ppf(1 - alpha)) * math.sqrt(n)  # implied by the interval
         method = "paired bootstrap"
     return Test(n=n, loss=float(loss), lcb=float(lcb), ucb=float(ucb), margin=float(margin),
-                mde=float(mde(sd, n, alpha, power)), verdict=decide(loss, lcb, ucb, margin), method=method)
+                mde=float(mde(sd, n, alpha, power)), verdict=verdict_of(loss, lcb, ucb, margin), method=method)
+
+
+# lm-eval's aggregate metrics over per-sample (loglikelihood, weight) pairs, as functions of stacked
+# columns: lm-eval logs the pairs, not a per-sample score, so the paired bootstrap recomputes them
+AGGREGATES = {
+    "word_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
+    "byte_perplexity": lambda x, axis: np.exp(-x[0].sum(axis=axis) / x[1].sum(axis=axis)),
+    "bits_per_byte": lambda x, axis: -x[0].sum(axis=axis) / x[1].sum(axis=axis) / math.log(2),
+}
+
+
+def pair(base: dict, var: dict):
+    """Both sides' values (doc_id → value) on the docs both answered, in doc order (None: none in common)."""
+    ids = sorted(set(base) & set(var))
+    if not ids:
+        return None
+    return np.array([base[i] for i in ids], float), np.array([var[i] for i in ids], float)
+
+
+def paired_test(base: np.ndarray, var: np.ndarray, metric: str, delta: float, up: bool, alpha: float,
+                power: float = 0.8, seed: int = 0) -> Test | None:
+    """The non-inferiority test of one lm-eval metric on paired per-sample values: binary when every value
+    is 0/1, an aggregate recomputed from (loglikelihood, weight) pairs, else a mean (None: an aggregate
+    metric it cannot recompute)."""
+    if base.ndim == 2:
+        kind, fn = "aggregate", AGGREGATES.get(metric)
+        if fn is None:
+            return None
+    else:
+        kind, fn = ("binary" if set(np.unique(np.r_[base, var])) <= {0.0, 1.0} else "mean"), None
+    return noninferiority(base, var, delta, higher_is_better=up, kind=kind, statistic=fn, alpha=alpha,
+                          power=power, seed=seed)

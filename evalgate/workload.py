@@ -1,4 +1,4 @@
-"""The requests every variant is profiled with, built once per pipeline (`stages/workload.py`).
+"""The requests every variant is profiled with, built once per pipeline (`evalgate workload`).
 
 A workload file is JSONL, one request per line: `prompt`, `max_tokens` (a cap: the request ends at
 EOS or at one of its `stop` sequences first, as a real client's would), `stop`, and `source` (where
@@ -31,33 +31,34 @@ def requests_needed(load: dict) -> int:
     return int(load.get("requests", {}).get("max", 64))
 
 
-def build(wl: dict, load: dict, tm, tokenizer, seed: int) -> list[dict]:
+def build(workload_spec: dict, load: dict, task_manager, tokenizer, seed: int) -> list[dict]:
     """The workload's requests, in one seeded order shared by every variant."""
     n = requests_needed(load)
-    source = wl["source"]
+    source = workload_spec["source"]
     if source == "file":
-        rows = read_user_file(Path(wl["path"]), wl.get("format", "auto"), wl.get("max_tokens", 256))
+        rows = read_user_file(Path(workload_spec["path"]), workload_spec.get("format", "auto"),
+                              workload_spec.get("max_tokens", 256))
     elif source == "random":
-        rows = _random(tokenizer, n, wl["input_len"], wl["output_len"], seed)
+        rows = _random(tokenizer, n, workload_spec["input_len"], workload_spec["output_len"], seed)
     else:
-        rows = _from_tasks(wl, tm, tokenizer, n, seed)
+        rows = _from_tasks(workload_spec, task_manager, tokenizer, n, seed)
     if not rows:
-        raise ConfigError(f"workload: {wl.get('name', source)!r} produced no requests")
+        raise ConfigError(f"workload: {workload_spec.get('name', source)!r} produced no requests")
     if len(rows) < n:  # cycle a small user file rather than refuse it; every variant still gets the same
         rows = [dict(r, index=i) for i, r in enumerate((rows * (n // len(rows) + 1))[:n])]
     return [dict(r, index=i) for i, r in enumerate(rows[:n])]
 
 
-def _from_tasks(wl: dict, tm, tokenizer, n: int, seed: int) -> list[dict]:
+def _from_tasks(workload_spec: dict, task_manager, tokenizer, n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    loaded = tm.load(list(wl["tasks"]))["tasks"]
+    loaded = task_manager.load(list(workload_spec["tasks"]))["tasks"]
     per_task: list[list[dict]] = []
-    for name in wl["tasks"]:
+    for name in workload_spec["tasks"]:
         task = loaded[name]
         gen = dict(task.config.generation_kwargs or {})
         until = gen.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        cap = int(wl.get("max_tokens", 256))   # a client's cap, not the answer's length: EOS ends the request
+        cap = int(workload_spec.get("max_tokens", 256))   # a client's cap, not the answer's length: EOS ends the request
         docs = list(task.eval_docs)
         rows = [{"source": name, "prompt": task.doc_to_text(d), "max_tokens": cap, "stop": until} for d in docs]
         rng.shuffle(rows)
@@ -69,19 +70,19 @@ def _from_tasks(wl: dict, tm, tokenizer, n: int, seed: int) -> list[dict]:
         rest = [r for rows in per_task for r in rows[min(map(len, per_task)):]]
         rng.shuffle(rest)
         mixed += rest
-    prefix = _prefix(wl, tokenizer, seed)
+    prefix = _prefix(workload_spec, tokenizer, seed)
     if prefix:
         mixed = [dict(r, prompt=prefix + r["prompt"], source=f"{r['source']}+prefix") for r in mixed]
     return mixed
 
 
-def _prefix(wl: dict, tokenizer, seed: int) -> str:
+def _prefix(workload_spec: dict, tokenizer, seed: int) -> str:
     """One long common prefix (a system prompt) of about `prefix_tokens` tokens: `prefix_text` if given,
     else sentences of the fixture's own filler (`prefix_text` for a real model)."""
-    want = int(wl.get("prefix_tokens") or 0)
+    want = int(workload_spec.get("prefix_tokens") or 0)
     if not want:
         return ""
-    text = wl.get("prefix_text")
+    text = workload_spec.get("prefix_text")
     if not text:
         from evalgate.toymodel.corpus import Corpus
 
@@ -149,12 +150,12 @@ def read_user_file(path: Path, fmt: str = "auto", default_max_tokens: int = 256)
     return rows
 
 
-def build_reference(fid: dict, tm, seed: int) -> list[str]:
-    """Fidelity reference texts: whole documents (prompt + target) of `fid.tasks`, seeded sample."""
+def build_reference(fidelity: dict, task_manager, seed: int) -> list[str]:
+    """Fidelity reference texts: whole documents (prompt + target) of `fidelity.tasks`, seeded sample."""
     texts = []
-    if fid.get("tasks"):
-        loaded = tm.load(fid["tasks"])["tasks"]
-        for name in fid["tasks"]:
+    if fidelity.get("tasks"):
+        loaded = task_manager.load(fidelity["tasks"])["tasks"]
+        for name in fidelity["tasks"]:
             task = loaded[name]
             for d in task.eval_docs:
                 target = task.doc_to_target(d)
@@ -162,4 +163,29 @@ def build_reference(fid: dict, tm, seed: int) -> list[str]:
                     prompt = task.doc_to_text(d)
                     texts.append(prompt + (task.config.target_delimiter if prompt else "") + target)
     random.Random(seed).shuffle(texts)
-    return texts[: fid.get("max_texts", 200)]
+    return texts[: fidelity.get("max_texts", 200)]
+
+
+def write_files(workload: dict, load: dict, fidelity: dict, model, include_path: str | None, seed: int,
+                out: Path, reference: Path) -> str:
+    """The `workload` stage: the requests (`out`, JSONL) and the fidelity reference texts (`reference`).
+    A bad user file is one line before any model or task loads. Returns what it wrote, in words."""
+    if workload["source"] == "file":
+        read_user_file(Path(workload["path"]), workload.get("format", "auto"))
+    from transformers import AutoTokenizer
+
+    from evalgate.evaluate import task_manager as load_tasks
+    from evalgate.models import resolve_model
+
+    fidelity = fidelity or {}
+    tasks = (workload.get("tasks") or []) if workload["source"] == "tasks" else []
+    task_manager = load_tasks(list(dict.fromkeys(tasks + fidelity.get("tasks", []))), include_path)
+    requests = build(workload, load, task_manager, AutoTokenizer.from_pretrained(resolve_model(model)), seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in requests)
+    texts = build_reference(fidelity, task_manager, seed)
+    with open(reference, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    return (f"{len(requests)} requests ({workload.get('name', workload['source'])}) in {out}, "
+            f"{len(texts)} reference texts in {reference}")

@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
+from evalgate.results import VariantResults  # noqa: E402
 
-REPORTS = ("summary.md", "gate.json", "metrics.json", "levels.json", "pareto.png", "curves.png",
-           "output_lengths.png", "timeline.png")
+REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
+           "curves.png", "output_lengths.png", "timeline.png")
 PER_VARIANT = ("status.json", "metrics.json", "server_cmd.json", "timeline.json", "quality.json", "schedule.json",
                "error.log", "quality.log")
 
@@ -66,15 +67,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for f in [*(f"reports/{r}" for r in REPORTS), "fixtures/metrics.json", "params.yaml", "dvc.lock"]:
         if Path(f).exists():
-            shutil.copy(f, out / f.replace("/", "_").removeprefix("reports_"))
+            shutil.copy(f, out / f.replace("/", "_").removeprefix("reports_").removeprefix("plots_"))
     for d in sorted(p for p in Path("results").iterdir() if p.is_dir()):
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
         for f in PER_VARIANT:
             if (d / f).exists():
                 shutil.copy(d / f, dst / f)
-        if (d / "profile.json").exists():   # the levels' summaries, without the per-request records
-            prof = json.loads((d / "profile.json").read_text())
+        prof = VariantResults(d).profile()
+        if prof is not None:   # the levels' summaries, without the per-request records
             (dst / "levels.json").write_text(json.dumps([{k: v for k, v in lv.items() if k != "requests"}
                                                          for lv in prof["levels"]], indent=1))
         if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error

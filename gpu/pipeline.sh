@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU run, on a host where the offline bundle is installed (gpu/README.md):
 #   bash gpu/pipeline.sh [--serial] [hydra overrides…]   compose preset=gpu, the scheduled dvc repro
-#                                                          (python -m stages.schedule), then collect into
+#                                                          (python -m evalgate repro), then collect into
 #                                                          docs/results/<card>-<date>/
 #   bash gpu/pipeline.sh --finish                         stop a run early: gate + report + collect what exists
 set -uo pipefail
@@ -14,8 +14,8 @@ if ! command -v python >/dev/null; then
   mkdir -p /var/tmp/bin && ln -sf "$(command -v python3)" /var/tmp/bin/python && export PATH=/var/tmp/bin:$PATH
 fi
 finish() {  # gate and report over whatever variants finished (the others are rejected as not run)
-  python3 -m stages.gate --params params.yaml --results results --out reports/gate.json
-  python3 -m stages.report --params params.yaml --results results --gate reports/gate.json --out reports
+  python3 -m evalgate gate --results results --out reports/gate.json
+  python3 -m evalgate report --results results --gate reports/gate.json --out reports
   python3 gpu/collect.py --seconds $(( $(date +%s) - $(cat .gpu-start 2>/dev/null || date +%s) )) \
     --command "bash gpu/pipeline.sh" --note "${1:-}"
 }
@@ -29,9 +29,9 @@ fi
 serial=""; [ "${1:-}" = "--serial" ] && { serial=--serial; shift; }
 [ -d .git ] || git init -q 2>/dev/null || python3 -m dvc config --local core.no_scm true
 date +%s > .gpu-start
-python3 -m stages.compose preset=gpu "$@" || exit 2
+python3 -m evalgate compose preset=gpu "$@" || exit 2
 # its own session, so --finish (another shell) can stop exactly this run's processes
-setsid python3 -m stages.schedule $serial & pid=$!
+setsid python3 -m evalgate repro $serial & pid=$!
 echo "$pid" > .gpu-pgid
 if wait "$pid"; then
   python3 gpu/collect.py --seconds $(( $(date +%s) - $(cat .gpu-start) )) --command "bash gpu/pipeline.sh $serial $*"

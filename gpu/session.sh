@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 case "${1:-}" in
   check)
     python3 -m pytest -m gpu -v tests/test_gpu.py > "$OUT/pytest_gpu.log" 2>&1 & t=$!
-    { time (python3 -m stages.compose preset=gpu && python3 -m dvc repro fixture workload quantize); } > "$OUT/fixture.log" 2>&1
+    { time (python3 -m evalgate compose preset=gpu && python3 -m dvc repro fixture workload quantize); } > "$OUT/fixture.log" 2>&1
     cp fixtures/metrics.json "$OUT/fixture_metrics.json" 2>/dev/null
     wait $t; echo "pytest -m gpu exit $?" >> "$OUT/pytest_gpu.log"
     tail -5 "$OUT/pytest_gpu.log"; tail -3 "$OUT/fixture.log"; cat "$OUT/fixture_metrics.json" ;;

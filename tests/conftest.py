@@ -1,11 +1,10 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from evalgate.quiet import quiet_third_party
+
+quiet_third_party()   # the same third-party noise the CLI drops
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny(tmp_path_factory):
     """A random 2-layer Llama and a 1-layer draft sharing a small BPE tokenizer, saved like the fixture."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     d = tmp_path_factory.mktemp("tiny")
@@ -36,7 +35,3 @@ def tiny(tmp_path_factory):
 
     return ModelSpec(source="local", id=str(d / "model"), draft=str(d / "draft"), dtype="float32")
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "simulation: error rates by simulation with binomial margins (slow-ish; "
-                                       "left out of mutation runs, see docs/mutation.md)")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evalgate.compose import check_variant_files, compose, validate
 from evalgate.config import ConfigError, parse
-from stages.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -19,7 +19,7 @@ def params():
 
 def test_committed_params_match_conf(params):
     committed = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert committed == params, "params.yaml is stale: run `python -m stages.compose`"
+    assert committed == params, "params.yaml is stale: run `evalgate compose`"
 
 
 LISTS = ("variant", "combo")  # groups whose option is a list of files
@@ -76,10 +76,37 @@ def test_bad_input_names_the_key(params, mutate, key):
     bad = copy.deepcopy(params)
     mutate(bad)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
-        parse(bad)
+        validate(bad, CONF)
     assert "\n" not in str(e.value)
 
 
 def test_unknown_variant_is_a_config_error(params):
     with pytest.raises(ConfigError, match="variants.nope: unknown variant"):
         parse(params).variant("nope")
+
+
+def test_a_variant_is_named_by_its_file(tmp_path):
+    """A copied variant file that still names the old variant would silently merge into it (int8 run as
+    int4, int8_copy never run): its package line must name its own file, checked by `evalgate compose`
+    and by every stage (validate: `dvc exp run` composes conf/ without evalgate)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    check_variant_files(conf)
+    (conf / "variant" / "int8_copy.yaml").write_text((CONF / "variant" / "int8.yaml").read_text()
+                                                     .replace("method: int8", "method: int4"))
+    message = (r"int8_copy\.yaml: a variant's name is its file name, but the file says "
+               r"'# @package variants\.int8'; write '# @package variants\.int8_copy'")
+    with pytest.raises(ConfigError, match=message):
+        compose(["variant=[int8,int8_copy]"], conf)
+    with pytest.raises(ConfigError, match=message):
+        validate(yaml.safe_load((ROOT / "params.yaml").read_text()), conf)
+    (conf / "variant" / "int8_copy.yaml").write_text("# @package variants.int8_copy\nquantization: {method: int4}\n")
+    cfg = parse(compose(["variant=[int8,int8_copy]", "combo=[]"], conf))
+    assert cfg.variants["int8"].quantization["method"] == "int8"
+    assert cfg.variants["int8_copy"].quantization["method"] == "int4"
+    (conf / "combo" / "int8_prompt_lookup.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /variant@variants.other: [int8, prompt_lookup]\n")
+    with pytest.raises(ConfigError, match="a combination's name is its file name"):
+        check_variant_files(conf)

@@ -46,7 +46,7 @@ def proj(tmp_path_factory):
             shutil.copy2(ROOT / f, d / f)
     (d / "dvc.lock").unlink(missing_ok=True)
     sh(["git", "init", "-q"], d)
-    sh([sys.executable, "-m", "stages.compose", *TINY], d)
+    sh([sys.executable, "-m", "evalgate", "compose", *TINY], d)
     first = sh(["dvc", "repro"], d)
     return d, first.stdout
 
@@ -89,8 +89,25 @@ def test_mlflow_parent_and_nested_runs(proj):
     assert base.data.tags["verdict"] == "accept" and "output_throughput" in base.data.metrics
     import mlflow
 
-    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(base.info.run_id, "results")}
+    client = mlflow.MlflowClient()
+    arts = {a.path for a in client.list_artifacts(base.info.run_id, "results")}
     assert {"results/lm_eval.json", "results/profile.json", "results/samples_fx_add.jsonl"} <= arts
+    # live: opened when the variant's run started, with system metrics, the full config, the inputs, progress
+    assert base.info.end_time - base.info.start_time > 5_000
+    assert any(k.startswith("system/cpu") for k in base.data.metrics) and base.data.metrics["progress"] == 4
+    assert [h.value for h in client.get_metric_history(base.info.run_id, "progress")] == [1, 2, 3, 4]
+    contexts = {i.tags[0].value for i in base.inputs.dataset_inputs}
+    assert contexts == {"profile", "eval"}
+    for r in children:   # the same params for every variant: no sparse columns in the compare view
+        assert set(r.data.params) == set(base.data.params) and "variant.quantization" in r.data.params
+        assert r.data.metrics["verdict/accepted"] == (r.data.tags["verdict"] == "accept")
+    assert base.data.params["engine.name"] == "hf"
+    bad = next(r for r in children if r.info.run_name == "unsupported")
+    assert bad.info.status == "FAILED" and "fp8" in bad.data.tags["error"]
+    parent = parents[0]
+    assert parent.info.run_name.startswith("fixtures/model · hf · 3 variants · ")
+    assert "Best accepted variant" in parent.data.tags["mlflow.note.content"]
+    assert "variants.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_noop_repro_runs_and_logs_nothing(proj):
@@ -104,9 +121,7 @@ def test_noop_repro_runs_and_logs_nothing(proj):
 
 def test_bad_variant_is_one_line_before_loading(proj):
     d, _ = proj
-    p = sh([sys.executable, "-m", "stages.run", "--variant", "nope", "--workload", "data/workload.jsonl",
-            "--reference", "data/reference.jsonl",
-            "--out", "/tmp/x"], d, check=False)
+    p = sh([sys.executable, "-m", "evalgate", "run", "nope", "--out", "/tmp/x"], d, check=False)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "variants.nope" in p.stderr
 
 
@@ -132,16 +147,16 @@ def test_dvc_exp_run_composes_conf_through_hydra(proj):
 
 
 def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
-    """python -m stages.schedule: DVC decides what is stale, the scheduler runs it (serially on hf),
+    """evalgate repro: DVC decides what is stale, the scheduler runs it (serially on hf),
     `dvc commit` records it, and DVC then sees everything up to date."""
     d, _ = proj
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["variants"]["prompt_lookup"]["speculative"]["num_tokens"] = 5
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    out = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: run@prompt_lookup\n" in out and "running 1 variant(s) one at a time (dvc repro)" in out
     assert json.loads((d / "results/prompt_lookup/timeline.json").read_text())["events"]
     status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
     assert "up to date" in status, status
-    again = sh([sys.executable, "-m", "stages.schedule"], d).stdout
+    again = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: none" in again and "Running stage" not in again

@@ -120,6 +120,7 @@ def test_variant_families_serve_and_generate(engine, tiny, tmp_path, spec):
 def test_offline_checkpoint_is_quantized_and_served(engine, tiny, tmp_path, method):
     """quantize@V writes a compressed-tensors checkpoint; the engine serves it, and refuses a plain model."""
     import json
+
     from evalgate.models import served_model
     from evalgate.quantize import quantize_checkpoint
 
@@ -139,6 +140,7 @@ def test_offline_checkpoint_is_quantized_and_served(engine, tiny, tmp_path, meth
 
 def test_fidelity_against_itself_and_a_noisy_copy(engine, tiny, tmp_path):
     import numpy as np
+
     from evalgate import fidelity
 
     texts = ["1+2=3", "the cat sat on the mat", "7+8=15 and 9+9=18"]

@@ -138,3 +138,45 @@ def test_start_failures_are_clear(model_dir, tmp_path, monkeypatch, mode, err):
         with engine.serve(model_dir, parse_variant("v", {}), tmp_path):
             pass
     assert not _alive(int((tmp_path / "child.pid").read_text()))
+
+
+def test_stop_waits_for_the_whole_group_then_kills_what_is_left(tmp_path):
+    """A server whose child takes a moment to exit on SIGTERM (vLLM's engine core freeing the GPU) gets that
+    moment, not a SIGKILL as soon as the leader is gone; a child that ignores SIGTERM is killed after the grace
+    time; a child whose parent died already is found by its group and stopped too."""
+    import subprocess
+
+    from evalgate.engines.vllm import stop_process_group
+
+    script = tmp_path / "group.py"
+    script.write_text("""
+import os, signal, sys, time
+mode = sys.argv[1]
+if os.fork() == 0:                                   # the child: slow to stop, or deaf to SIGTERM
+    if mode == "slow":
+        signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), open(sys.argv[2], "w").write("clean"), os._exit(0)))
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open(sys.argv[2] + ".pid", "w").write(str(os.getpid()))
+    while True:
+        time.sleep(0.1)
+if mode == "orphan":
+    sys.exit(0)                                      # the leader is gone before the stop
+time.sleep(3600)
+""")
+    for mode, grace in (("slow", 10), ("deaf", 1), ("orphan", 1)):
+        mark = tmp_path / mode
+        proc = subprocess.Popen([sys.executable, str(script), mode, str(mark)], start_new_session=True)
+        for _ in range(100):
+            if Path(f"{mark}.pid").exists():
+                break
+            time.sleep(0.05)
+        child = int(Path(f"{mark}.pid").read_text())
+        t0 = time.monotonic()
+        stop_process_group(proc, grace_s=grace)
+        took = time.monotonic() - t0
+        assert not _alive(child), mode
+        if mode == "slow":
+            assert mark.read_text() == "clean" and took < 5      # it finished its own stop, then the wait ended
+        if mode == "deaf":
+            assert 1 <= took < 5                                  # killed after the grace time

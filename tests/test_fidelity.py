@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from evalgate import fidelity
-from evalgate.gate import add_fidelity
+from evalgate.config import Threshold
+from evalgate.gate import fidelity_screen
+from evalgate.results import VariantResults
 
 L = np.log
 
@@ -90,10 +92,14 @@ def test_answer_flips_per_task_and_overall(tmp_path):
                                       "c": answers([(0, "y"), (1, "z")]), "d": answers([(0, "q")])})
     v = write(tmp_path / "v", None, {"a": answers([(0, "1"), (1, "2"), (2, "3"), (3, "5")]) + answers([(0, "x")], "loose"),
                                       "c": answers([(0, "n"), (1, "m"), (2, "extra")]), "d": answers([(5, "q")])})
-    out = fidelity.answer_flips(b, v, ["a", "d", "missing", "c"])
+    def flips(tasks):
+        return fidelity.answer_flips({t: VariantResults(b).answers(t) for t in tasks},
+                                     {t: VariantResults(v).answers(t) for t in tasks})
+
+    out = flips(["a", "d", "missing", "c"])
     assert out == {"a/answer_flip_rate": pytest.approx(1 / 5), "c/answer_flip_rate": 1.0,
                    "answer_flip_rate": pytest.approx(3 / 7)}            # d: no doc in common, missing: no file
-    assert fidelity.answer_flips(b, v, ["d", "missing"]) == {}
+    assert flips(["d", "missing"]) == {}
 
 
 def test_fidelity_metrics_only_for_generate_tasks_and_npz_on_both_sides(tmp_path):
@@ -101,33 +107,29 @@ def test_fidelity_metrics_only_for_generate_tasks_and_npz_on_both_sides(tmp_path
     cfgs = {"a": {"output_type": "generate_until"}, "l": {"output_type": "loglikelihood"}}
     b = write(tmp_path / "b", r, {"a": answers([(0, "1"), (1, "2")]), "l": answers([(0, "1")])}, cfgs)
     v = write(tmp_path / "v", r, {"a": answers([(0, "1"), (1, "3")]), "l": answers([(0, "9")])})
+    b, v = VariantResults(b), VariantResults(v)
     m = fidelity.fidelity_metrics(b, v)
     assert m == {"fidelity/kl_mean": 0.0, "fidelity/kl_p99": 0.0, "fidelity/top1_agreement": 1.0,
                  "fidelity/kl_truncated": 0.0, "fidelity/positions": 1.0,
                  "fidelity/a/answer_flip_rate": 0.5, "fidelity/answer_flip_rate": 0.5}
-    (v / "fidelity.npz").unlink()
+    v.fidelity_file.unlink()
     assert set(fidelity.fidelity_metrics(b, v)) == {"fidelity/a/answer_flip_rate", "fidelity/answer_flip_rate"}
-    (b / "lm_eval.json").write_text("{}")                               # no configs: no generate task
+    b.file("lm_eval.json").write_text("{}")                               # no configs: no generate task
     assert fidelity.fidelity_metrics(b, v) == {}
-    (b / "lm_eval.json").unlink()
+    b.file("lm_eval.json").unlink()
     assert fidelity.fidelity_metrics(b, v) == {}
     assert set(fidelity.fidelity_metrics(v, b)) == set()                  # the variant's npz is gone
 
 
-def test_gate_adds_fidelity_to_variants_that_ran(tmp_path):
-    r = [rec([[0, 1]], [L([0.5, 0.5])], 2)]
-    dirs = {n: write(tmp_path / n, r) for n in ("baseline", "v", "failed")}
-    results = {"baseline": {"status": {"ok": True}, "metrics": {}, "dir": dirs["baseline"]},
-               "v": {"status": {"ok": True}, "metrics": {"x": 1.0}, "dir": dirs["v"]},
-               "failed": {"status": {"ok": False}, "metrics": {}, "dir": dirs["failed"]},
-               "nodir": {"status": {"ok": True}, "metrics": {}}}
-    add_fidelity(results, "baseline")
-    assert results["v"]["metrics"]["fidelity/kl_mean"] == 0.0 and results["v"]["metrics"]["x"] == 1.0
-    assert results["baseline"]["metrics"]["fidelity/top1_agreement"] == 1.0   # against itself
-    assert results["failed"]["metrics"] == {} and results["nodir"]["metrics"] == {}
-    results["baseline"]["status"]["ok"] = False
-    results["v"]["metrics"] = {}
-    add_fidelity(results, "baseline")
-    assert results["v"]["metrics"] == {}
-    add_fidelity(results, "nobody")
-    assert results["v"]["metrics"] == {}
+def test_the_fidelity_screen_rejects_before_any_evaluation():
+    """The variant's run screens its fidelity metrics against gate.quality's fidelity thresholds (point
+    estimates against the baseline against itself) before it evaluates or profiles anything."""
+    th = (Threshold("fidelity/kl_mean", 0.05, None), Threshold("fidelity/top1_agreement", 0.02, None),
+          Threshold("t/acc", 0.02, None))
+    assert fidelity_screen(th, {"fidelity/kl_mean": 0.01, "fidelity/top1_agreement": 0.99}) is None
+    assert fidelity_screen(th, {}) is None                                 # nothing measured: nothing to screen
+    early = fidelity_screen(th, {"fidelity/kl_mean": 0.01, "fidelity/top1_agreement": 0.9})
+    assert early["kind"] == "fidelity" and early["check"]["metric"] == "fidelity/top1_agreement"
+    assert early["check"]["loss"] == pytest.approx(0.1) and not early["check"]["passed"]
+    assert early["reason"].startswith("fidelity screen: fidelity/top1_agreement: 1 → 0.9 (loss 0.1 > 0.02)")
+    assert fidelity_screen(th, {"fidelity/kl_mean": 0.2})["check"]["metric"] == "fidelity/kl_mean"

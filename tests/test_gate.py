@@ -112,7 +112,7 @@ def write_samples(d, acc, up=True, metric="acc"):
 
 def paired_results(tmp_path, lost, n=1000, base_ok=900, up=True):
     """Baseline with `base_ok` of n right; variant `a` the same less `lost` docs."""
-    from evalgate.gate import load_result
+    from evalgate.results import load_result
 
     base = [1] * base_ok + [0] * (n - base_ok)
     var = [0] * lost + base[lost:]
@@ -167,17 +167,21 @@ def test_paired_test_reads_direction_from_lm_eval(tmp_path):
 def test_paired_path_needs_samples_on_both_sides_and_a_known_aggregate(tmp_path):
     import numpy as np
 
-    from evalgate.gate import paired_samples, paired_test
+    from evalgate.gate import compare_samples
+    from evalgate.results import VariantResults
+    from evalgate.stats import paired_test
 
     results = paired_results(tmp_path, lost=100)
     (tmp_path / "a" / "samples_t.jsonl").unlink()
     check = one_check(cfg(quality={"t/acc": {"max_loss_abs": 0.02}}, variants=("a",)), results)
     assert "test" not in check and not check["passed"] and "→ 0.8 (loss 0.1 > 0.02)" in check["reason"]
-    assert paired_samples(tmp_path / "baseline", tmp_path / "a", "lmeval/t/acc/none") is None
-    assert paired_samples(tmp_path / "a", tmp_path / "baseline", "lmeval/t/acc/none") is None
-    b, v, metric = paired_samples(tmp_path / "baseline", tmp_path / "baseline", "lmeval/t/acc/none")
-    assert metric == "acc" and len(b) == 1000 and (b == v).all()
-    assert paired_samples(tmp_path / "baseline", tmp_path / "baseline", "lmeval/t/acc/other_filter") is None
+    base_rows, var_rows = VariantResults(tmp_path / "baseline").samples("t"), VariantResults(tmp_path / "a").samples("t")
+    assert var_rows is None
+    assert compare_samples("lmeval/t/acc/none", 0.02, base_rows, var_rows, True, 0.05) is None
+    assert compare_samples("lmeval/t/acc/none", 0.02, var_rows, base_rows, True, 0.05) is None
+    same = compare_samples("lmeval/t/acc/none", 0.02, base_rows, base_rows, True, 0.05)
+    assert same.n == 1000 and same.loss == 0 and same.verdict == "non-inferior"
+    assert compare_samples("lmeval/t/acc/other_filter", 0.02, base_rows, base_rows, True, 0.05) is None
     two = np.ones((10, 2))
     assert paired_test(two, two, "unknown_aggregate", 0.1, True, 0.05) is None
     assert paired_test(two, two, "bits_per_byte", 0.1, False, 0.05).method == "paired bootstrap"
@@ -189,7 +193,8 @@ def test_paired_path_needs_samples_on_both_sides_and_a_known_aggregate(tmp_path)
 
 
 def test_sample_values_and_pairing():
-    from evalgate.gate import pair, sample_values
+    from evalgate.results import sample_values
+    from evalgate.stats import pair
 
     rows = [{"doc_id": 2, "filter": "a", "m": 1}, {"doc_id": 1, "filter": "b", "m": 0},
             {"doc_id": 3, "m": 5}, {"doc_id": 4, "filter": "a", "other": 1}]
@@ -203,7 +208,7 @@ def test_sample_values_and_pairing():
 def test_load_result_without_status_or_metrics(tmp_path):
     import json
 
-    from evalgate.gate import load_result
+    from evalgate.results import load_result
 
     r = load_result(tmp_path)
     assert r["status"] == {"ok": False, "error": f"{tmp_path}/status.json missing: the variant did not run"}
@@ -322,8 +327,7 @@ def test_best_variant_ranking():
 def test_paired_test_defaults_seed_and_aggregate():
     import numpy as np
 
-    from evalgate.gate import AGGREGATES, paired_test
-    from evalgate.stats import mde
+    from evalgate.stats import AGGREGATES, mde, paired_test
 
     rng = np.random.default_rng(8)
     b = rng.random(300)
@@ -357,7 +361,8 @@ def test_a_variant_without_its_directory_is_gated_on_point_estimates(tmp_path):
 def test_gate_passes_its_seed_and_power_to_the_test(tmp_path):
     import numpy as np
 
-    from evalgate.gate import load_result, paired_test
+    from evalgate.results import load_result
+    from evalgate.stats import paired_test
 
     rng = np.random.default_rng(9)
     b = rng.random(300)

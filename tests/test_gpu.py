@@ -7,7 +7,6 @@ and every variant family's flags accepted by vLLM, their servers started side by
 scheduler's memory shares."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -107,6 +106,7 @@ def test_prompt_logprobs_for_fidelity(served):
 
 def test_lm_eval_through_the_server(served, model):
     from evalgate.evaluate import evaluate, task_manager
+    from evalgate.results import VariantResults
 
     _, ep, work = served
     _, d = model
@@ -114,7 +114,7 @@ def test_lm_eval_through_the_server(served, model):
     os.chdir(d)
     try:
         tm = task_manager(["fx_add", "fx_recall", "fx_ppl"], str(d / "tasks"))
-        res = evaluate(ep.lm_eval_model(), ["fx_add", "fx_recall", "fx_ppl"], tm, work, limit=8)
+        res = evaluate(ep.lm_eval_model(), ["fx_add", "fx_recall", "fx_ppl"], tm, VariantResults(work), limit=8)
     finally:
         os.chdir(cwd)
     assert {"lmeval/fx_add/exact_match/none", "lmeval/fx_recall/acc/none", "lmeval/fx_ppl/word_perplexity/none"} <= set(res)

@@ -5,11 +5,11 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from evalgate.results import VariantResults
 from evalgate.schedule import Scheduler, Slot, memory_shares, plan_memory, quality_worker
 
 GIB = 2**30
@@ -38,7 +38,7 @@ class FakeServer:
 def slot(name, tmp_path, gib=8):
     out = tmp_path / name
     out.mkdir(parents=True, exist_ok=True)
-    job = SimpleNamespace(variant=SimpleNamespace(name=name), out=out, baseline=None)
+    job = SimpleNamespace(variant=SimpleNamespace(name=name), out=VariantResults(out), baseline=None)
     return Slot(job, need={"total": gib * GIB, "kv_cache_memory_bytes": 4 * GIB})
 
 

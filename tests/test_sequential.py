@@ -1,16 +1,17 @@
-"""Sequential early rejection: the schedule, the stop through the real `sequential.run` on lm-eval-shaped
+"""Sequential early rejection: the schedule, the stop through the real `sequential.evaluate_in_looks` on lm-eval-shaped
 samples, the Bonferroni split over the looks, and its error rates and savings by simulation (planted
 per-sample flips as in test_stats, with the same binomial margins over several seeds)."""
 import json
 
 import numpy as np
 import pytest
+from test_stats import MARGIN, P_BASE, SEEDS, N, planted, rate_at_least, rate_at_most
 
-from evalgate import gate as g
 from evalgate import sequential
 from evalgate.config import parse
-from evalgate.gate import margin, paired_test
-from test_stats import MARGIN, N, P_BASE, SEEDS, planted, rate_at_least, rate_at_most
+from evalgate.gate import margin
+from evalgate.results import VariantResults
+from evalgate.stats import paired_test
 
 LOOKS, ALPHA = [0.25, 0.5], 0.01
 KEY = "lmeval/t/acc/none"
@@ -39,8 +40,21 @@ def write_baseline(d, outcomes, up=True):
         f.writelines(json.dumps(r) + "\n" for r in rows(outcomes))
 
 
+def looks(c, evaluate_docs, n_docs, base, base_rows):
+    """sequential.evaluate_in_looks with the config's looks, alpha and seed, as the variant's run calls it."""
+    sq = c.gate["sequential"]
+    return sequential.evaluate_in_looks(evaluate_docs, n_docs, base, base_rows, c.thresholds, sq["looks"],
+                                        sq.get("alpha", 0.01), c.seed)
+
+
+def from_files(c, d, evaluate_docs, n_docs):
+    """The baseline read back through the results store, as the variant's run reads it."""
+    store = VariantResults(d)
+    return looks(c, evaluate_docs, n_docs, store.load(), {t: store.samples(t) for t in n_docs})
+
+
 def simulate(c, d, base, var, n_docs=None):
-    """One variant through sequential.run; the docs it asks for are served from `var`."""
+    """One variant through the looks; the docs it asks for are served from `var`."""
     asked, served = [], rows(var)
 
     def evaluate_docs(docs):
@@ -48,25 +62,26 @@ def simulate(c, d, base, var, n_docs=None):
         return {t: [served[i] for i in ids] for t, ids in docs.items()}
 
     write_baseline(d, base)
-    return sequential.run(evaluate_docs, n_docs or {"t": len(var)}, c, d), asked
+    return from_files(c, d, evaluate_docs, n_docs or {"t": len(var)}), asked
 
 
 # -- configuration and schedule ----------------------------------------------------------------------------
 
 def test_enabled_and_gated_tasks():
-    assert sequential.enabled(cfg())
-    assert not sequential.enabled(cfg(enabled=False))
+    assert sequential.enabled(cfg().gate["sequential"])
+    assert not sequential.enabled(cfg(enabled=False).gate["sequential"])
     no_flag = cfg()
     del no_flag.gate["sequential"]["enabled"]
-    assert not sequential.enabled(no_flag)                               # off unless asked for
-    assert not sequential.enabled(cfg(looks=[]))
+    assert not sequential.enabled(no_flag.gate["sequential"])            # off unless asked for
+    assert not sequential.enabled(cfg(looks=[]).gate["sequential"])
     plain = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
                    "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
                    "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {}, "gate": {}})
-    assert not sequential.enabled(plain)
+    assert not sequential.enabled(plain.gate.get("sequential"))
+    assert not sequential.enabled(None)
     c = cfg(quality={"u/acc": {"max_loss_abs": 0.1}, "t/em/strict": {"max_loss_abs": 0.1},
                      "t/acc": {"max_loss_abs": 0.1}, "fidelity/kl_mean": {"max_loss_abs": 0.1}})
-    assert sequential.gated_tasks(c) == ["t", "u"]                       # sorted, once each, no fidelity
+    assert sequential.gated_tasks(c.thresholds) == ["t", "u"]                       # sorted, once each, no fidelity
 
 
 def test_schedule_is_growing_seeded_prefixes():
@@ -81,7 +96,7 @@ def test_schedule_is_growing_seeded_prefixes():
     assert [len(x["a"]) for x in sequential.schedule({"a": 400}, [0.0001, 0.001], seed=0)] == [1, 1]  # ≥ 1 doc
 
 
-# -- the stop through sequential.run -----------------------------------------------------------------------
+# -- the stop through the looks ---------------------------------------------------------------------------
 
 def test_broken_variant_stops_at_the_first_look(tmp_path):
     rng = np.random.default_rng(0)
@@ -154,20 +169,24 @@ def _base(values, up=True, hib=True):
             "higher_is_better": {"lmeval/t/acc": up} if hib else {}}
 
 
+def interim(c, base, base_rows, rows, alpha):
+    return sequential.interim_check(c.thresholds, base, base_rows, rows, alpha, seed=c.seed)
+
+
 def test_interim_check_skips_what_it_cannot_test():
     bad = rows(np.zeros(100))
     good = rows(np.ones(100))
     c = cfg(quality={"fidelity/kl_mean": {"max_loss_abs": 0.1}, "t/acc": {"max_loss_abs": 0.02}})
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": good}, {"t": bad}, 0.01)["metric"] == KEY
-    assert sequential.interim_check(c, _base({}), {"t": good}, {"t": bad}, 0.01) is None        # no baseline value
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": None}, {"t": bad}, 0.01) is None
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {}, {"t": bad}, 0.01) is None
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": good}, {"t": []}, 0.01) is None
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": good}, {}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {"t": good}, {"t": bad}, 0.01)["metric"] == KEY
+    assert interim(c, _base({}), {"t": good}, {"t": bad}, 0.01) is None        # no baseline value
+    assert interim(c, _base({KEY: 1.0}), {"t": None}, {"t": bad}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {}, {"t": bad}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {"t": good}, {"t": []}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {"t": good}, {}, 0.01) is None
     moved = [{**r, "doc_id": r["doc_id"] + 1000} for r in bad]                                   # no doc in common
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": good}, {"t": moved}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {"t": good}, {"t": moved}, 0.01) is None
     other = rows(np.zeros(100), metric="f1")                                                     # not the metric
-    assert sequential.interim_check(c, _base({KEY: 1.0}), {"t": good}, {"t": other}, 0.01) is None
+    assert interim(c, _base({KEY: 1.0}), {"t": good}, {"t": other}, 0.01) is None
 
 
 def test_interim_check_uses_the_gate_margin_direction_and_level():
@@ -178,33 +197,22 @@ def test_interim_check_uses_the_gate_margin_direction_and_level():
     c_rel = cfg(quality={"t/acc": {"max_loss_abs": 0.5, "max_loss_rel_pct": 2.5}})   # δ = 2.5 % of 0.8 = 0.02
     c_abs = cfg(quality={"t/acc": {"max_loss_abs": 0.1}})
     args = ({"t": rows(b)}, {"t": rows(v)})
-    hit = sequential.interim_check(c_rel, _base({KEY: 0.8}), *args, 0.01)
+    hit = interim(c_rel, _base({KEY: 0.8}), *args, 0.01)
     assert hit["margin"] == pytest.approx(0.02) and hit["baseline"] == 0.8 and hit["loss"] == pytest.approx(0.06)
     assert hit["test"]["verdict"] == "inferior" and hit["passed"] is False
     assert hit["test"] == paired_test(b * 1.0, v * 1.0, "acc", hit["margin"], True, 0.01, power=0.8).as_dict()
     assert hit["reason"].startswith(KEY + ": Δ=+0.06 ")
-    assert sequential.interim_check(c_abs, _base({KEY: 0.8}), *args, 0.01) is None         # 6 points < 10
+    assert interim(c_abs, _base({KEY: 0.8}), *args, 0.01) is None         # 6 points < 10
     # lower is better: the same drop is a gain
-    assert sequential.interim_check(c_rel, _base({KEY: 0.8}, up=False), *args, 0.01) is None
-    assert sequential.interim_check(c_rel, _base({KEY: 0.8}, hib=False), *args, 0.01) is not None  # default: up
+    assert interim(c_rel, _base({KEY: 0.8}, up=False), *args, 0.01) is None
+    assert interim(c_rel, _base({KEY: 0.8}, hib=False), *args, 0.01) is not None  # default: up
     # the level: the same loss is not proven above δ at α = 1e-6
-    assert sequential.interim_check(c_rel, _base({KEY: 0.8}), *args, 1e-6) is None
+    assert interim(c_rel, _base({KEY: 0.8}), *args, 1e-6) is None
 
 
 # -- error rates by simulation -----------------------------------------------------------------------------
 
-@pytest.fixture
-def in_memory(monkeypatch):
-    """sequential.run reads the baseline through gate.load_result / load_samples; for thousands of trials they
-    are served from memory instead of files (the file path is exercised by the tests above)."""
-    current = {}
-    monkeypatch.setattr(g, "load_result", lambda d: {"status": {"ok": True}, "metrics": {KEY: current["mean"]},
-                                                     "higher_is_better": {"lmeval/t/acc": True}, "dir": d})
-    monkeypatch.setattr(g, "load_samples", lambda d, task: current["rows"] if task == "t" else None)
-    return current
-
-
-def trials(current, loss, seed, n_trials, quality=None):
+def trials(loss, seed, n_trials, quality=None):
     """Per trial: stopped?, docs evaluated, and the whole procedure's verdict (a stop rejects; otherwise the
     gate's test on all N samples at α = 0.05 decides, against the same δ)."""
     c = cfg(quality=quality)
@@ -212,10 +220,11 @@ def trials(current, loss, seed, n_trials, quality=None):
     out = []
     for _ in range(n_trials):
         base, var = planted(rng, loss)
-        current.update(mean=float(base.mean()), rows=rows(base))
+        result = {"status": {"ok": True}, "metrics": {KEY: float(base.mean())}, "higher_is_better": {"lmeval/t/acc": True}}
         served = rows(var)
-        seq = sequential.run(lambda docs: {"t": [served[i] for i in docs["t"]]}, {"t": N}, c, "mem")
-        delta = margin(c.thresholds[0], current["mean"])
+        seq = looks(c, lambda docs, served=served: {"t": [served[i] for i in docs["t"]]}, {"t": N}, result,
+                    {"t": rows(base)})
+        delta = margin(c.thresholds[0], result["metrics"][KEY])
         accepted = not seq["stopped"] and paired_test(base * 1.0, var * 1.0, "acc", delta, True,
                                                       0.05).verdict == "non-inferior"
         out.append((seq["stopped"], seq["docs_evaluated"], accepted))
@@ -226,40 +235,40 @@ def trials(current, loss, seed, n_trials, quality=None):
 @pytest.mark.simulation
 @pytest.mark.parametrize("quality", [None, {"t/acc": {"max_loss_abs": 0.05, "max_loss_rel_pct": 100 * MARGIN / P_BASE}}],
                          ids=["absolute", "relative"])
-def test_at_the_margin_wrong_stops_stay_within_alpha_and_false_accepts_within_5pct(in_memory, quality):
+def test_at_the_margin_wrong_stops_stay_within_alpha_and_false_accepts_within_5pct(quality):
     """True loss = δ (absolute 0.02, or 2.22 % of the baseline's 0.9, tighter than 0.05): Bonferroni over the
     looks keeps wrong stops at ≤ α = 1 % (the documented bound; measured 0 in 6,000 trials, 0.2 % without the
     split), and as a stop never accepts, the gate's false-accept rate stays ≤ 5 %."""
     n = 600
-    runs = {s: trials(in_memory, MARGIN, s, n, quality) for s in SEEDS}
+    runs = {s: trials(MARGIN, s, n, quality) for s in SEEDS}
     rate_at_most({s: r[0] for s, r in runs.items()}, n, ALPHA, "wrong stops at L = δ")
     rate_at_most({s: r[2] for s, r in runs.items()}, n, 0.05, "false accepts at L = δ")
 
 
 @pytest.mark.simulation
-def test_power_at_twice_the_margin_stays_at_least_80pct(in_memory):
+def test_power_at_twice_the_margin_stays_at_least_80pct():
     n = 100
-    runs = {s: trials(in_memory, 2 * MARGIN, s, n) for s in SEEDS}
+    runs = {s: trials(2 * MARGIN, s, n) for s in SEEDS}
     rate_at_least({s: n - r[2] for s, r in runs.items()}, n, 0.80, "rejections at L = 2δ")
 
 
 @pytest.mark.simulation
-def test_a_clearly_broken_variant_is_stopped_early_and_saves_most_docs(in_memory):
+def test_a_clearly_broken_variant_is_stopped_early_and_saves_most_docs():
     """16 points lost: stopped (≥ 95 %), and mostly at the first look, so that on average at most 35 % of the
     docs are evaluated: that is at most 40 % of the variants needing the second look (measured ≈ 20 %, 30 % of
     the docs)."""
     n = 400
-    runs = {s: trials(in_memory, 8 * MARGIN, s, n) for s in SEEDS}
+    runs = {s: trials(8 * MARGIN, s, n) for s in SEEDS}
     rate_at_least({s: r[0] for s, r in runs.items()}, n, 0.95, "stops at L = 8δ")
     rate_at_most({s: int(np.sum(r[1] > N // 4)) for s, r in runs.items()}, n, 0.40, "second looks at L = 8δ")
 
 
 @pytest.mark.simulation
-def test_a_lossless_variant_is_not_stopped(in_memory):
+def test_a_lossless_variant_is_not_stopped():
     """A stop is the only way the looks change a verdict, so none at L = 0 leaves the gate's acceptance of a
     lossless variant (≥ 70 %, test_stats) untouched."""
     n = 100
-    runs = {s: trials(in_memory, 0.0, s, n) for s in SEEDS}
+    runs = {s: trials(0.0, s, n) for s in SEEDS}
     assert all(r[0] == 0 for r in runs.values()), {s: r[0] for s, r in runs.items()}
 
 
@@ -268,7 +277,7 @@ def test_interim_check_goes_on_past_a_metric_it_cannot_test():
     c = cfg(quality={"u/acc": {"max_loss_abs": 0.02}, "t/em": {"max_loss_abs": 0.02}, "t/acc": {"max_loss_abs": 0.02}})
     base = _base({KEY: 1.0, "lmeval/u/acc/none": 1.0, "lmeval/t/em/none": 1.0})
     # u: no rows yet; t/em: not in the logged samples (no pair); t/acc: clearly inferior
-    assert sequential.interim_check(c, base, {"t": good, "u": good}, {"t": bad}, 0.01)["metric"] == KEY
+    assert interim(c, base, {"t": good, "u": good}, {"t": bad}, 0.01)["metric"] == KEY
 
 
 def test_interim_check_on_an_aggregate_metric_uses_the_seed():
@@ -282,7 +291,7 @@ def test_interim_check_on_an_aggregate_metric_uses_the_seed():
     c = parse({**cfg(quality=q).raw, "seed": 5})
     base = {"status": {"ok": True}, "metrics": {"lmeval/t/word_perplexity/none": 7.4},
             "higher_is_better": {"lmeval/t/word_perplexity": False}}
-    hit = sequential.interim_check(c, base, {"t": b_rows}, {"t": v_rows}, 0.01)
+    hit = interim(c, base, {"t": b_rows}, {"t": v_rows}, 0.01)
     pairs = [np.array([r["word_perplexity"] for r in x]) for x in (b_rows, v_rows)]
     want = paired_test(*pairs, "word_perplexity", margin(c.thresholds[0], 7.4), False, 0.01, seed=5)
     assert hit["test"] == want.as_dict() and want.verdict == "inferior"
@@ -294,6 +303,5 @@ def test_run_keeps_rows_of_tasks_it_did_not_schedule(tmp_path):
     base = np.ones(N, bool)
     write_baseline(tmp_path, base)
     served = rows(base)
-    out = sequential.run(lambda docs: {"t": [served[i] for i in docs["t"]], "t_sub": [served[0]]}, {"t": N},
-                         cfg(), tmp_path)
+    out = from_files(cfg(), tmp_path, lambda docs: {"t": [served[i] for i in docs["t"]], "t_sub": [served[0]]}, {"t": N})
     assert len(out["rows"]["t_sub"]) == 2 and out["docs_evaluated"] == N // 2 + 1

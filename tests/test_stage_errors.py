@@ -1,5 +1,4 @@
 """Bad input to a stage: one line naming the key, exit code 2, before any model loads."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +23,10 @@ def run_stage(tmp_path, mutate):
     mutate(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "w.jsonl").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "stages.run", "--variant", "baseline", "--params",
+    return subprocess.run([sys.executable, "-m", "evalgate", "run", "baseline", "--params",
                            str(tmp_path / "params.yaml"), "--workload", str(tmp_path / "w.jsonl"), "--reference",
                            str(tmp_path / "w.jsonl"), "--out", str(tmp_path / "out")],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True)
 
 
 def test_missing_model_path(tmp_path):

@@ -21,8 +21,8 @@ from scipy.stats import beta, binom, norm
 
 from evalgate import stats
 from evalgate.config import Threshold, parse
-from evalgate.gate import AGGREGATES, decide, margin
-from evalgate.stats import newcombe_paired, noninferiority, paired_bootstrap
+from evalgate.gate import decide, margin
+from evalgate.stats import AGGREGATES, newcombe_paired, noninferiority, paired_bootstrap
 
 N, P_BASE, MARGIN = 400, 0.9, 0.02
 SEEDS = tuple(int(s) for s in os.environ.get("EVALGATE_SIM_SEEDS", "1,2,3,4").split(","))
@@ -232,10 +232,10 @@ def test_wilson_cc_edges():
 # -- decisions, the MDE and the report line ----------------------------------------------------------------
 
 def test_decide_boundaries():
-    assert stats.decide(0.0, -0.1, 0.02, 0.02) == "non-inferior"            # UCB = δ still proves it
-    assert stats.decide(0.05, 0.02, 0.08, 0.02) == "inconclusive"           # LCB = δ does not prove inferiority
-    assert stats.decide(0.05, 0.021, 0.08, 0.02) == "inferior"
-    assert stats.decide(0.01, -0.01, 0.03, 0.02) == "inconclusive"
+    assert stats.verdict_of(0.0, -0.1, 0.02, 0.02) == "non-inferior"            # UCB = δ still proves it
+    assert stats.verdict_of(0.05, 0.02, 0.08, 0.02) == "inconclusive"           # LCB = δ does not prove inferiority
+    assert stats.verdict_of(0.05, 0.021, 0.08, 0.02) == "inferior"
+    assert stats.verdict_of(0.01, -0.01, 0.03, 0.02) == "inconclusive"
 
 
 def test_mde_formula():
@@ -340,7 +340,7 @@ def _write(d, acc, ppl_ll):
 
 
 def test_gate_pairs_lm_eval_samples(tmp_path):
-    from evalgate.gate import load_result
+    from evalgate.results import load_result
 
     rng = np.random.default_rng(1)
     acc = rng.random(N) < P_BASE
@@ -367,7 +367,7 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
 
 
 def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
-    from evalgate.gate import load_result
+    from evalgate.results import load_result
 
     rng = np.random.default_rng(2)
     acc, ll = rng.random(N) < P_BASE, rng.normal(-10, 1, N)

@@ -90,7 +90,7 @@ def test_malformed_file_fails_the_stage_before_any_model_loads(tmp_path):
     params["workload"] = {"name": "file", "source": "file", "path": str(tmp_path / "bad.jsonl"), "max_tokens": 8}
     params["model"]["id"] = str(tmp_path / "no-model-here")      # would fail later, if anything loaded
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    p = subprocess.run([sys.executable, "-m", "stages.workload", "--params", str(tmp_path / "params.yaml"),
+    p = subprocess.run([sys.executable, "-m", "evalgate", "workload", "--params", str(tmp_path / "params.yaml"),
                         "--out", str(tmp_path / "w.jsonl"), "--reference", str(tmp_path / "r.jsonl")],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr[-800:]

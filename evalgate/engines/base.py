@@ -114,7 +114,7 @@ class Engine(abc.ABC):
     def __init__(self, options: dict):
         self.options = options
 
-    def preflight(self) -> None:
+    def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
 
     @abc.abstractmethod

@@ -107,8 +107,12 @@ def _quantize_kwargs(variant: Variant) -> tuple[dict, object]:
     if method == "none" or method in PREQUANTIZED:
         return {}, None
     if backend == "torchao":
-        from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
-                                          IntxWeightOnlyConfig, PerGroup)
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            IntxWeightOnlyConfig,
+            PerGroup,
+        )
         from transformers import TorchAoConfig
 
         cfg = {"int8": lambda: Int8WeightOnlyConfig(),

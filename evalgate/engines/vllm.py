@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -218,7 +217,7 @@ class VLLMEndpoint(Endpoint):
                 "start_seconds": self.info.start_seconds, "options": self.options}
 
     @classmethod
-    def attach(cls, rec: dict) -> "VLLMEndpoint":
+    def attach(cls, rec: dict) -> VLLMEndpoint:
         return cls(rec["base_url"], rec["model_path"], Path(rec["log_path"]),
                    ServeInfo(start_seconds=rec.get("start_seconds", 0.0)), rec.get("options", {}))
 
@@ -442,14 +441,29 @@ class VLLMEngine(Engine):
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after `grace_s`: no orphans."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived their parent
-    proc.wait()
+    """Stop the server and every process of its group (psutil): SIGTERM to all of them, then wait up to
+    `grace_s` for all of them (not only the leader: vLLM's engine core frees the GPU after it), then
+    SIGKILL what is left. The group is found by its id, so children whose parent already died (no
+    longer in its process tree) are stopped too: no orphans."""
+    import psutil
+
+    def running() -> list:
+        """The group's processes still running (a zombie has ended: only its parent's wait is left)."""
+        out = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+    for p in running():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    while (left := running()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)

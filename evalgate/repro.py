@@ -1,0 +1,106 @@
+"""`dvc repro`, scheduled (`evalgate repro`, what `make repro` and gpu/pipeline.sh run): the stale
+`baseline` and `run@<variant>` stages run side by side on one accelerator (evalgate.schedule), then DVC
+records each and runs the rest.
+
+  1. dvc repro fixture workload quantize     the inputs, by DVC as usual
+  2. dvc status baseline run                 which variants DVC would run (all, if the baseline is stale)
+  3. the scheduler runs exactly those        the same phases, files and MLflow runs as `evalgate run`
+  4. dvc commit -f <each finished stage>     DVC records them as it would after running their command
+  5. dvc repro                               gate, report (and anything step 3 left undone)
+
+DVC 3 runs one stage at a time, so this step sits beside it instead of inside it. DVC still decides
+what is stale (an unchanged variant never runs, a new one runs alone), caches each variant's folder on
+its own, and keeps a failed variant's status.json as that variant's result. Plain `dvc repro` stays the
+serial path: the same results, one server at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from evalgate.config import BASELINE, Config
+from evalgate.results import Results
+
+PATHS = dict(workload="data/workload.jsonl", reference="data/reference.jsonl", results="results", checkpoints="checkpoints")
+
+
+def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+    """DVC through this interpreter, and stages' `python` resolved to it too (a venv not on PATH)."""
+    env = dict(os.environ)
+    here = Path(sys.executable).parent
+    if (here / "python").exists():
+        env["PATH"] = f"{here}{os.pathsep}{env.get('PATH', '')}"
+    p = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, capture_output=capture)
+    if check and p.returncode:
+        raise SystemExit(
+            f"dvc {' '.join(args)} failed with exit code {p.returncode}"
+            + (f": {(p.stderr or '').strip().splitlines()[-1:]}" if capture else "")
+        )
+    return p
+
+
+def stale(names: list[str]) -> list[str]:
+    """The stages among `names` that `dvc status` reports as changed, in the given order."""
+    p = dvc("status", "--json", *names, capture=True)
+    changed = {k.split(":")[-1] for k in json.loads(p.stdout or "{}")}
+    if BASELINE in changed:  # every run@ reads the baseline's results: all of them will be stale
+        return list(names)
+    return [n for n in names if n in changed]
+
+
+def _interrupt(*_):
+    """SIGTERM (gpu/pipeline.sh --finish, a CI timeout) unwinds like Ctrl-C: every server is stopped."""
+    raise KeyboardInterrupt
+
+
+def repro(cfg: Config, serial: bool = False) -> None:
+    from evalgate import runner, schedule
+    from evalgate.engines import get_engine
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    engine = get_engine(cfg.engine["name"], cfg.engine)
+    engine.preflight()
+    t0 = time.time()
+    print("repro: 1/5 inputs (dvc repro fixture workload quantize)", flush=True)
+    dvc("repro", "fixture", "workload", "quantize")
+    stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
+    todo = stale(stages)
+    print(f"repro: 2/5 stale: {', '.join(todo) or 'none'}", flush=True)
+    if todo and (serial or not engine.attachable):
+        # one at a time: exactly what DVC runs itself, each variant in its own process (an in-process
+        # engine frees its model with it; one process serving every variant held all their memory)
+        print(f"repro: 3/5 running {len(todo)} variant(s) one at a time (dvc repro)", flush=True)
+        dvc("repro")
+        print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
+        return
+    results = Results(PATHS["results"])
+    slots = []
+    for st in todo:
+        name = st.removeprefix("run@")
+        job = runner.prepare(
+            cfg,
+            name,
+            results.variant(name),
+            Path(PATHS["workload"]),
+            Path(PATHS["reference"]),
+            str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
+            results.variant(BASELINE),
+            engine,
+        )
+        if job is not None:
+            slots.append(schedule.Slot(job))
+    print(f"repro: 3/5 running {len(slots)} variant(s) side by side", flush=True)
+    if slots:
+        schedule.run_scheduled(cfg, engine, slots, PATHS)
+    if todo:
+        print(f"repro: 4/5 dvc commit {' '.join(todo)}", flush=True)
+        dvc("commit", "-f", *todo)
+    print("repro: 5/5 dvc repro (gate, report)", flush=True)
+    dvc("repro")
+    print(f"repro: done in {time.time() - t0:.1f} s", flush=True)

@@ -1,0 +1,46 @@
+"""The report's DVC views on fixed rows: the Pareto frontier per gated metric (direction-aware, not-profiled
+variants kept but never on it), names of nearby points on different rows, one short row per variant."""
+from evalgate.report import column_names, headline, quality_points
+
+KEYS = ["lmeval/t/acc/none", "lmeval/t/ppl/none"]
+
+
+def row(name, verdict, thr, acc, ppl):
+    return {"variant": name, "verdict": verdict, "output_throughput": thr, "speedup_pct": None,
+            KEYS[0]: acc, KEYS[1]: ppl}
+
+
+TABLE = [row("baseline", "accept", 100, 0.90, 10.0), row("fast", "accept", 200, 0.85, 10.5),
+         row("faster_worse", "reject", 300, 0.60, 30.0), row("dominated", "reject", 90, 0.80, 12.0),
+         row("stopped", "reject", None, 0.95, 9.0)]
+
+
+def test_frontier_per_metric_with_its_direction():
+    points = quality_points(TABLE, KEYS, {KEYS[0]: True, KEYS[1]: False})
+    front = {(p["metric"], p["variant"]) for p in points if p["frontier"]}
+    assert front == {("t/acc", "baseline"), ("t/acc", "fast"), ("t/acc", "faster_worse"),
+                     ("t/ppl", "baseline"), ("t/ppl", "fast"), ("t/ppl", "faster_worse")}
+    stopped = [p for p in points if p["variant"] == "stopped"]
+    assert len(stopped) == 2 and all(p["status"] == "rejected, not profiled" and p["peak_tok_s"] == 0.0
+                                     and not p["frontier"] for p in stopped)   # best quality, but never profiled
+    assert {p["status"] for p in points if p["variant"] == "faster_worse"} == {"rejected"}
+    assert {p["higher_is_better"] for p in points if p["metric"] == "t/ppl"} == {False}
+
+
+def test_names_of_points_close_together_get_different_rows():
+    same = [row(f"v{i}", "reject", 100 + i, 0.5, 1.0) for i in range(4)] + [row("far", "reject", 900, 0.5, 1.0)]
+    points = [p for p in quality_points(same, KEYS[:1], {}) if p["metric"] == "t/acc"]
+    rows = {p["variant"]: p["label_row"] for p in points}
+    assert len({rows[f"v{i}"] for i in range(4)}) == 4 and rows["far"] == 0
+    assert all(p["label_value"] != p["value"] for p in points)
+
+
+def test_headline_is_one_short_row_per_variant():
+    assert column_names(KEYS + ["lmeval/u/acc/none", "lmeval/u/f1/none", "fidelity/kl_mean"]) == {
+        KEYS[0]: "t/acc", KEYS[1]: "t/ppl", "lmeval/u/acc/none": "u/acc", "lmeval/u/f1/none": "u/f1",
+        "fidelity/kl_mean": "fidelity/kl_mean"}
+    assert column_names(["lmeval/t/acc/none", "lmeval/u/acc/strict"]) == {"lmeval/t/acc/none": "t",
+                                                                         "lmeval/u/acc/strict": "u"}
+    results = {"baseline": {"metrics": {"output_throughput": 100.0, "mem_peak_mb": 512.3456, KEYS[0]: 0.9}}}
+    out = headline([{"variant": "baseline", "verdict": "accept", "speedup_pct": 0.0}], results, [KEYS[0]])
+    assert out == {"baseline": {"accepted": 1, "peak_tok_s": 100.0, "speedup_pct": 0.0, "mem_mb": 512.35, "t": 0.9}}
