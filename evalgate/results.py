@@ -171,11 +171,6 @@ class Results:
         return {n: self.variant(n).load() for n in names}
 
 
-def load_result(d: Path | str) -> dict:
-    """One variant's outputs (`VariantResults(d).load()`)."""
-    return VariantResults(d).load()
-
-
 def samples(result: dict, task: str) -> list[dict] | None:
     """The logged samples of `task` of a loaded result (None without its folder or its samples)."""
     return VariantResults(result["dir"]).samples(task) if "dir" in result else None

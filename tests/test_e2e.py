@@ -11,9 +11,15 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = "variant=[prompt_lookup]"
+# prompt_lookup must be accepted (lossless), int2 must be rejected (2-bit weights move the perplexity)
+VARIANTS = "variant=[prompt_lookup,int2]"
 COMBOS = "combo=[]"
-TINY = ["fixture=tiny", "load=tiny", "workload.max_tokens=16", VARIANTS, COMBOS, "eval.limit=24",
+# margins a 24-doc evaluation can decide on this untrained model (it scores 0 on the generate tasks)
+# (absolute only: a relative margin of a score of 0 is 0, and Hydra merges this over the defaults)
+QUALITY = ("gate.quality={fx_add/exact_match: {max_loss_abs: 0.3, max_loss_rel_pct: null}, "
+           "fx_copy/exact_match: {max_loss_abs: 0.3, max_loss_rel_pct: null}, fx_recall/acc: {max_loss_abs: 0.3}, "
+           "fx_ppl/word_perplexity: {max_loss_rel_pct: 2}, fx_count/exact_match: {max_loss_abs: 0.3}}")
+TINY = ["fixture=tiny", "load=tiny", "workload.max_tokens=16", VARIANTS, COMBOS, "eval.limit=24", QUALITY,
         # a variant the hf engine cannot run: rejected with its error, the others still run
         "+variants.unsupported.quantization.method=fp8"]
 
@@ -68,9 +74,15 @@ def test_pipeline_outputs(proj):
         # the variant went through the sequential looks (not stopped: lossless), the baseline did not
         assert m.get("sequential/stopped") == (0.0 if v == "prompt_lookup" else None)
     gate = json.loads((d / "reports/gate.json").read_text())
-    assert gate["variants"]["baseline"]["verdict"] == "accept"
+    verdicts = {n: v["verdict"] for n, v in gate["variants"].items()}
+    assert verdicts == {"baseline": "accept", "prompt_lookup": "accept", "int2": "reject", "unsupported": "reject"}
+    assert "fx_ppl/word_perplexity" in gate["variants"]["int2"]["reason"]       # caught on the perplexity
     bad = gate["variants"]["unsupported"]
-    assert bad["verdict"] == "reject" and "fp8" in bad["reason"]
+    assert "fp8" in bad["reason"]
+    # the best is the accepted variant with the highest peak throughput, whichever it is on this CPU
+    thr = {n: json.loads((d / f"results/{n}/metrics.json").read_text())["output_throughput"]
+           for n in ("baseline", "prompt_lookup")}
+    assert gate["best"] == max(thr, key=thr.get)
     summary = (d / "reports/summary.md").read_text()
     assert "`unsupported`" in summary and "Best accepted variant" in summary
     for png in ("pareto", "curves", "output_lengths", "timeline"):
@@ -84,7 +96,7 @@ def test_mlflow_parent_and_nested_runs(proj):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["baseline", "prompt_lookup", "unsupported"]
+    assert sorted(r.info.run_name for r in children) == ["baseline", "int2", "prompt_lookup", "unsupported"]
     base = next(r for r in children if r.info.run_name == "baseline")
     assert base.data.tags["verdict"] == "accept" and "output_throughput" in base.data.metrics
     import mlflow
@@ -104,8 +116,15 @@ def test_mlflow_parent_and_nested_runs(proj):
     assert base.data.params["engine.name"] == "hf"
     bad = next(r for r in children if r.info.run_name == "unsupported")
     assert bad.info.status == "FAILED" and "fp8" in bad.data.tags["error"]
+    # the non-baseline runs carry their verdicts and their measurements
+    lossless = next(r for r in children if r.info.run_name == "prompt_lookup")
+    assert lossless.data.tags["verdict"] == "accept" and lossless.data.metrics["verdict/accepted"] == 1
+    assert "output_throughput" in lossless.data.metrics and lossless.data.metrics["fidelity/kl_mean"] == 0
+    broken = next(r for r in children if r.info.run_name == "int2")
+    assert broken.data.tags["verdict"] == "reject" and broken.data.metrics["verdict/accepted"] == 0
+    assert broken.data.metrics["sequential/stopped"] == 1     # stopped at a look: never evaluated in full
     parent = parents[0]
-    assert parent.info.run_name.startswith("fixtures/model · hf · 3 variants · ")
+    assert parent.info.run_name.startswith("fixtures/model · hf · 4 variants · ")
     assert "Best accepted variant" in parent.data.tags["mlflow.note.content"]
     assert "variants.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 

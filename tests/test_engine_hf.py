@@ -167,3 +167,58 @@ def test_missing_library_is_refused_at_validation(engine, tiny, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(VariantUnsupported, match="needs the 'bitsandbytes' library"):
         engine.check(tiny, parse_variant("v", {"quantization": {"method": "nf4"}}))
+
+
+# -- the variant is really applied (not only accepted): weights, KV cache, speculation ----------------
+
+def _weights(engine, tiny, tmp_path, spec):
+    with engine.serve(tiny, parse_variant("v", spec), tmp_path) as ep:
+        lin = ep.model.model.layers[0].self_attn.q_proj
+        return type(lin).__name__, type(lin.weight).__name__, ep.stats()["mem_weights_mb"]
+
+
+def test_weight_quantization_is_applied(engine, tiny, tmp_path):
+    base = _weights(engine, tiny, tmp_path, {})
+    int8 = _weights(engine, tiny, tmp_path, {"quantization": {"method": "int8"}})
+    int2 = _weights(engine, tiny, tmp_path, {"quantization": {"method": "int2"}})
+    assert base[:2] == ("Linear", "Parameter")
+    assert int8[1] == "Int8Tensor"                              # torchao weight-only int8
+    assert int2[:2] == ("QLinear", "WeightQBitsTensor")        # optimum-quanto 2-bit
+    # stored bytes, not the float shape: the linear layers shrink (the embedding stays fp32)
+    assert int8[2] < 0.8 * base[2] and int2[2] < int8[2]
+
+
+@pytest.mark.parametrize("spec, layer", [({}, "DynamicLayer"), ({"kv_cache": {"dtype": "int4"}}, "QuantoQuantizedLayer"),
+                                         ({"kv_cache": {"dtype": "fp8"}}, "Fp8QuantizedLayer")])
+def test_kv_cache_dtype_is_the_cache_in_use(engine, tiny, tmp_path, spec, layer):
+    with engine.serve(tiny, parse_variant("v", spec), tmp_path) as ep:
+        enc = ep.tok(["1+2="], return_tensors="pt")
+        out = ep.model.generate(**enc, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                                pad_token_id=ep.tok.pad_token_id, **ep.gen_kwargs)
+    assert type(out.past_key_values.layers[0]).__name__ == layer
+
+
+def test_speculation_is_applied(engine, tiny, tmp_path, monkeypatch):
+    """Prompt lookup asks its candidate generator for drafts; a draft model is called; and with a draft
+    identical to the target every draft is accepted: fewer target steps than tokens."""
+    from transformers.generation import candidate_generator as cg
+
+    calls = {"lookup": 0}
+    real = cg.PromptLookupCandidateGenerator.get_candidates
+
+    def counted(self, *a, **k):
+        calls["lookup"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(cg.PromptLookupCandidateGenerator, "get_candidates", counted)
+    with engine.serve(tiny, parse_variant("v", {"speculative": {"method": "ngram", "num_tokens": 3}}), tmp_path) as ep:
+        ep.generate_batch([req("the cat sat on the mat the cat sat on the", 12)], ignore_eos=True)
+    assert calls["lookup"] > 0
+    same = ModelSpec(source="local", id=tiny.id, draft=tiny.id, dtype="float32")   # the draft is the target
+    with engine.serve(same, parse_variant("v", {"speculative": {"method": "draft", "num_tokens": 4}}), tmp_path) as ep:
+        draft_calls = []
+        ep.gen_kwargs["assistant_model"].register_forward_hook(lambda *a: draft_calls.append(1))
+        ep.level_extras()
+        ep.generate_batch([req("1+2=", 16)], ignore_eos=True)
+        extras = ep.level_extras()
+    assert draft_calls and extras["spec_decode_new_tokens"] / extras["spec_decode_target_steps"] > 2

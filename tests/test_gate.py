@@ -112,12 +112,12 @@ def write_samples(d, acc, up=True, metric="acc"):
 
 def paired_results(tmp_path, lost, n=1000, base_ok=900, up=True):
     """Baseline with `base_ok` of n right; variant `a` the same less `lost` docs."""
-    from evalgate.results import load_result
+    from evalgate.results import VariantResults
 
     base = [1] * base_ok + [0] * (n - base_ok)
     var = [0] * lost + base[lost:]
-    return {"baseline": load_result(write_samples(tmp_path / "baseline", base, up)),
-            "a": load_result(write_samples(tmp_path / "a", var, up))}
+    return {"baseline": VariantResults(write_samples(tmp_path / "baseline", base, up)).load(),
+            "a": VariantResults(write_samples(tmp_path / "a", var, up)).load()}
 
 
 def one_check(c, results, name="a"):
@@ -208,15 +208,15 @@ def test_sample_values_and_pairing():
 def test_load_result_without_status_or_metrics(tmp_path):
     import json
 
-    from evalgate.results import load_result
+    from evalgate.results import VariantResults
 
-    r = load_result(tmp_path)
+    r = VariantResults(tmp_path).load()
     assert r["status"] == {"ok": False, "error": f"{tmp_path}/status.json missing: the variant did not run"}
     assert r["metrics"] == {} and r["higher_is_better"] == {} and r["dir"] == tmp_path
     (tmp_path / "lm_eval.json").write_text(json.dumps({"higher_is_better": {"t": {"acc": True, "ppl": False}}}))
-    assert load_result(tmp_path)["higher_is_better"] == {"lmeval/t/acc": True, "lmeval/t/ppl": False}
+    assert VariantResults(tmp_path).load()["higher_is_better"] == {"lmeval/t/acc": True, "lmeval/t/ppl": False}
     (tmp_path / "lm_eval.json").write_text("{}")
-    assert load_result(tmp_path)["higher_is_better"] == {}
+    assert VariantResults(tmp_path).load()["higher_is_better"] == {}
 
 
 def test_direction_of_fidelity_and_unknown_metrics():
@@ -361,14 +361,14 @@ def test_a_variant_without_its_directory_is_gated_on_point_estimates(tmp_path):
 def test_gate_passes_its_seed_and_power_to_the_test(tmp_path):
     import numpy as np
 
-    from evalgate.results import load_result
+    from evalgate.results import VariantResults
     from evalgate.stats import paired_test
 
     rng = np.random.default_rng(9)
     b = rng.random(300)
     v = np.clip(b - 0.01 + rng.normal(0, 0.05, 300), 0, 1)
-    results = {"baseline": load_result(write_samples(tmp_path / "baseline", list(b), metric="f1")),
-               "a": load_result(write_samples(tmp_path / "a", list(v), metric="f1"))}
+    results = {"baseline": VariantResults(write_samples(tmp_path / "baseline", list(b), metric="f1")).load(),
+               "a": VariantResults(write_samples(tmp_path / "a", list(v), metric="f1")).load()}
     q = {"t/f1": {"max_loss_abs": 0.02}}
     c = parse({**cfg(quality=q, variants=("a",)).raw, "seed": 3, "gate": {"quality": q, "statistics": {"power": 0.5}}})
     (check,) = decide(c, results)["variants"]["a"]["checks"]

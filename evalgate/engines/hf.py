@@ -152,6 +152,26 @@ def _kv_generate_kwargs(variant: Variant) -> dict:
                              "q_group_size": kv.get("group_size", 32), "residual_length": kv.get("residual_length", 0)}}
 
 
+def _nbytes(t) -> int:
+    """Bytes a tensor really holds: a quantized tensor subclass (torchao's Int8Tensor, quanto's
+    QBitsTensor…) counts its inner data and scales, not the float shape it presents."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_nbytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model) -> int:
+    """The model's parameters and buffers as stored (transformers' get_memory_footprint counts a
+    quantized weight at its float size, so int8 and fp32 looked the same)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += _nbytes(t)
+    return total
+
+
 def _row_length(ids: list[int], tok, stops: list[str] | None, cap: int) -> int:
     """Tokens a request produced in a static batch: up to and including its EOS, or up to the end of
     its first stop string, and never beyond its own cap (the batch ran to the longest request's)."""
@@ -179,7 +199,7 @@ class HFEndpoint(Endpoint):
         self._forwards = self._new_tokens = self._decode_forwards = 0
         self._mark = (0, 0)
         model.register_forward_hook(self._count)  # target forward passes → speculative acceptance length
-        self.info.metrics.update({"mem_weights_mb": model.get_memory_footprint() / 2**20, "disk_model_mb": disk_mb})
+        self.info.metrics.update({"mem_weights_mb": weight_bytes(model) / 2**20, "disk_model_mb": disk_mb})
 
     def _count(self, *_):
         self._forwards += 1
