@@ -1,34 +1,69 @@
 #!/bin/bash
-# One GPU session's experiment, logs under $OUT (the device tool's folder; default /tmp/out):
-#   bash gpu/session.sh check        pytest -m gpu (the vLLM adapter for real) while the GPU fixture trains
-#   bash gpu/session.sh verdict [--serial] [overrides…]   bench/gpu_verdict.py on the GPU preset, then collect
-# The bundle must be installed (gpu/README.md). Every step's output goes to $OUT/<step>.log.
+# One GPU session's experiments on a lent machine whose calls are capped (10 min each) and whose
+# working tree is re-sent on every call. The work runs in a persistent copy ($WK, default
+# /var/tmp/wk) that keeps DVC's outputs, cache and dvc.lock between calls, in its own process session
+# (setsid), so one experiment can span several calls:
+#   bash gpu/session.sh check                     pytest -m gpu (the vLLM adapter for real) while the fixture trains
+#   bash gpu/session.sh start NAME [--serial] [overrides…]   start bench/gpu_verdict.py in the background
+#   bash gpu/session.sh poll [SECONDS]            wait for it (default 540 s), copy its logs to $OUT
+#   bash gpu/session.sh fresh                     forget the variants' results (to time the same variants again)
+# Each experiment NAME logs to $WK/out/NAME/ and ends with docs/results/<card>-<date>[-n]/ (collect.py)
+# packed as $OUT/NAME.tgz. The bundle must be installed first (gpu/README.md).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+WK=${WK:-/var/tmp/wk}; mkdir -p "$WK/out"
 SITE=${GPU_SITE:-/var/tmp/gpu-site}
-export PYTHONPATH=$PWD:$SITE VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+export PYTHONPATH=$WK:$SITE VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
        HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if ! command -v python >/dev/null; then
+if ! command -v python >/dev/null; then   # dvc.yaml's stages call `python`
   mkdir -p /var/tmp/bin && ln -sf "$(command -v python3)" /var/tmp/bin/python && export PATH=/var/tmp/bin:$PATH
 fi
-[ -d .git ] || { git init -q && git add -A >/dev/null 2>&1 && git -c user.name=gpu -c user.email=gpu@localhost commit -qm gpu; } \
-  || python3 -m dvc config --local core.no_scm true
-nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "$OUT/gpu.txt"
+
+sync_tree() {  # this call's tree over the persistent copy; the copy's own dvc.lock (what ran there) wins
+  [ -f "$WK/dvc.lock" ] && cp "$WK/dvc.lock" "$WK/.dvc.lock.keep"
+  (cd "$SRC" && tar --exclude=./.git --exclude=./.gpu-bundle -cf - .) | tar -xf - -C "$WK"
+  [ -f "$WK/.dvc.lock.keep" ] && mv "$WK/.dvc.lock.keep" "$WK/dvc.lock"
+  cd "$WK" || exit 1
+  [ -d .git ] || { git init -q && git add -A >/dev/null 2>&1 && git -c user.name=gpu -c user.email=gpu@localhost commit -qm gpu; } \
+    || python3 -m dvc config --local core.no_scm true
+}
+
 case "${1:-}" in
   check)
-    python3 -m pytest -m gpu -v tests/test_gpu.py > "$OUT/pytest_gpu.log" 2>&1 & t=$!
-    { time (python3 -m evalgate compose preset=gpu && python3 -m dvc repro fixture workload quantize); } > "$OUT/fixture.log" 2>&1
-    cp fixtures/metrics.json "$OUT/fixture_metrics.json" 2>/dev/null
-    wait $t; echo "pytest -m gpu exit $?" >> "$OUT/pytest_gpu.log"
-    tail -5 "$OUT/pytest_gpu.log"; tail -3 "$OUT/fixture.log"; cat "$OUT/fixture_metrics.json" ;;
-  verdict)
-    shift; serial=""; [ "${1:-}" = "--serial" ] && { serial=--serial; shift; }
+    sync_tree
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "$OUT/gpu.txt"
+    python3 -m pytest -m gpu -v tests/test_gpu.py > "$OUT/pytest_gpu.log" 2>&1
+    echo "pytest -m gpu exit $?" >> "$OUT/pytest_gpu.log"; tail -8 "$OUT/pytest_gpu.log" ;;
+  start)
+    shift; name=${1:?start NAME}; shift
+    sync_tree
+    [ -f out/running ] && { echo "already running: $(cat out/running)"; exit 1; }
+    mkdir -p "out/$name"; echo "$name" > out/running
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$name/gpu.txt"
+    setsid nohup bash gpu/session.sh _run "$name" "$@" > "out/$name/session.log" 2>&1 < /dev/null &
+    echo "started $name: $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
+  _run)   # the experiment itself, in its own session (not called by hand)
+    shift; name=$1; shift; cd "$WK" || exit 1
+    serial=""; [ "${1:-}" = "--serial" ] && { serial=--serial; shift; }
     start=$(date +%s)
-    timeout "${VERDICT_TIMEOUT:-3000}" python3 bench/gpu_verdict.py $serial --out "$OUT/verdict.json" "$@" > "$OUT/verdict.log" 2>&1; rc=$?
-    python3 gpu/collect.py --seconds $(( $(date +%s) - start )) --command "bash gpu/session.sh verdict $serial $*" \
-      > "$OUT/collect.log" 2>&1
-    d=$(ls -dt docs/results/*/ | head -1); tar czf "$OUT/results.tgz" "$d" reports results/*/status.json 2>/dev/null
-    echo "verdict exit $rc; collected $d"; tail -40 "$OUT/verdict.log" ;;
-  *) echo "usage: gpu/session.sh check | verdict [--serial] [overrides…]"; exit 2 ;;
+    python3 bench/gpu_verdict.py $serial --out "out/$name/verdict.json" "$@" > "out/$name/verdict.log" 2>&1; rc=$?
+    python3 gpu/collect.py --seconds $(( $(date +%s) - start )) --command "bash gpu/session.sh start $name $serial $*" \
+      > "out/$name/collect.log" 2>&1
+    d=$(ls -dt docs/results/*/ | head -1); tar czf "out/$name/results.tgz" "$d" 2>/dev/null
+    echo "verdict exit $rc; collected $d" >> "out/$name/verdict.log"
+    echo "$rc" > "out/$name/rc"; rm -f out/running ;;
+  fresh)  # forget the variants' results and DVC's run-cache: the next experiment re-runs every variant
+    cd "$WK" && rm -rf results/* .dvc/cache/runs && echo "variants forgotten (fixture, workload, checkpoints kept)" ;;
+  poll)
+    cd "$WK" || exit 1
+    deadline=$(( $(date +%s) + ${2:-540} ))
+    name=$(cat out/running 2>/dev/null || ls -t out | grep -v running | head -1)
+    while [ -f out/running ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
+    for f in verdict.log verdict.json collect.log session.log gpu.txt; do
+      [ -f "out/$name/$f" ] && cp "out/$name/$f" "$OUT/$name-$f"; done
+    [ -f "out/$name/results.tgz" ] && cp "out/$name/results.tgz" "$OUT/$name.tgz"
+    if [ -f out/running ]; then echo "still running: $name"; else echo "finished: $name rc=$(cat "out/$name/rc" 2>/dev/null)"; fi
+    tail -25 "out/$name/verdict.log" 2>/dev/null ;;
+  *) echo "usage: gpu/session.sh check | start NAME [--serial] [overrides…] | poll [SECONDS] | fresh"; exit 2 ;;
 esac
