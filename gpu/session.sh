@@ -20,10 +20,14 @@ if ! command -v python >/dev/null; then   # dvc.yaml's stages call `python`
   mkdir -p /var/tmp/bin && ln -sf "$(command -v python3)" /var/tmp/bin/python && export PATH=/var/tmp/bin:$PATH
 fi
 
-sync_tree() {  # this call's tree over the persistent copy; the copy's own dvc.lock (what ran there) wins
-  [ -f "$WK/dvc.lock" ] && cp "$WK/dvc.lock" "$WK/.dvc.lock.keep"
-  (cd "$SRC" && tar --exclude=./.git --exclude=./.gpu-bundle -cf - .) | tar -xf - -C "$WK"
-  [ -f "$WK/.dvc.lock.keep" ] && mv "$WK/.dvc.lock.keep" "$WK/dvc.lock"
+# what DVC wrote in the copy and git also tracks (dvc.lock, the uncached metrics outs): the copy's own
+# version wins over this call's tree, or DVC would see the fixture's output changed and train it again
+# (seen 2026-11-26: a second experiment retrained the fixture, so its verdicts were on another model)
+KEEP="dvc.lock fixtures/metrics.json reports/variants.json"
+sync_tree() {  # this call's tree over the persistent copy
+  mkdir -p "$WK/.keep"; for f in $KEEP; do [ -f "$WK/$f" ] && cp "$WK/$f" "$WK/.keep/${f//\//__}"; done
+  (cd "$SRC" && tar --exclude=./.git --exclude=./.gpu-bundle --exclude=./.keep -cf - .) | tar -xf - -C "$WK"
+  for f in $KEEP; do [ -f "$WK/.keep/${f//\//__}" ] && mv "$WK/.keep/${f//\//__}" "$WK/$f"; done
   cd "$WK" || exit 1
   [ -d .git ] || { git init -q && git add -A >/dev/null 2>&1 && git -c user.name=gpu -c user.email=gpu@localhost commit -qm gpu; } \
     || python3 -m dvc config --local core.no_scm true
