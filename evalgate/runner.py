@@ -200,6 +200,9 @@ def profile(job: Job, ep, repeat: bool = False) -> dict:
     base_peak = None
     if job.baseline is not None:
         base_peak = job.baseline.metrics().get("request_throughput")
+    elif repeat:   # the baseline's A/A sweep meets the arrival rates of its first one, or its rate levels
+        # would compare two different loads (seen on an H100: they inherited the c128 difference)
+        base_peak = ((job.out.profile() or {}).get("summary") or {}).get("request_throughput")
     levels_done = []
 
     def progress(level: dict) -> None:

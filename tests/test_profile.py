@@ -1,5 +1,6 @@
 """The load profile's arithmetic and control: per-request metrics, goodput, the adaptive level, the
 sweep (saturation, rate levels), and the two engines' request paths turned into the same records."""
+import json
 import math
 
 import pytest
@@ -181,3 +182,24 @@ def test_workload_rows_to_vllm_bench_inputs():
     open_loop = bench_kwargs("http://h:1", None, 12.5, 0.5, True, 0)
     assert open_loop["max_concurrency"] is None and open_loop["request_rate"] == 12.5 and open_loop["burstiness"] == 0.5
     assert open_loop["ignore_eos"] is True
+
+
+def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
+    """The baseline's second (A/A) sweep runs its rate levels at the first sweep's peak, not its own."""
+    from types import SimpleNamespace
+
+    from evalgate import runner
+    from evalgate.results import VariantResults
+
+    wl = tmp_path / "workload.jsonl"
+    wl.write_text("".join(json.dumps(r) + "\n" for r in REQS))
+    cfg = SimpleNamespace(load=LOAD, slo={}, workload={})
+    (tmp_path / "baseline").mkdir()
+    job = SimpleNamespace(cfg=cfg, workload=wl, out=VariantResults(tmp_path / "baseline"), baseline=None, tracker=None)
+    fast, slower = FakeEndpoint(saturate_at=4), FakeEndpoint(saturate_at=2)   # the A/A finds a lower peak
+    for ep in (fast, slower):
+        ep.stats = dict
+    peak = runner.profile(job, fast)["summary"]["request_throughput"]
+    runner.profile(job, slower, repeat=True)
+    assert slower.calls[-1]["rate"] == pytest.approx(0.5 * peak)
+    assert job.out.profile(repeat=True) is not None
