@@ -4,6 +4,7 @@ versions, time to verdict and the per-phase breakdown (bench/gpu_verdict.py prin
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.metadata as md
 import json
 import platform
@@ -72,7 +73,10 @@ def main() -> int:
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
         for f in PER_VARIANT:
-            if (d / f).exists():
+            if (d / f).exists() and f.endswith(".log"):   # logs gzipped: a results folder travels with every
+                # later GPU call, beside a ≈ 60 MB bundle part, under the tool's 64 MiB (zcat reads them)
+                (dst / f"{f}.gz").write_bytes(gzip.compress((d / f).read_bytes(), mtime=0))
+            elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
         prof = VariantResults(d).profile()
         if prof is not None:   # the levels' summaries, without the per-request records
@@ -81,7 +85,7 @@ def main() -> int:
         if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
             lines = (d / "server.log").read_text(errors="replace").splitlines()
             keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
-            (dst / "server.log").write_text("\n".join(keep) + "\n")
+            (dst / "server.log.gz").write_bytes(gzip.compress(("\n".join(keep) + "\n").encode(), mtime=0))
     versions = {}
     for pkg in ("vllm", "torch", "transformers", "lm_eval", "mlflow", "dvc", "hydra-core", "compressed-tensors"):
         try:

@@ -1,0 +1,23 @@
+"""The repository itself: what travels to a GPU host must fit beside one bundle part."""
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY_LIMIT = 64 * 2**20   # the lent GPU machines take the tracked tree and one carried part, 64 MiB together
+
+
+def test_tracked_tree_fits_beside_a_bundle_part():
+    """A bundle part is PART_BYTES (gpu/build-bundle.sh); the tracked files must fit in what is left, or no
+    GPU session can install the bundle (seen 2026-11-26: 6 MB of new results pushed the tree over)."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the tracked tree cannot be listed")
+    size = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+    part = int(re.search(r"PART_BYTES:-(\d+)", (ROOT / "gpu/build-bundle.sh").read_text()).group(1))
+    assert size + part <= CARRY_LIMIT, (
+        f"tracked files {size / 2**20:.1f} MiB + a {part / 2**20:.1f} MiB bundle part exceed 64 MiB: "
+        "gzip logs in docs/results (gpu/collect.py does) or lower PART_BYTES and rebuild the bundle")
