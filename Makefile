@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: repro test bench compose clean-results mutation
+.PHONY: repro test bench compose clean-results mutation llamacpp
 
 $(VENV)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,21 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -c "import torch, transformers, lm_eval; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
+# llama.cpp's tools for engine llamacpp (llama-server, llama-quantize, llama-bench, llama-perplexity), built from
+# PyPI's llama-cpp-python sdist into ~/.cache/evalgate/llama.cpp/ (one build per version, flags and CPU, shared
+# by every clone; ~10 min on 2 cores the first time, seconds after). The gguf stage builds them too if missing.
+$(VENV)/.llamacpp: $(VENV)/.installed evalgate/gguf.py
+	$(BIN)/python -m evalgate.gguf build
+	touch $@
+
+llamacpp: $(VENV)/.llamacpp
+
 # the scheduled `dvc repro` (stages/schedule.py): DVC decides what is stale, the scheduler runs it,
 # DVC records it; on the CPU (hf engine) the variants run one after another through the same code
 repro: $(VENV)/.installed
 	python -m stages.schedule
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV)/.llamacpp
 	pytest -q tests
 
 bench: $(VENV)/.installed

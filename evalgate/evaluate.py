@@ -70,6 +70,12 @@ def doc_counts(tm, tasks: list[str], limit=None) -> dict[str, int]:
     return counts
 
 
+def output_types(tm, tasks: list[str]) -> dict[str, str]:
+    """Each task's lm-eval output type (generate_until, multiple_choice, loglikelihood_rolling…)."""
+    loaded = tm.load(tasks)["tasks"]
+    return {t: loaded[t].config.output_type for t in tasks}
+
+
 def write_samples(samples: dict[str, list[dict]], out_dir: Path) -> None:
     from lm_eval.utils import handle_non_serializable
 

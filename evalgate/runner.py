@@ -50,10 +50,28 @@ def fail(out: Path, phase: str, error: str, **extra) -> None:
     write(out, "status.json", {"ok": False, "phase": phase, "error": error[:2000], **extra})
 
 
+def skipped_tasks(cfg: Config, skip: dict[str, str], tm) -> dict[str, str]:
+    """Tasks of eval.tasks whose output type the engine cannot evaluate (`skip`: type → why) → why; a
+    gated one is a ConfigError (one line, before anything loads)."""
+    from evalgate import sequential
+    from evalgate.config import ConfigError
+    from evalgate.evaluate import output_types
+
+    if not skip:
+        return {}
+    out = {t: f"{kind}: {skip[kind]}" for t, kind in output_types(tm, cfg.eval["tasks"]).items() if kind in skip}
+    for t in sequential.gated_tasks(cfg):
+        if t in out:
+            raise ConfigError(f"gate.quality: task {t!r} is gated but engine {cfg.engine['name']!r} cannot evaluate "
+                              f"it ({out[t]}); drop it from eval.tasks and gate.quality (preset=llamacpp does)")
+    return out
+
+
 def prepare(cfg: Config, name: str, out: Path, workload: Path, reference: Path, checkpoint: str | None,
-            baseline: Path | None, engine) -> Job | None:
+            baseline: Path | None, engine, gguf: str | None = None) -> Job | None:
     """Checks that fail fast (ConfigError: one line, exit 2); a variant the engine cannot run, or whose
-    quantization failed, gets its status.json now and None back (rejected with the reason)."""
+    quantization failed, gets its status.json now and None back (rejected with the reason). `gguf`: the
+    gguf stage's folder (the GGUF files a llama.cpp engine serves)."""
     import shutil
 
     from evalgate.engines.base import VariantUnsupported
@@ -64,9 +82,10 @@ def prepare(cfg: Config, name: str, out: Path, workload: Path, reference: Path, 
     engine.preflight()                                                # engine not installed → ConfigError
     marker = Path(checkpoint or "-") / "checkpoint.json"
     quant_error = json.loads(marker.read_text()).get("error") if marker.exists() else None
-    model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint)
+    model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint, gguf)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
     tm = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
+    skipped_tasks(cfg, engine.skipped_output_types, tm)               # a gated task it cannot run → ConfigError
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     write(out, "variant.json", {"name": variant.name, **variant.as_params()})
@@ -103,11 +122,13 @@ def quality(job: Job, ep) -> dict:
     base = _baseline_ok(job)
     t = time.perf_counter()
     texts = [json.loads(line)["text"] for line in open(job.reference)]
-    fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out / "fidelity.npz")
+    own = ep.reference_fidelity(texts, job.baseline if base is not None else None, out)  # an engine's own tool
+    if own is None:
+        fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out / "fidelity.npz")
     times["fidelity_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {}
     if base is not None:
-        metrics.update(fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
+        metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
         early = fidelity.screen(cfg, metrics)
         if early:
             return _done(out, metrics, times, early)
@@ -138,7 +159,11 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
 
     cfg, out, tm = job.cfg, job.out, job.tm
     lm = ep.lm_eval_model()
-    tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
+    skipped = skipped_tasks(cfg, ep.skipped_output_types, tm)
+    tasks, limit = [t for t in cfg.eval["tasks"] if t not in skipped], cfg.eval.get("limit")
+    if skipped:
+        print(f"run@{job.variant.name}: skipped tasks: " + "; ".join(f"{t} ({why})" for t, why in skipped.items()))
+        write(out, "skipped_tasks.json", skipped)
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     gated = sequential.gated_tasks(cfg)
     if base is None or not sequential.enabled(cfg) or not gated:
@@ -180,6 +205,8 @@ def profile(job: Job, ep, repeat: bool = False, progress=None) -> dict:
     res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
                 base_peak_rps=base_peak, progress=progress)
     res["stats"] = ep.stats()
+    if not repeat:
+        res["stats"].update(ep.engine_bench())
     if job.baseline is not None:
         res["summary"].update(output_agreement(read(job.baseline, "profile.json"), res))
     for lv in res["levels"][1:]:     # token gaps are summarised already; the first level keeps them whole

@@ -25,6 +25,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint", help="quantize@<variant>'s output: served instead of the model if it holds one")
     ap.add_argument("--baseline", help="the baseline stage's results: fidelity and the sequential looks compare "
                     "against them, and a clearly worse variant stops early")
+    ap.add_argument("--gguf", help="the gguf stage's output: the GGUF files a llama.cpp engine serves")
     ap.add_argument("--out", required=True)
     ap.add_argument("--attach", help="(scheduler) a running server's record (JSON): run only the quality phase on it")
     a = ap.parse_args(argv)
@@ -37,7 +38,7 @@ def main(argv=None):
         return runner.attached_quality(cfg, a.variant, Path(a.out), Path(a.workload), Path(a.reference),
                                        Path(a.baseline) if a.baseline else None, engine, Path(a.attach))
     job = runner.prepare(cfg, a.variant, Path(a.out), Path(a.workload), Path(a.reference), a.checkpoint,
-                         Path(a.baseline) if a.baseline else None, engine)
+                         Path(a.baseline) if a.baseline else None, engine, a.gguf)
     return 0 if job is None else runner.run_serial(job, engine)
 
 

@@ -30,7 +30,7 @@ from evalgate import config
 from evalgate.cli import stage_main
 
 PATHS = dict(workload="data/workload.jsonl", reference="data/reference.jsonl", results="results",
-             checkpoints="checkpoints")
+             checkpoints="checkpoints", gguf="gguf")
 
 
 def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -77,8 +77,8 @@ def main(argv=None):
     engine = get_engine(cfg.engine["name"], cfg.engine)
     engine.preflight()
     t0 = time.time()
-    print("schedule: 1/5 inputs (dvc repro fixture workload quantize)", flush=True)
-    dvc("repro", "fixture", "workload", "quantize")
+    print("schedule: 1/5 inputs (dvc repro fixture workload gguf quantize)", flush=True)
+    dvc("repro", "fixture", "workload", "gguf", "quantize")
     stages = ["baseline", *[f"run@{n}" for n in cfg.variants if n != "baseline"]]
     todo = stale(stages)
     print(f"schedule: 2/5 stale: {', '.join(todo) or 'none'}", flush=True)
@@ -88,7 +88,7 @@ def main(argv=None):
         name = st.removeprefix("run@")
         job = runner.prepare(cfg, name, results / name, Path(PATHS["workload"]), Path(PATHS["reference"]),
                              str(Path(PATHS["checkpoints"]) / name) if name != "baseline" else None,
-                             results / "baseline", engine)
+                             results / "baseline", engine, PATHS["gguf"])
         if job is not None:
             slots.append(schedule.Slot(job))
     print(f"schedule: 3/5 running {len(slots)} variant(s)"

@@ -7,6 +7,7 @@ import importlib
 ENGINES = {
     "hf": "evalgate.engines.hf:HFEngine",
     "vllm": "evalgate.engines.vllm:VLLMEngine",
+    "llamacpp": "evalgate.engines.llamacpp:LlamaCppEngine",
 }
 
 
