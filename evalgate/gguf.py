@@ -160,6 +160,9 @@ def _build(root: Path, options: dict, log) -> None:
     jobs = int(opts.get("jobs") or os.cpu_count() or 2)
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     blog = root / "build.log"
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     log(f"llama.cpp: building {', '.join(TOOLS)} from llama-cpp-python {version} with {jobs} jobs "
         f"(once per machine; ~10 min on 2 cores; log: {blog})")
     with open(blog, "w") as f:
@@ -171,9 +174,12 @@ def _build(root: Path, options: dict, log) -> None:
                 tail = blog.read_text(errors="replace").strip().splitlines()[-5:]
                 raise ToolsMissing("llama.cpp build failed:\n" + "\n".join(tail))
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)   # compilers' CPU time: load-independent
     ver = subprocess.run([str(root / "build" / "bin" / "llama-server"), "--version"], capture_output=True, text=True)
     info = {"llama_cpp_python": version, "llama_cpp": (ver.stdout + ver.stderr).strip().splitlines()[:2],
             "cmake_flags": list(CMAKE_FLAGS), "jobs": jobs, "build_seconds": round(seconds, 1),
+            "build_cpu_seconds": round(cpu_s, 1), "load_average": [round(x, 2) for x in os.getloadavg()],
             "machine": platform.machine(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     (root / "build.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"llama.cpp: built in {seconds:.0f} s into {root / 'build' / 'bin'}")

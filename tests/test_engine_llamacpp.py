@@ -25,8 +25,8 @@ def value(args, flag):
 
 def test_baseline_args():
     a = args_of({})
-    assert a[:9] == ["--model", "/g/model-f16.gguf", "--alias", "model", "--seed", "1", "--metrics", "--no-webui",
-                     "--flash-attn"]
+    assert a[:11] == ["--model", "/g/model-f16.gguf", "--alias", "model", "--seed", "1", "--metrics", "--no-webui",
+                      "--log-verbosity", "4", "--flash-attn"]
     assert value(a, "--flash-attn") == "auto" and value(a, "--ctx-size") == "1024" and value(a, "--parallel") == "4"
     assert "--cache-type-k" not in a and "--cache-prompt" not in a and "--no-cache-prompt" not in a  # a request field
 
@@ -96,6 +96,18 @@ def test_check_accepts_what_it_maps(engine):
         engine.check(MODEL, parse_variant("v", spec))
 
 
+def test_check_refuses_a_quantized_kv_cache_on_narrow_heads(engine, tmp_path):
+    import dataclasses
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 128, "num_attention_heads": 8}))
+    narrow = dataclasses.replace(MODEL, id=str(tmp_path))
+    with pytest.raises(VariantUnsupported, match="heads have 16"):
+        engine.check(narrow, parse_variant("v", {"kv_cache": {"dtype": "q8_0"}}))
+    engine.check(narrow, parse_variant("v", {"kv_cache": {"dtype": "f16"}}))
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 128, "num_attention_heads": 4}))
+    engine.check(narrow, parse_variant("v", {"kv_cache": {"dtype": "q8_0"}}))
+
+
 def test_check_needs_the_gguf_files(engine):
     import dataclasses
 
@@ -147,10 +159,10 @@ def test_converter_errors_are_one_line_naming_the_fix():
 
 
 def test_server_log_and_metrics_are_read():
-    log = ("load_tensors:   CPU_Mapped model buffer size =     1.62 MiB\n"
-           "llama_context: flash_attn    = enabled\n"
-           "llama_kv_cache: size =    6.00 MiB (  1024 cells,   3 layers,  4/4 seqs), K (f16):    3.00 MiB, V (f16):    3.00 MiB\n")
-    assert log_facts(log) == {"mem_weights_mb": 1.62, "kv_cache_mb": 6.0, "kv_cache_tokens": 1024.0, "flash_attn": 1.0}
+    log = ("0.00.022.241 I load_tensors:   CPU_Mapped model buffer size =     1.62 MiB\n"
+           "0.00.023.843 I llama_kv_cache: size =    1.50 MiB (   256 cells,   3 layers,  4/4 seqs), K (f16):    0.75 MiB, "
+           "V (f16):    0.75 MiB\n0.00.025.109 I resolve_fused_ops: Flash Attention enabled\n")
+    assert log_facts(log) == {"mem_weights_mb": 1.62, "kv_cache_mb": 1.5, "kv_cache_tokens": 1024.0, "flash_attn": 1.0}
     m = prometheus("# HELP x\nllamacpp:spec_decode_num_drafts_total 12\nllamacpp:prompt_tokens_total 3.5e2\n")
     assert m == {"llamacpp:spec_decode_num_drafts_total": 12.0, "llamacpp:prompt_tokens_total": 350.0}
 

@@ -123,7 +123,7 @@ def test_load_levels_lm_eval_fidelity_and_bench(built, tmp_path):
             enumerate(["12+34=", "copy lam tor=", "count 3 9=", "the red", "5+5=", "copy bo=", "count 1 4=", "the old"])]
     base_dir, var_dir = tmp_path / "base", tmp_path / "q8"
     base_dir.mkdir(), var_dir.mkdir()
-    texts = [f"{a}+{b}={a + b} copy lam tor=lam tor the red fox sees the old cat ." for a in range(10, 50)]
+    texts = [f"{a}+{a + 7}={2 * a + 7} copy lam tor=lam tor the red fox sees the old cat ." for a in range(10, 50)]
     with engine.serve(model, parse_variant("baseline", {}), base_dir) as ep:
         records, duration, _ = ep.run_requests(reqs, concurrency=2, warmup=1)
         assert len(records) == 8 and all(r["ok"] for r in records) and duration > 0

@@ -66,6 +66,14 @@ def kv_types(variant: Variant) -> tuple[str | None, str | None]:
     return k, v
 
 
+def head_dim(model: ModelSpec) -> int | None:
+    """The attention head size, from the HF config (no model load); None when unknown."""
+    with contextlib.suppress(OSError, ValueError, KeyError, ZeroDivisionError, TypeError):
+        c = json.loads((Path(model.id) / "config.json").read_text())
+        return int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
+    return None
+
+
 def flash_attn(variant: Variant, options: dict) -> str:
     """on | off | auto: the variant's (YAML's on/off arrive as booleans), else the engine default; a
     quantized V cache turns an `auto` into `on` (llama.cpp requires it)."""
@@ -97,8 +105,9 @@ def model_flags(variant: Variant, options: dict) -> list[str]:
 
 def server_args(gguf: str, draft_gguf: str | None, variant: Variant, options: dict) -> list[str]:
     """The `llama-server` argument list for a variant (tested without a server)."""
+    # --log-verbosity 4: the load facts (weights and KV-cache buffers, flash attention) are logged at trace level
     args = ["--model", gguf, "--alias", "model", "--seed", str(options.get("seed", 0)), "--metrics", "--no-webui",
-            *model_flags(variant, options)]
+            "--log-verbosity", "4", *model_flags(variant, options)]
     sp = variant.speculative
     if sp["method"] == "draft":
         args += ["--spec-draft-model", str(draft_gguf), "--spec-type", "draft-simple",
@@ -145,10 +154,10 @@ def log_facts(log: str) -> dict[str, float]:
     sizes = [float(x) for x in re.findall(r"CPU(?:_Mapped)? model buffer size\s*=\s*([\d.]+) MiB", log)]
     if sizes:
         facts["mem_weights_mb"] = sum(sizes)
-    if m := re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells", log):
-        facts["kv_cache_mb"], facts["kv_cache_tokens"] = float(m.group(1)), float(m.group(2))
-    if m := re.search(r"flash_attn\s*=\s*(\w+)", log):
-        facts["flash_attn"] = {"enabled": 1.0, "1": 1.0, "true": 1.0}.get(m.group(1).lower(), 0.0)
+    if m := re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*\d+ layers,\s*(\d+)/\d+ seqs", log):
+        facts["kv_cache_mb"], facts["kv_cache_tokens"] = float(m.group(1)), float(m.group(2)) * int(m.group(3))
+    if m := re.search(r"Flash Attention (enabled|disabled)", log):
+        facts["flash_attn"] = 1.0 if m.group(1) == "enabled" else 0.0
     return facts
 
 
@@ -461,6 +470,11 @@ class LlamaCppEngine(Engine):
         if fa == "off" and vt and vt not in UNQUANTIZED_KV:
             raise VariantUnsupported(f"{where}: a quantized V cache ({vt}) needs flash attention, and "
                                      "engine_args.flash_attn is off")
+        head = head_dim(model)
+        for kind, t in zip("KV", kv_types(v)):
+            if t and t not in UNQUANTIZED_KV and head and head % 32:
+                raise VariantUnsupported(f"{where}: a {t} {kind} cache quantizes blocks of 32 values of one attention "
+                                         f"head, and this model's heads have {head} (llama.cpp refuses it)")
         if v.speculative["method"] == "draft" and not model.draft_gguf:
             raise VariantUnsupported(f"{where}: speculative.method 'draft' needs model.draft (converted to GGUF "
                                      "by the gguf stage)")
