@@ -26,11 +26,41 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 15 * 60
 
 
+def bench_rounds(work: Path, env: dict, n: int) -> dict:
+    """llama-bench on every GGUF of the run (f16 and each quantize@ type), `n` rounds in turn (A B C… A B C…),
+    so a slow drift of this shared machine's background load hits every file alike: per file, tg128 and
+    pp128 tok/s of each round, and the median over rounds of each file's tg speed relative to F16's."""
+    import statistics
+
+    sys.path.insert(0, str(work))
+    from evalgate import gguf as g
+
+    tl = g.tools({"build": {"home": env.get("EVALGATE_LLAMACPP_HOME")}} if env.get("EVALGATE_LLAMACPP_HOME") else None,
+                 build=False)
+    files = {"f16": work / "gguf/model-f16.gguf"}
+    for ck in sorted((work / "checkpoints").glob("*/checkpoint.json")):
+        info = json.loads(ck.read_text())
+        if info.get("format") == "gguf":
+            files[info["type"].lower()] = ck.parent / info["file"]
+    out = {name: {"tg": [], "pp": []} for name in files}
+    for _ in range(n):
+        for name, f in files.items():
+            p = subprocess.run([tl["llama-bench"], "-m", str(f), "-p", "128", "-n", "128", "-r", "5", "-o", "json"],
+                               capture_output=True, text=True)
+            for row in json.loads(p.stdout or "[]"):
+                out[name]["tg" if row.get("n_gen") else "pp"].append(round(row["avg_ts"], 1))
+    for name in files:
+        ratios = [a / b for a, b in zip(out[name]["tg"], out["f16"]["tg"])]
+        out[name]["tg_speedup_vs_f16_median"] = round(statistics.median(ratios), 3) if ratios else None
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse-build", action="store_true", help="use this machine's cached llama.cpp build")
     ap.add_argument("--keep", help="clone here and keep it (default: a temp folder, removed)")
     ap.add_argument("--out", help="copy the results here (docs/results/cpu-llamacpp-<date>/)")
+    ap.add_argument("--rounds", type=int, default=5, help="llama-bench rounds over every GGUF after the run")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides after preset=llamacpp")
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="evalgate-llamacpp-"))
@@ -50,6 +80,7 @@ def main() -> int:
     t1 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True)
     noop = time.perf_counter() - t1
+    rounds = bench_rounds(work, env, a.rounds)
     gate = json.loads((work / "reports/gate.json").read_text())
     conv = json.loads((work / "gguf/gguf.json").read_text())
     fixture = json.loads((work / "fixtures/metrics.json").read_text())
@@ -62,7 +93,7 @@ def main() -> int:
            "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-           "llama_cpp": conv["build"].get("llama_cpp"), "date": time.strftime("%Y-%m-%d")}
+           "llama_cpp": conv["build"].get("llama_cpp"), "date": time.strftime("%Y-%m-%d"), "llama_bench_rounds": rounds}
     print(json.dumps(out, indent=1))
     print(f"fresh: {out['fresh_s']} s (target ≤ {TARGET_S} s): {'ok' if fresh <= TARGET_S else 'OVER'}")
     if a.out:
