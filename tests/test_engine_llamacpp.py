@@ -196,7 +196,7 @@ def test_gguf_variants_compose_and_map():
     from tests.test_config import CONF
 
     cfg = parse(compose(["preset=llamacpp"], CONF))
-    assert cfg.engine["name"] == "llamacpp" and set(cfg.variants) >= {"q8_0", "q4_k_m", "q2_k", "kv_q8_0", "draft"}
+    assert cfg.engine["name"] == "llamacpp" and set(cfg.variants) >= {"q8_0", "q4_k_m", "q2_k", "fa_off", "draft"}
     assert cfg.eval["tasks"] == ["fx_add", "fx_copy", "fx_count"]
     assert {t.metric for t in cfg.thresholds} == {"fx_add/exact_match", "fx_copy/exact_match", "fx_count/exact_match"}
     with pytest.raises(ConfigError, match="baseline.quantization.method"):
