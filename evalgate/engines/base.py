@@ -56,6 +56,7 @@ class Endpoint(abc.ABC):
     batch_size: int = 1         # requests the engine runs at once in the generic loop (static batches)
     supports_rate = False       # open-loop request-rate levels need a server's own load generator
     request_cache: bool = True  # lm-eval's request cache (`use_cache`) works with lm_eval_model()
+    skipped_output_types: dict[str, str] = {}   # lm-eval output types it cannot evaluate → why (see Engine)
 
     def generate_batch(self, requests: list[dict], ignore_eos: bool = False) -> list[Generation]:
         """Greedy-generate the requests as one batch (each ends at EOS, a stop string or its
@@ -100,6 +101,17 @@ class Endpoint(abc.ABC):
         next-token distribution (fidelity against the baseline). Engines that cannot, return []."""
         return []
 
+    def reference_fidelity(self, texts: list[str], baseline, out) -> dict[str, float] | None:
+        """Engines with their own fidelity tool (llama.cpp: llama-perplexity's KL-divergence mode) compute it
+        here, because their server cannot return prompt log-probs: with `baseline` None (the baseline
+        itself) they store their reference in `out` (a VariantResults, through `out.file`); otherwise they
+        return `fidelity/*` metrics against the baseline's folder. None: `prompt_logprobs` is used instead."""
+        return None
+
+    def engine_bench(self) -> dict[str, float]:
+        """The engine's own micro-benchmark, run once after the load sweep (llama.cpp: llama-bench)."""
+        return {}
+
     def stats(self) -> dict[str, float]:
         """Metrics the engine gathered while serving (peak memory, KV-cache capacity…)."""
         return dict(self.info.metrics)
@@ -108,14 +120,22 @@ class Endpoint(abc.ABC):
 class Engine(abc.ABC):
     name: str
     # True: `start` launches a server other processes can reach (`attach`), so the scheduler runs
-    # several side by side; False: the model lives in this process and variants run one at a time
+    # several side by side; False: variants run one at a time (in-process models, or a CPU server)
     attachable = False
+    # lm-eval output types this engine cannot evaluate → why (their tasks are skipped; gating one is an error)
+    skipped_output_types: dict[str, str] = {}
 
     def __init__(self, options: dict):
         self.options = options
 
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
+
+    def export_model(self, model: ModelSpec, out: Path) -> dict | None:
+        """The `gguf` stage: write the model (and its draft) into `out` in the format this engine serves,
+        when that is not the HF checkpoint (llama.cpp: GGUF F16 + an Ollama Modelfile), and return what was
+        written (the stage's `gguf.json`). None: this engine serves the HF checkpoint itself."""
+        return None
 
     @abc.abstractmethod
     def check(self, model: ModelSpec, variant: Variant) -> None:
