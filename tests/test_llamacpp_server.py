@@ -12,6 +12,7 @@ import pytest
 from evalgate import gguf
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
+from evalgate.results import VariantResults
 
 try:
     TOOLS = gguf.tools(build=False)
@@ -121,10 +122,10 @@ def test_load_levels_lm_eval_fidelity_and_bench(built, tmp_path):
     engine = get_engine("llamacpp", OPTS)
     reqs = [{"index": i, "source": "t", "prompt": p, "max_tokens": 6, "stop": ["\n"]} for i, p in
             enumerate(["12+34=", "copy lam tor=", "count 3 9=", "the red", "5+5=", "copy bo=", "count 1 4=", "the old"])]
-    base_dir, var_dir = tmp_path / "base", tmp_path / "q8"
-    base_dir.mkdir(), var_dir.mkdir()
+    base_dir, var_dir = VariantResults(tmp_path / "base"), VariantResults(tmp_path / "q8")
+    base_dir.reset(), var_dir.reset()
     texts = [f"{a}+{a + 7}={2 * a + 7} copy lam tor=lam tor the red fox sees the old cat ." for a in range(10, 50)]
-    with engine.serve(model, parse_variant("baseline", {}), base_dir) as ep:
+    with engine.serve(model, parse_variant("baseline", {}), base_dir.path) as ep:
         records, duration, _ = ep.run_requests(reqs, concurrency=2, warmup=1)
         assert len(records) == 8 and all(r["ok"] for r in records) and duration > 0
         for r in records:
@@ -136,11 +137,11 @@ def test_load_levels_lm_eval_fidelity_and_bench(built, tmp_path):
         outs = lm.generate_until([Instance("generate_until", {}, ("12+34=", {"until": ["\n"], "max_gen_toks": 5}), 0),
                                   Instance("generate_until", {}, ("copy lam=", {"until": ["\n"], "max_gen_toks": 5}), 1)])
         assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
-        assert ep.reference_fidelity(texts, None, base_dir) == {} and (base_dir / "fidelity.kld").exists()
+        assert ep.reference_fidelity(texts, None, base_dir) == {} and base_dir.file("fidelity.kld").exists()
         bench = ep.engine_bench()
         assert bench["llama_bench/tg_tok_s"] > 0 and bench["llama_bench/pp_tok_s"] > 0
     q8 = ModelSpec(**{**model.__dict__, "gguf": str(d / "model-q8_0.gguf")})
-    with engine.serve(q8, parse_variant("q8_0", {"quantization": {"method": "q8_0"}}), var_dir) as ep:
+    with engine.serve(q8, parse_variant("q8_0", {"quantization": {"method": "q8_0"}}), var_dir.path) as ep:
         fid = ep.reference_fidelity(texts, base_dir, var_dir)
     assert 0 <= fid["fidelity/kl_mean"] < 0.01 and fid["fidelity/top1_agreement"] > 0.9
     assert 0.95 < fid["fidelity/ppl_ratio"] < 1.05 and fid["fidelity/kl_truncated"] == 0.0
