@@ -164,6 +164,8 @@ def test_server_log_and_metrics_are_read():
            "0.00.023.843 I llama_kv_cache: size =    1.50 MiB (   256 cells,   3 layers,  4/4 seqs), K (f16):    0.75 MiB, "
            "V (f16):    0.75 MiB\n0.00.025.109 I resolve_fused_ops: Flash Attention enabled\n")
     assert log_facts(log) == {"mem_weights_mb": 1.62, "kv_cache_mb": 1.5, "kv_cache_tokens": 1024.0, "flash_attn": 1.0}
+    assert log_facts("I llama_context: flash_attn            = disabled\n") == {"flash_attn": 0.0}   # forced off
+    assert log_facts("I llama_context: flash_attn            = enabled\n") == {"flash_attn": 1.0}    # forced on
     m = prometheus("# HELP x\nllamacpp:spec_decode_num_drafts_total 12\nllamacpp:prompt_tokens_total 3.5e2\n")
     assert m == {"llamacpp:spec_decode_num_drafts_total": 12.0, "llamacpp:prompt_tokens_total": 350.0}
 

@@ -4,6 +4,7 @@ server's lifecycle (health wait, log, no orphan), its tokenizer and next-token d
 transformers', the load generator, lm-eval through it, llama-perplexity's KL divergence and llama-bench.
 Needs llama.cpp's tools (`make llamacpp`, which `make test` runs first); skipped without them."""
 import json
+import re
 import time
 from pathlib import Path
 
@@ -147,24 +148,53 @@ def test_load_levels_lm_eval_fidelity_and_bench(built, tmp_path):
     assert 0.95 < fid["fidelity/ppl_ratio"] < 1.05 and fid["fidelity/kl_truncated"] == 0.0
 
 
-def test_speculative_and_quantized_kv_variants_serve(built, tmp_path):
+def test_speculative_kv_cache_and_flash_attention_variants_serve(built, tmp_path):
+    """Each llama.cpp knob the variants use, on a real server: speculation (draft model, n-gram) keeps the
+    greedy outputs; the KV-cache types and flash attention reach llama.cpp (its own log says so)."""
     d, model, _, _ = built
     engine = get_engine("llamacpp", OPTS)
     reqs = [{"index": i, "prompt": p, "max_tokens": 8, "stop": []} for i, p in enumerate(["12+34=", "copy lam tor="])]
     outs = {}
     for name, spec in (("base", {}), ("draft", {"speculative": {"method": "draft", "num_tokens": 3}}),
-                       ("kv", {"kv_cache": {"dtype": "q8_0"}})):
+                       ("ngram", {"speculative": {"method": "ngram", "num_tokens": 3}}),
+                       ("kv", {"kv_cache": {"dtype": "q8_0"}}), ("kv4", {"kv_cache": {"dtype": "q4_0"}}),
+                       ("fa_off", {"engine_args": {"flash_attn": False}})):
         (tmp_path / name).mkdir()
         v = parse_variant(name, spec)
         engine.check(model, v)
         with engine.serve(model, v, tmp_path / name) as ep:
             records, _, extras = ep.run_requests(reqs, concurrency=1)
             outs[name] = [r["text"] for r in records]
-            if name == "draft":
-                assert extras["spec_decode_draft_tokens"] > 0
-            if name == "kv":
-                assert "q8_0" in (tmp_path / name / "server.log").read_text()
-    assert outs["draft"] == outs["base"]   # speculation is lossless under greedy decoding
+            facts = ep.stats()
+        log = (tmp_path / name / "server.log").read_text()
+        if name == "draft":
+            assert extras["spec_decode_draft_tokens"] > 0
+        if name in ("kv", "kv4"):   # llama.cpp's own account of the cache it allocated
+            t = spec["kv_cache"]["dtype"]
+            assert re.search(rf"K \({t}\).*V \({t}\)", log) and facts["flash_attn"] == 1.0, log[-2000:]
+        if name == "fa_off":
+            assert facts["flash_attn"] == 0.0
+    assert outs["draft"] == outs["base"] and outs["ngram"] == outs["base"]   # lossless under greedy decoding
+
+
+def test_prompt_cache_reuses_a_shared_prefix(built, tmp_path):
+    """cache_prompt (the cache_prompt variant, meant for workload=shared_prefix): a slot reuses the KV of the
+    prefix it already holds; off (the baseline's setting), every prompt is computed again."""
+    _, model, _, _ = built
+    engine = get_engine("llamacpp", OPTS)
+    prefix = "the red fox sees the old cat . " * 6
+    reqs = [{"index": i, "prompt": prefix + p, "max_tokens": 4, "stop": []}
+            for i, p in enumerate(["12+34=", "copy lam tor=", "5+5=", "count 3 9="])]
+    cached = {}
+    for name, on in (("off", False), ("on", True)):
+        (tmp_path / name).mkdir()
+        v = parse_variant(name, {"engine_args": {"cache_prompt": on}})
+        with engine.serve(model, v, tmp_path / name) as ep:
+            records, _, _ = ep.run_requests(reqs, concurrency=1)
+        assert all(r["ok"] for r in records)
+        cached[name] = [r["cached_tokens"] for r in records]
+    assert cached["off"] == [0, 0, 0, 0]
+    assert min(cached["on"][1:]) >= 20, cached   # the later requests found the shared prefix in their slot
 
 
 def test_a_server_that_cannot_start_fails_clearly(built, tmp_path):

@@ -156,8 +156,9 @@ def log_facts(log: str) -> dict[str, float]:
         facts["mem_weights_mb"] = sum(sizes)
     if m := re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*\d+ layers,\s*(\d+)/\d+ seqs", log):
         facts["kv_cache_mb"], facts["kv_cache_tokens"] = float(m.group(1)), float(m.group(2)) * int(m.group(3))
-    if m := re.search(r"Flash Attention (enabled|disabled)", log):
-        facts["flash_attn"] = 1.0 if m.group(1) == "enabled" else 0.0
+    # `auto` is resolved later in the log ("Flash Attention enabled"); on/off are stated in the context's setup
+    if m := re.search(r"Flash Attention (enabled|disabled)|flash_attn\s*=\s*(enabled|disabled)", log):
+        facts["flash_attn"] = 1.0 if "enabled" in m.groups() else 0.0
     return facts
 
 
