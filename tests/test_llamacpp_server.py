@@ -5,7 +5,6 @@ transformers', the load generator, lm-eval through it, llama-perplexity's KL div
 Needs llama.cpp's tools (`make llamacpp`, which `make test` runs first); skipped without them."""
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from evalgate import gguf
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
 from evalgate.results import VariantResults
+from tests.test_engine_vllm import _alive
 
 try:
     TOOLS = gguf.tools(build=False)
@@ -56,18 +56,6 @@ def built(tmp_path_factory):
     model = ModelSpec(source="local", id=str(d / "model"), draft=str(d / "draft"),
                       gguf=str(d / "model-f16.gguf"), draft_gguf=str(d / "draft-f16.gguf"))
     return d, model, info, tok
-
-
-def _alive(pid: int) -> bool:
-    for _ in range(20):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state in ("Z", "X"):
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_conversion_and_quantization(built):
