@@ -7,9 +7,9 @@ import json
 import re
 
 import pytest
+from test_e2e import copy_project, mlflow_runs, sh
 
 from evalgate import gguf
-from tests.test_e2e import copy_project, mlflow_runs, sh
 
 try:
     gguf.tools(build=False)

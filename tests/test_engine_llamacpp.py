@@ -127,9 +127,10 @@ def test_gated_task_the_engine_cannot_evaluate_is_one_config_line():
             return {"tasks": {t: type("T", (), {"config": type("C", (), {"output_type": kinds.get(t, "generate_until")})})()
                               for t in tasks}}
 
+    from test_config import CONF
+
     from evalgate.compose import compose
     from evalgate.config import parse
-    from tests.test_config import CONF
 
     cfg = parse(compose(["engine=llamacpp"], CONF))
     skip = get_engine("llamacpp", cfg.engine).skipped_output_types
@@ -194,9 +195,10 @@ def test_modelfile_for_ollama():
 
 
 def test_gguf_variants_compose_and_map():
+    from test_config import CONF
+
     from evalgate.compose import compose
     from evalgate.config import parse
-    from tests.test_config import CONF
 
     cfg = parse(compose(["preset=llamacpp"], CONF))
     assert cfg.engine["name"] == "llamacpp" and set(cfg.variants) >= {"q8_0", "q4_k_m", "q2_k", "fa_off", "draft"}

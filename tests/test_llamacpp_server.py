@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from test_engine_vllm import _alive
 
 from evalgate import gguf
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
 from evalgate.results import VariantResults
-from tests.test_engine_vllm import _alive
 
 try:
     TOOLS = gguf.tools(build=False)
