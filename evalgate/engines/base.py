@@ -7,6 +7,7 @@ stops it on exit. Nothing outside an adapter knows an engine's flags.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -47,6 +48,21 @@ def record(req: dict, g: Generation, sent_at: float) -> dict:
     return {"index": req.get("index"), "source": req.get("source"), "ok": n > 0, "prompt_tokens": g.prompt_tokens,
             "output_tokens": n, "start": sent_at, "ttft": times[0] if n else 0.0, "e2el": times[-1] if n else 0.0,
             "itl": [b - a for a, b in zip(times, times[1:])], "capped": n >= int(req["max_tokens"]), "text": g.text}
+
+
+def wait_healthy(proc, log_path: Path, healthy, timeout: float, what: str, poll_s: float = 0.5) -> None:
+    """Block until `healthy()` is true (the server adapters' health wait). The process dying first is a
+    RuntimeError with its log's last lines, no health within `timeout` s a TimeoutError naming the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was healthy:\n" + "\n".join(tail))
+        with contextlib.suppress(OSError, ValueError):   # not listening yet, or not ready (an error body)
+            if healthy():
+                return
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} not healthy after {timeout:.0f} s (see {log_path})")
 
 
 class Endpoint(abc.ABC):

@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from evalgate.config import GGUF_KV_TYPES, GGUF_TYPES, ConfigError, ModelSpec, Variant
-from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported, record
+from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported, record, wait_healthy
 from evalgate.engines.vllm import _free_port, _get, stop_process_group
 
 KV = {"auto": None, "int8": "q8_0", "int4": "q4_0", **{t: t for t in GGUF_KV_TYPES}}
@@ -405,19 +405,13 @@ class LlamaCppServer:
     start_seconds: float | None = None
 
     def wait(self, timeout: float | None = None) -> LlamaCppEndpoint:
+        """Block until /health says ok; a clear error if llama-server died or the time ran out."""
         timeout = float(timeout or self.options.get("start_timeout_s", 120))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode} before it was healthy:\n"
-                                   + "\n".join(tail))
-            with contextlib.suppress(OSError):
-                if json.loads(_get(f"{self.base_url}/health", timeout=2)).get("status") == "ok":
-                    self.start_seconds = time.perf_counter() - self.t0
-                    return self.endpoint()
-            time.sleep(0.1)
-        raise TimeoutError(f"llama-server not healthy after {timeout:.0f} s (see {self.log_path})")
+        wait_healthy(self.proc, self.log_path,
+                     lambda: json.loads(_get(f"{self.base_url}/health", timeout=2)).get("status") == "ok",
+                     timeout, "llama-server", poll_s=0.1)
+        self.start_seconds = time.perf_counter() - self.t0
+        return self.endpoint()
 
     def endpoint(self) -> LlamaCppEndpoint:
         info = ServeInfo(start_seconds=self.start_seconds or 0.0, artifacts=[self.log_path])
