@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: repro test lint format bench compose clean-results mutation
+.PHONY: repro test lint format bench compose clean-results mutation llamacpp
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,13 +26,23 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
+# llama.cpp's tools for engine llamacpp (llama-server, llama-quantize, llama-bench, llama-perplexity), built from
+# PyPI's llama-cpp-python sdist into ~/.cache/evalgate/llama.cpp/ (one build per version, flags and CPU, shared
+# by every clone; 10-35 min on 2 cores the first time, seconds after). The gguf stage builds them too if missing.
+$(VENV)/.llamacpp: $(VENV)/.installed evalgate/gguf.py
+	$(BIN)/python -m evalgate.gguf build
+	touch $@
+
+llamacpp: $(VENV)/.llamacpp
+
 # the scheduled `dvc repro` (evalgate/repro.py): DVC decides what is stale, the scheduler runs it,
 # DVC records it; on the CPU (hf engine) the variants run one after another through the same code
 repro: $(VENV)/.installed
 	evalgate repro
 
-# lint first (seconds), then the tests; CI (.ci/run) runs exactly this
-test: lint
+# lint first (seconds), then the tests; CI (.ci/run) runs exactly this. llama.cpp's tools are built first
+# (once per machine): without them the llamacpp engine's tests would skip
+test: lint $(VENV)/.llamacpp
 	pytest -q tests
 
 # ruff (settings in pyproject.toml): the lint rules on every file, the formatter on the files it owns

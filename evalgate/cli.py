@@ -5,6 +5,7 @@ two a person types (`compose`, `repro`):
   evalgate repro [--serial]       the scheduled `dvc repro` (make repro, gpu/pipeline.sh)
   evalgate fixture                the toy model, its draft and lm-eval tasks (no model hub here)
   evalgate workload               the requests every variant gets, and the fidelity reference texts
+  evalgate gguf                   the model as the engine serves it when not HF (llama.cpp: GGUF F16)
   evalgate quantize VARIANT       the variant's offline-quantized checkpoint, when it needs one
   evalgate run VARIANT            serve it once: quality checks, then the load sweep (the baseline too)
   evalgate gate                   a verdict for every variant against the baseline
@@ -49,6 +50,8 @@ PARAMS = Path("params.yaml")
 ReferenceFile = Annotated[Path, typer.Option(help="fidelity reference texts (JSONL)")]
 ResultsDir = Annotated[Path, typer.Option(help="one results folder per variant")]
 WORKLOAD, REFERENCE, RESULTS = Path("data/workload.jsonl"), Path("data/reference.jsonl"), Path("results")
+GGUF = Path("gguf")
+GgufDir = Annotated[Path, typer.Option(help="the gguf stage's folder (the GGUF files engine llamacpp serves)")]
 
 
 def _config(params: Path):
@@ -135,17 +138,44 @@ def workload(
 
 
 @app.command()
+def gguf(
+    out: Annotated[Path, typer.Option(help="the folder for the converted files and gguf.json")] = GGUF,
+    params: Params = PARAMS,
+):
+    """The model (and its draft) in the format the engine serves, when that is not the HF checkpoint:
+    engine llamacpp converts them to GGUF F16 with llama.cpp's own converter and writes an Ollama
+    Modelfile (building llama.cpp's tools first if this machine has none); other engines: a marker."""
+    import json
+    import shutil
+
+    from evalgate.engines import get_engine
+
+    cfg = _config(params)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    info = get_engine(cfg.engine["name"], cfg.engine).export_model(cfg.model, out)
+    (out / "gguf.json").write_text(json.dumps(info or {"model": None, "engine": cfg.engine["name"]}, indent=1) + "\n")
+    if info:
+        files = [f"{k} {v['file']} ({v['bytes'] / 2**20:.1f} MiB)" for k, v in info.items() if k in ("model", "draft")]
+        print(f"gguf: {', '.join(files)}")
+
+
+@app.command()
 def quantize(
     variant: Annotated[str, typer.Argument(help="a variant of params.yaml")],
     out: Annotated[Path, typer.Option(help="the checkpoint folder (default checkpoints/VARIANT)")] = None,
+    gguf: GgufDir = GGUF,
     params: Params = PARAMS,
 ):
-    """The variant's checkpoint when its method is offline (w4a16, w8a8: compressed-tensors); a ~1 s
-    marker otherwise. A failed quantization is recorded; the variant's run rejects it with the error."""
+    """The variant's checkpoint when its method is offline (w4a16, w8a8: compressed-tensors; a GGUF type:
+    llama-quantize); a ~1 s marker otherwise. A failed quantization is recorded; the variant's run
+    rejects it with the error."""
     from evalgate.quantize import quantize_variant
 
     cfg = _config(params)
-    info = quantize_variant(variant, cfg.variant(variant).quantization, cfg.model, out or Path("checkpoints") / variant)
+    info = quantize_variant(
+        variant, cfg.variant(variant).quantization, cfg.model, out or Path("checkpoints") / variant, gguf, cfg.engine
+    )
     if "error" in info:
         print(f"quantize {variant}: failed: {info['error']}")
     elif info["checkpoint"]:
@@ -161,6 +191,7 @@ def run(
     baseline: Annotated[Path | None, typer.Option(help="the baseline's results (fidelity, sequential looks)")] = None,
     out: Annotated[Path | None, typer.Option(help="the variant's results folder (default results/VARIANT)")] = None,
     attach: Annotated[Path | None, typer.Option(help="(scheduler) a running server's record: quality only")] = None,
+    gguf: GgufDir = GGUF,
     params: Params = PARAMS,
 ):
     """Serve one variant once, then its quality checks and its load sweep through that endpoint.
@@ -177,7 +208,9 @@ def run(
     base = VariantResults(baseline) if baseline else None
     if attach:
         raise typer.Exit(runner.attached_quality(cfg, variant, folder, workload, reference, base, engine, attach))
-    job = runner.prepare(cfg, variant, folder, workload, reference, str(checkpoint) if checkpoint else None, base, engine)
+    job = runner.prepare(
+        cfg, variant, folder, workload, reference, str(checkpoint) if checkpoint else None, base, engine, str(gguf)
+    )
     if job is not None:
         runner.run_serial(job, engine)
 

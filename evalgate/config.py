@@ -21,8 +21,15 @@ class ConfigError(ValueError):
 
 # Engine-neutral variant vocabulary. Adapters map these to their own arguments and refuse what they
 # cannot do; new methods are added here and in the adapter that implements them.
-QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "int2", "nf4", "fp8", "w4a16", "w8a8", "checkpoint")
-KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2")
+# GGUF quantization types (llama-quantize's names, lower case): llama.cpp's own formats, written by quantize@<V>
+GGUF_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q3_k_s", "q2_k",
+              "iq4_nl")
+QUANT_METHODS = ("none", "int8", "int8_dynamic", "int4", "int2", "nf4", "fp8", "w4a16", "w8a8", "checkpoint",
+                 *GGUF_TYPES)
+OFFLINE_METHODS = ("w4a16", "w8a8", *GGUF_TYPES)   # methods whose weights quantize@<V> writes
+# llama.cpp's KV-cache types (--cache-type-k/-v) beside the engine-neutral ones
+GGUF_KV_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2", *GGUF_KV_TYPES)
 SPEC_METHODS = ("none", "ngram", "draft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BASELINE = "baseline"  # the reference's name in results/, the gate, the report and MLflow
@@ -36,6 +43,8 @@ class ModelSpec:
     draft: str | None = None
     revision: str | None = None
     dtype: str = "auto"
+    gguf: str | None = None        # the GGUF file a llama.cpp engine serves (the gguf stage, or quantize@<V>)
+    draft_gguf: str | None = None  # the draft's GGUF (speculative decoding on llama.cpp)
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,8 @@ def parse_variant(name: str, spec: Any, where: str | None = None) -> Variant:
 def _parse_thresholds(quality: Any, tasks: list[str]) -> tuple[Threshold, ...]:
     out = []
     for metric, lim in _mapping(quality, "gate.quality").items():
+        if lim is None:   # `metric: null` removes a threshold a preset inherits (e.g. a task it cannot evaluate)
+            continue
         where = f"gate.quality.{metric}"
         lim = _mapping(lim, where)
         parts = metric.split("/")
@@ -301,7 +312,7 @@ def parse(raw: dict) -> Config:
     if BASELINE in variants_raw:
         raise ConfigError(f"variants.{BASELINE}: the name is reserved for the reference (params `{BASELINE}:`)")
     base = parse_variant(BASELINE, _need(raw, BASELINE, "params"), where=BASELINE)
-    if base.quantization["method"] in ("w4a16", "w8a8"):
+    if base.quantization["method"] in OFFLINE_METHODS:
         raise ConfigError(f"{BASELINE}.quantization.method: {base.quantization['method']!r} needs a quantize@ stage, "
                           "which only variants have; give the baseline a pre-quantized checkpoint instead")
     # the baseline first: every consumer (gate, report, MLflow) sees it as one more variant

@@ -68,5 +68,11 @@ def doc_counts(tasks_index, tasks: list[str], limit=None) -> dict[str, int]:
     return counts
 
 
+def output_types(tm, tasks: list[str]) -> dict[str, str]:
+    """Each task's lm-eval output type (generate_until, multiple_choice, loglikelihood_rolling…)."""
+    loaded = tm.load(tasks)["tasks"]
+    return {t: loaded[t].config.output_type for t in tasks}
+
+
 def _seeds(seed: int) -> dict:
     return {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed, "fewshot_random_seed": seed}

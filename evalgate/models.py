@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from evalgate.config import ConfigError, ModelSpec, Variant
+from evalgate.config import GGUF_TYPES, ConfigError, ModelSpec, Variant
+from evalgate.quantize import MARKER
 
 
 def resolve_model(model: ModelSpec, which: str = "id") -> str:
@@ -27,9 +29,34 @@ def resolve_model(model: ModelSpec, which: str = "id") -> str:
                           f"({type(e).__name__}: {first}); offline? pre-download it or use a local path") from None
 
 
-def served_model(model: ModelSpec, variant: Variant, checkpoint_dir: str | None) -> ModelSpec:
+def served_gguf(model: ModelSpec, variant: Variant, checkpoint_dir: str | None, gguf_dir: str | None) -> ModelSpec:
+    """For a llama.cpp engine: the GGUF files a variant serves — quantize@<variant>'s (a GGUF type), else
+    the gguf stage's f16 conversion — and the draft's. Unchanged when the gguf stage converted nothing
+    (another engine)."""
+    info = Path(gguf_dir or "-") / "gguf.json"
+    conv = json.loads(info.read_text()) if info.exists() else {}
+    if not conv.get("model"):
+        return model
+    ck = Path(checkpoint_dir or "-") / MARKER
+    own = json.loads(ck.read_text()) if ck.exists() else {}
+    if own.get("format") == "gguf":
+        served = str(Path(checkpoint_dir) / own["file"])
+    else:
+        served = str(Path(gguf_dir) / conv["model"]["file"])
+    if variant.quantization["method"] in GGUF_TYPES and own.get("format") != "gguf":
+        raise ConfigError(f"variants.{variant.name}.quantization.method {variant.quantization['method']!r}: no GGUF "
+                          f"from quantize@{variant.name} (pass --checkpoint)")
+    draft = str(Path(gguf_dir) / conv["draft"]["file"]) if conv.get("draft") else None
+    return dataclasses.replace(model, gguf=served, draft_gguf=draft)
+
+
+def served_model(model: ModelSpec, variant: Variant, checkpoint_dir: str | None, gguf_dir: str | None = None) -> ModelSpec:
     """The weights a variant serves: quantize@<variant>'s checkpoint, a pre-quantized checkpoint the
-    variant names (`quantization: {method: checkpoint, path: …}`), or the model itself."""
+    variant names (`quantization: {method: checkpoint, path: …}`), or the model itself; with the GGUF
+    files for a llama.cpp engine when the gguf stage converted the model (`gguf_dir`)."""
+    model = served_gguf(model, variant, checkpoint_dir, gguf_dir)
+    if model.gguf:
+        return model
     if checkpoint_dir and (Path(checkpoint_dir) / "config.json").exists():
         return dataclasses.replace(model, source="local", id=str(checkpoint_dir))
     q = variant.quantization

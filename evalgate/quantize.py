@@ -1,4 +1,5 @@
-"""Offline weight quantization into a compressed-tensors checkpoint that vLLM (and transformers) load.
+"""Offline weight quantization into a compressed-tensors checkpoint that vLLM (and transformers) load
+(the GGUF types go to llama.cpp's own llama-quantize: evalgate.gguf).
 
 Round-to-nearest with min/max scales per output channel (W8A8: int8 weights, dynamic per-token int8
 activations) or per group (W4A16: int4 weights in groups of 128, packed). This is what llm-compressor's
@@ -17,21 +18,32 @@ OFFLINE = tuple(SCHEMES)   # the methods that need a checkpoint written before t
 MARKER = "checkpoint.json"
 
 
-def quantize_variant(name: str, quantization: dict, model, out: Path) -> dict:
-    """The `quantize VARIANT` stage: the variant's checkpoint in `out` when its method is offline, else
-    a one-line marker (written without importing torch: ~1 s). A failed quantization is recorded in
-    the marker, and the variant's run rejects it with that error; the other variants go on."""
+def quantize_variant(name: str, quantization: dict, model, out: Path, gguf_dir: Path | None = None,
+                     engine_options: dict | None = None) -> dict:
+    """The `quantize VARIANT` stage: the variant's checkpoint in `out` when its method is offline
+    (compressed-tensors from the HF model; a GGUF type by llama-quantize from the gguf stage's F16 file
+    in `gguf_dir`), else a one-line marker (written without importing torch: ~1 s). A failed
+    quantization is recorded in the marker, and the variant's run rejects it with that error; the
+    other variants go on."""
+    from evalgate.config import GGUF_TYPES, OFFLINE_METHODS
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    if quantization["method"] not in OFFLINE:
+    method = quantization["method"]
+    if method not in OFFLINE_METHODS:
         info = {"checkpoint": False}
     else:
         from evalgate.models import resolve_model
 
         src = resolve_model(model)  # a missing model is a config error (exit 2)
         try:
-            info = {"checkpoint": True, **quantize_checkpoint(src, quantization["method"], out,
-                                                              group_size=quantization.get("group_size"))}
+            if method in GGUF_TYPES:
+                from evalgate.gguf import gguf_checkpoint
+
+                info = gguf_checkpoint(Path(gguf_dir or "gguf"), method, out, engine_options or {}, name)
+            else:
+                info = quantize_checkpoint(src, method, out, group_size=quantization.get("group_size"))
+            info = {"checkpoint": True, **info}
         except Exception as e:  # noqa: BLE001 - recorded; the variant's run rejects it with this, others go on
             info = {"checkpoint": False, "error": f"{type(e).__name__}: {e}"}
     (out / MARKER).write_text(json.dumps(info) + "\n")

@@ -84,7 +84,7 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
               f"concurrency 1, × baseline on the same greedy prompts (gated: {cfg.gate.get('output_length') or 'off'})."]
-    lines += _noise(gate) + _levels_table(results) + _speculation(gate) + _verdicts(table, gate)
+    lines += _noise(gate) + _levels_table(results) + _gguf_measures(cfg, results) + _speculation(gate) + _verdicts(table, gate)
     if phase_times:
         cols = sorted({c for t in phase_times.values() for c in t})
         lines += ["", "## Time per phase (s)", "", "| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -139,6 +139,34 @@ def _levels_table(results: dict) -> list[str]:
             if f"{lv}/output_throughput" in m:
                 lines.append(f"| `{name}` | {lv}" + ("" if not m.get(f"{lv}/saturated") else " (saturated)") + " | "
                              + " | ".join(_fmt(m.get(f"{lv}/{k}"), f) for k, _, f in LEVEL_COLS) + " |")
+    return lines
+
+
+GGUF_COLS = [("gguf_bits_per_weight", "bits/weight", "{:.2f}"), ("disk_model_mb", "GGUF MiB", "{:.2f}"),
+                 ("llama_bench/tg_tok_s", "llama-bench tg tok/s", "{:.0f}"),
+                 ("llama_bench/tg_ms_per_token", "tg ms/token", "{:.3f}"), ("llama_bench/pp_tok_s", "pp tok/s", "{:.0f}"),
+                 ("fidelity/kl_mean", "KLD mean", "{:.4f}"), ("fidelity/kl_p99", "KLD p99", "{:.4f}"),
+                 ("fidelity/top1_agreement", "same top token", "{:.3f}"), ("fidelity/ppl_ratio", "PPL ratio", "{:.4f}")]
+
+
+def _gguf_measures(cfg, results: dict) -> list[str]:
+    """llama.cpp's own measures, when the engine produced them: the weights as stored, llama-bench's
+    speed without HTTP, and llama-perplexity's KL divergence against the baseline."""
+    named = [(n, r.get("metrics", {})) for n, r in results.items()]
+    if not any("llama_bench/tg_tok_s" in m or "gguf_bits_per_weight" in m for _, m in named):
+        return []
+    lines = ["", "## llama.cpp: weights, llama-bench, llama-perplexity", "",
+             "bits/weight: the GGUF's tensors as stored (a K-quant needs rows of 256 weights; narrower tensors fall "
+             "back to another type); llama-bench: token generation (tg) and prompt processing (pp) without HTTP, "
+             "with the variant's KV-cache and flash-attention flags; KLD, same top token, PPL ratio: "
+             "llama-perplexity --kl-divergence against the baseline's logits on the fidelity texts.", "",
+             "| variant | weights | " + " | ".join(h for _, h, _ in GGUF_COLS) + " |",
+             "|---|---|" + "---|" * len(GGUF_COLS)]
+    for name, m in named:
+        v = cfg.variants.get(name)
+        q = v.quantization["method"] if v else "?"
+        lines.append(f"| `{name}` | {'F16' if q == 'none' else q.upper()} | "
+                     + " | ".join(_fmt(m.get(k), f) for k, _, f in GGUF_COLS) + " |")
     return lines
 
 

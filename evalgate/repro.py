@@ -2,7 +2,7 @@
 `baseline` and `run@<variant>` stages run side by side on one accelerator (evalgate.schedule), then DVC
 records each and runs the rest.
 
-  1. dvc repro fixture workload quantize     the inputs, by DVC as usual
+  1. dvc repro fixture workload gguf quantize   the inputs, by DVC as usual
   2. dvc status baseline run                 which variants DVC would run (all, if the baseline is stale)
   3. the scheduler runs exactly those        the same phases, files and MLflow runs as `evalgate run`
   4. dvc commit -f <each finished stage>     DVC records them as it would after running their command
@@ -27,7 +27,9 @@ from pathlib import Path
 from evalgate.config import BASELINE, Config
 from evalgate.results import Results
 
-PATHS = dict(workload="data/workload.jsonl", reference="data/reference.jsonl", results="results", checkpoints="checkpoints")
+PATHS = dict(
+    workload="data/workload.jsonl", reference="data/reference.jsonl", results="results", checkpoints="checkpoints", gguf="gguf"
+)
 
 
 def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -67,8 +69,8 @@ def repro(cfg: Config, serial: bool = False) -> None:
     engine = get_engine(cfg.engine["name"], cfg.engine)
     engine.preflight()
     t0 = time.time()
-    print("repro: 1/5 inputs (dvc repro fixture workload quantize)", flush=True)
-    dvc("repro", "fixture", "workload", "quantize")
+    print("repro: 1/5 inputs (dvc repro fixture workload gguf quantize)", flush=True)
+    dvc("repro", "fixture", "workload", "gguf", "quantize")
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     todo = stale(stages)
     print(f"repro: 2/5 stale: {', '.join(todo) or 'none'}", flush=True)
@@ -92,6 +94,7 @@ def repro(cfg: Config, serial: bool = False) -> None:
             str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
             results.variant(BASELINE),
             engine,
+            PATHS["gguf"],
         )
         if job is not None:
             slots.append(schedule.Slot(job))

@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalgate.config import BASELINE, Config, ModelSpec, Variant
+from evalgate.config import BASELINE, Config, ConfigError, ModelSpec, Variant
 from evalgate.results import VariantResults
 from evalgate.tracking import VariantRun, parent_name
 
@@ -60,11 +60,28 @@ def track(job: Job) -> None:
         job.tracker = open_run(job.cfg, job.variant, job.workload, job.out)
 
 
+def skipped_tasks(cfg: Config, skip: dict[str, str], tasks_index) -> dict[str, str]:
+    """Tasks of eval.tasks whose lm-eval output type the engine cannot evaluate (`skip`: type → why) → why.
+    A gated one is a ConfigError (one line, before anything loads): a gate must not pass on a skipped task."""
+    from evalgate import sequential
+    from evalgate.evaluate import output_types
+
+    if not skip:
+        return {}
+    kinds = output_types(tasks_index, cfg.eval["tasks"])
+    out = {t: f"{kind}: {skip[kind]}" for t, kind in kinds.items() if kind in skip}
+    for t in sequential.gated_tasks(cfg.thresholds):
+        if t in out:
+            raise ConfigError(f"gate.quality: task {t!r} is gated but engine {cfg.engine['name']!r} cannot evaluate "
+                              f"it ({out[t]}); drop it from eval.tasks and gate.quality (preset=llamacpp does)")
+    return out
+
+
 def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, reference: Path, checkpoint: str | None,
-            baseline: VariantResults | None, engine) -> Job | None:
+            baseline: VariantResults | None, engine, gguf: str | None = None) -> Job | None:
     """Checks that fail fast (ConfigError: one line, exit 2); a variant the engine cannot run, or whose
     quantization failed, gets its status.json (and a failed MLflow run) now and None back (rejected
-    with the reason)."""
+    with the reason). `gguf`: the gguf stage's folder (the GGUF files an engine that serves GGUF needs)."""
     from evalgate.engines.base import VariantUnsupported
     from evalgate.evaluate import task_manager
     from evalgate.models import resolve_model, served_model
@@ -73,9 +90,10 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     variant = cfg.variant(name)
     engine.preflight()                                                # engine not installed → ConfigError
     quant_error = checkpoint_error(checkpoint)
-    model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint)
+    model = cfg.model if quant_error else served_model(cfg.model, variant, checkpoint, gguf)
     resolve_model(model)                                              # missing path / offline hub → ConfigError
     tasks_index = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
+    skipped_tasks(cfg, engine.skipped_output_types, tasks_index)      # a gated task it cannot run → ConfigError
     out.reset()
     out.write("variant.json", {"name": variant.name, **variant.as_params()})
     error = f"quantization failed: {quant_error}" if quant_error else None
@@ -114,11 +132,13 @@ def quality(job: Job, ep) -> dict:
     base = _baseline_ok(job)
     t = time.perf_counter()
     texts = [json.loads(line)["text"] for line in open(job.reference)]
-    fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out.fidelity_file)
+    own = ep.reference_fidelity(texts, job.baseline if base is not None else None, out)  # the engine's own tool
+    if own is None:
+        fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out.fidelity_file)
     times["fidelity_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {}
     if base is not None:
-        metrics.update(fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
+        metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
         _track(job, metrics)
         early = gate.fidelity_screen(cfg.thresholds, metrics)
         if early:
@@ -156,7 +176,11 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
 
     cfg, out, tasks_index = job.cfg, job.out, job.task_manager
     lm = ep.lm_eval_model()
-    tasks, limit = cfg.eval["tasks"], cfg.eval.get("limit")
+    skipped = skipped_tasks(cfg, ep.skipped_output_types, tasks_index)
+    tasks, limit = [t for t in cfg.eval["tasks"] if t not in skipped], cfg.eval.get("limit")
+    if skipped:
+        print(f"run {job.variant.name}: skipped tasks: " + "; ".join(f"{t} ({why})" for t, why in skipped.items()))
+        out.write("skipped_tasks.json", skipped)
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     looks = cfg.gate.get("sequential") or {}
     gated = sequential.gated_tasks(cfg.thresholds)
@@ -216,6 +240,8 @@ def profile(job: Job, ep, repeat: bool = False) -> dict:
     res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
                 base_peak_rps=base_peak, progress=progress)
     res["stats"] = ep.stats()
+    if not repeat:
+        res["stats"].update(ep.engine_bench())
     if job.baseline is not None:
         res["summary"].update(output_agreement(job.baseline.profile(), res))
     for lv in res["levels"][1:]:     # token gaps are summarised already; the first level keeps them whole

@@ -40,19 +40,25 @@ def mlflow_runs(proj):
     return mlflow.search_runs(experiment_names=["evalgate"], output_format="list")
 
 
-@pytest.fixture(scope="module")
-def proj(tmp_path_factory):
-    """A copy of the working tree (tracked + untracked-not-ignored files) as its own git repo."""
-    d = tmp_path_factory.mktemp("e2e") / "proj"
+def copy_project(d: Path, overrides: list[str]) -> None:
+    """A copy of the working tree (tracked + untracked-not-ignored files, no pipeline outputs) as its own
+    git repo, with params.yaml composed from `overrides`."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
+    outputs = ("fixtures/", "results/", "reports/", "data/", "gguf/", "checkpoints/")
     for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("fixtures/", "results/", "reports/", "data/")):
+        if (ROOT / f).is_file() and not f.startswith(outputs):
             (d / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, d / f)
     (d / "dvc.lock").unlink(missing_ok=True)
     sh(["git", "init", "-q"], d)
-    sh([sys.executable, "-m", "evalgate", "compose", *TINY], d)
+    sh([sys.executable, "-m", "evalgate", "compose", *overrides], d)
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e") / "proj"
+    copy_project(d, TINY)
     first = sh(["dvc", "repro"], d)
     return d, first.stdout
 

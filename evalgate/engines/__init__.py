@@ -10,6 +10,7 @@ from evalgate.config import ConfigError
 ENGINES = {
     "hf": "evalgate.engines.hf:HFEngine",
     "vllm": "evalgate.engines.vllm:VLLMEngine",
+    "llamacpp": "evalgate.engines.llamacpp:LlamaCppEngine",
 }
 
 

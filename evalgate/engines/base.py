@@ -7,6 +7,7 @@ stops it on exit. Nothing outside an adapter knows an engine's flags.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -49,6 +50,21 @@ def record(req: dict, g: Generation, sent_at: float) -> dict:
             "itl": [b - a for a, b in zip(times, times[1:])], "capped": n >= int(req["max_tokens"]), "text": g.text}
 
 
+def wait_healthy(proc, log_path: Path, healthy, timeout: float, what: str, poll_s: float = 0.5) -> None:
+    """Block until `healthy()` is true (the server adapters' health wait). The process dying first is a
+    RuntimeError with its log's last lines, no health within `timeout` s a TimeoutError naming the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was healthy:\n" + "\n".join(tail))
+        with contextlib.suppress(OSError, ValueError):   # not listening yet, or not ready (an error body)
+            if healthy():
+                return
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} not healthy after {timeout:.0f} s (see {log_path})")
+
+
 class Endpoint(abc.ABC):
     """A served model: timed requests for the profile, an lm-eval model for the evaluation."""
 
@@ -56,6 +72,7 @@ class Endpoint(abc.ABC):
     batch_size: int = 1         # requests the engine runs at once in the generic loop (static batches)
     supports_rate = False       # open-loop request-rate levels need a server's own load generator
     request_cache: bool = True  # lm-eval's request cache (`use_cache`) works with lm_eval_model()
+    skipped_output_types: dict[str, str] = {}   # lm-eval output types it cannot evaluate → why (see Engine)
 
     def generate_batch(self, requests: list[dict], ignore_eos: bool = False) -> list[Generation]:
         """Greedy-generate the requests as one batch (each ends at EOS, a stop string or its
@@ -100,6 +117,17 @@ class Endpoint(abc.ABC):
         next-token distribution (fidelity against the baseline). Engines that cannot, return []."""
         return []
 
+    def reference_fidelity(self, texts: list[str], baseline, out) -> dict[str, float] | None:
+        """Engines with their own fidelity tool (llama.cpp: llama-perplexity's KL-divergence mode) compute it
+        here, because their server cannot return prompt log-probs: with `baseline` None (the baseline
+        itself) they store their reference in `out` (a VariantResults, through `out.file`); otherwise they
+        return `fidelity/*` metrics against the baseline's folder. None: `prompt_logprobs` is used instead."""
+        return None
+
+    def engine_bench(self) -> dict[str, float]:
+        """The engine's own micro-benchmark, run once after the load sweep (llama.cpp: llama-bench)."""
+        return {}
+
     def stats(self) -> dict[str, float]:
         """Metrics the engine gathered while serving (peak memory, KV-cache capacity…)."""
         return dict(self.info.metrics)
@@ -108,14 +136,22 @@ class Endpoint(abc.ABC):
 class Engine(abc.ABC):
     name: str
     # True: `start` launches a server other processes can reach (`attach`), so the scheduler runs
-    # several side by side; False: the model lives in this process and variants run one at a time
+    # several side by side; False: variants run one at a time (in-process models, or a CPU server)
     attachable = False
+    # lm-eval output types this engine cannot evaluate → why (their tasks are skipped; gating one is an error)
+    skipped_output_types: dict[str, str] = {}
 
     def __init__(self, options: dict):
         self.options = options
 
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
+
+    def export_model(self, model: ModelSpec, out: Path) -> dict | None:
+        """The `gguf` stage: write the model (and its draft) into `out` in the format this engine serves,
+        when that is not the HF checkpoint (llama.cpp: GGUF F16 + an Ollama Modelfile), and return what was
+        written (the stage's `gguf.json`). None: this engine serves the HF checkpoint itself."""
+        return None
 
     @abc.abstractmethod
     def check(self, model: ModelSpec, variant: Variant) -> None:

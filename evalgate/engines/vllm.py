@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 from evalgate.config import ConfigError, ModelSpec, Variant
-from evalgate.engines.base import Endpoint, Engine, ServeInfo, VariantUnsupported
+from evalgate.engines.base import Endpoint, Engine, ServeInfo, VariantUnsupported, wait_healthy
 from evalgate.models import resolve_model
 
 QUANT = {"none": [], "fp8": ["--quantization", "fp8"], "w4a16": [], "w8a8": [], "checkpoint": []}
@@ -322,17 +322,10 @@ class VLLMServer:
     def wait(self, timeout: float | None = None) -> VLLMEndpoint:
         """Block until /health answers; a clear error if the process died or the time ran out."""
         timeout = float(timeout or self.options.get("start_timeout_s", 600))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
-                raise RuntimeError(f"vllm serve exited with {self.proc.returncode} before it was healthy:\n" + "\n".join(tail))
-            with contextlib.suppress(OSError):
-                if _get(f"{self.base_url}/health", timeout=2) is not None:
-                    self.start_seconds = time.perf_counter() - self.t0
-                    return self.endpoint()
-            time.sleep(0.5)
-        raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s (see {self.log_path})")
+        wait_healthy(self.proc, self.log_path, lambda: _get(f"{self.base_url}/health", timeout=2) is not None,
+                     timeout, "vllm serve")
+        self.start_seconds = time.perf_counter() - self.t0
+        return self.endpoint()
 
     def endpoint(self) -> VLLMEndpoint:
         info = ServeInfo(start_seconds=self.start_seconds or 0.0, artifacts=[self.log_path])
