@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
 from evalgate.results import VariantResults  # noqa: E402
@@ -67,8 +69,11 @@ def main() -> int:
     out = Path(a.out) if a.out else _new_dir(f"docs/results/{name}-{time.strftime('%Y-%m-%d')}")
     out.mkdir(parents=True, exist_ok=True)
     for f in [*(f"reports/{r}" for r in REPORTS), "fixtures/metrics.json", "params.yaml", "dvc.lock"]:
-        if Path(f).exists():
-            shutil.copy(f, out / f.replace("/", "_").removeprefix("reports_").removeprefix("plots_"))
+        dst = out / f.replace("/", "_").removeprefix("reports_").removeprefix("plots_")
+        if Path(f).exists() and f.endswith(".png"):   # 256 colours: a third of the bytes, the same plot
+            Image.open(f).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+        elif Path(f).exists():
+            shutil.copy(f, dst)
     for d in sorted(p for p in Path("results").iterdir() if p.is_dir()):
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
