@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from evalgate.config import GGUF_TYPES, ConfigError, ModelSpec, Variant
-from evalgate.quantize import MARKER
+
+MARKER = "checkpoint.json"   # what the quantize stage writes into a checkpoint folder it produced
 
 
 def resolve_model(model: ModelSpec, which: str = "id") -> str:

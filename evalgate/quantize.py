@@ -13,9 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
+from evalgate.models import MARKER
+
 SCHEMES = {"w4a16": ("W4A16", "pack-quantized"), "w8a8": ("W8A8", "int-quantized")}
 OFFLINE = tuple(SCHEMES)   # the methods that need a checkpoint written before the variant is served
-MARKER = "checkpoint.json"
 
 
 def quantize_variant(name: str, quantization: dict, model, out: Path, gguf_dir: Path | None = None,
