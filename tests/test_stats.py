@@ -340,7 +340,7 @@ def _write(d, acc, ppl_ll):
 
 
 def test_gate_pairs_lm_eval_samples(tmp_path):
-    from evalgate.results import load_result
+    from evalgate.results import VariantResults
 
     rng = np.random.default_rng(1)
     acc = rng.random(N) < P_BASE
@@ -355,7 +355,7 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
                  "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"same": {}, "bad": {}},
                  "gate": {"quality": {"t/acc": {"max_loss_abs": 0.02},
                                       "t/word_perplexity": {"max_loss_rel_pct": 2}}}})
-    g = decide(cfg, {n: load_result(tmp_path / n) for n in ("baseline", "same", "bad")})
+    g = decide(cfg, {n: VariantResults(tmp_path / n).load() for n in ("baseline", "same", "bad")})
     assert g["variants"]["same"]["verdict"] == "accept"
     bad_v = g["variants"]["bad"]
     assert bad_v["verdict"] == "reject" and "→ inferior" in bad_v["reason"]
@@ -367,7 +367,7 @@ def test_gate_pairs_lm_eval_samples(tmp_path):
 
 
 def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
-    from evalgate.results import load_result
+    from evalgate.results import VariantResults
 
     rng = np.random.default_rng(2)
     acc, ll = rng.random(N) < P_BASE, rng.normal(-10, 1, N)
@@ -377,7 +377,7 @@ def test_fidelity_metrics_gate_as_point_estimates(tmp_path):
                  "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
                  "eval": {"tasks": ["t"]}, "baseline": {}, "variants": {"v": {}},
                  "gate": {"quality": {"fidelity/answer_flip_rate": {"max_loss_abs": 0.05}}}})
-    results = {n: load_result(tmp_path / n) for n in ("baseline", "v")}
+    results = {n: VariantResults(tmp_path / n).load() for n in ("baseline", "v")}
     results["baseline"]["metrics"]["fidelity/answer_flip_rate"] = 0.0
     results["v"]["metrics"]["fidelity/answer_flip_rate"] = 0.08
     g = decide(cfg, results)
