@@ -69,15 +69,19 @@ def repro(cfg: Config, serial: bool = False) -> None:
     engine = get_engine(cfg.engine["name"], cfg.engine)
     engine.preflight()
     t0 = time.time()
-    print("repro: 1/5 inputs (dvc repro fixture workload gguf quantize)", flush=True)
+
+    def step(msg: str) -> None:  # with the seconds since the start: where the pipeline's own overhead goes
+        print(f"repro: {msg} [+{time.time() - t0:.1f} s]", flush=True)
+
+    step("1/5 inputs (dvc repro fixture workload gguf quantize)")
     dvc("repro", "fixture", "workload", "gguf", "quantize")
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     todo = stale(stages)
-    print(f"repro: 2/5 stale: {', '.join(todo) or 'none'}", flush=True)
+    step(f"2/5 stale: {', '.join(todo) or 'none'}")
     if todo and (serial or not engine.attachable):
         # one at a time: exactly what DVC runs itself, each variant in its own process (an in-process
         # engine frees its model with it; one process serving every variant held all their memory)
-        print(f"repro: 3/5 running {len(todo)} variant(s) one at a time (dvc repro)", flush=True)
+        step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro)")
         dvc("repro")
         print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
         return
@@ -98,12 +102,12 @@ def repro(cfg: Config, serial: bool = False) -> None:
         )
         if job is not None:
             slots.append(schedule.Slot(job))
-    print(f"repro: 3/5 running {len(slots)} variant(s) side by side", flush=True)
+    step(f"3/5 running {len(slots)} variant(s) side by side")
     if slots:
         schedule.run_scheduled(cfg, engine, slots, PATHS)
     if todo:
-        print(f"repro: 4/5 dvc commit {' '.join(todo)}", flush=True)
+        step(f"4/5 dvc commit {' '.join(todo)}")
         dvc("commit", "-f", *todo)
-    print("repro: 5/5 dvc repro (gate, report)", flush=True)
+    step("5/5 dvc repro (gate, report)")
     dvc("repro")
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
