@@ -25,12 +25,18 @@ def _hand_over() -> None:
     python = venv / "bin" / "python"
     here = Path(sys.prefix).resolve()
     if python.exists() and here != venv.resolve() and not os.environ.get("EVALGATE_HANDED_OVER"):
-        print(f"evalgate: {sys.executable} lacks {', '.join(missing)}; running the project's {python} instead",
-              file=sys.stderr, flush=True)
+        print(
+            f"evalgate: {sys.executable} lacks {', '.join(missing)}; running the project's {python} instead",
+            file=sys.stderr,
+            flush=True,
+        )
         os.environ["EVALGATE_HANDED_OVER"] = "1"
         os.execv(str(python), [str(python), "-m", "evalgate", *sys.argv[1:]])
-    print(f"evalgate: {sys.executable} lacks {', '.join(missing)}: run `make repro` once (it creates .venv), then "
-          f"`source .venv/bin/activate` or call .venv/bin/evalgate", file=sys.stderr)
+    print(
+        f"evalgate: {sys.executable} lacks {', '.join(missing)}: run `make repro` once (it creates .venv), then "
+        f"`source .venv/bin/activate` or call .venv/bin/evalgate",
+        file=sys.stderr,
+    )
     raise SystemExit(2)
 
 

@@ -46,7 +46,8 @@ def test_speculative_configs():
 
 def test_prequantized_checkpoints_add_no_flag():
     for m in ("w4a16", "w8a8", "checkpoint"):
-        assert "--quantization" not in args_of({"quantization": {"method": m}})
+        q = {"method": m, **({"path": "/ckpt"} if m == "checkpoint" else {})}  # a checkpoint needs its path
+        assert "--quantization" not in args_of({"quantization": q})
 
 
 @pytest.mark.parametrize("spec, msg", [
