@@ -26,10 +26,11 @@ BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 VARIANT_FILES = sorted(p.stem for p in (ROOT / "conf/variant").glob("*.yaml"))
 
 # values that are not of the declared type (strict mode: no `true` taken as 1, no "3" taken as 3)
-not_int = st.one_of(st.booleans(), st.text(min_size=1, max_size=5), st.floats(allow_nan=False).filter(lambda x: x != int(x) if abs(x) < 1e15 else True),
-                    st.lists(st.integers(), max_size=2), st.none())
+fractional = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6).filter(lambda x: x != int(x))
+not_int = st.one_of(st.booleans(), st.text(min_size=1, max_size=5), fractional, st.lists(st.integers(), max_size=2), st.none())
 not_int_given = not_int.filter(lambda v: v is not None)  # for optional keys, where null means "not set"
-not_number = st.one_of(st.booleans(), st.text(min_size=1, max_size=5), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+not_number = st.one_of(st.booleans(), st.text(min_size=1, max_size=5), st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
 not_bool = st.one_of(st.integers(), st.text(min_size=1, max_size=5), st.floats(allow_nan=False))
 not_str = st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), min_size=1, max_size=2), st.floats(allow_nan=False))
 not_name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12)
@@ -92,12 +93,14 @@ KINDS = [
            "gate.quality.fx_add/exact_match.max_loss_abs"),
     setter("gate.quality.fx_add.exact_match.max_loss_rel_pct", st.floats(min_value=100.01, max_value=1e9),
            "gate.quality.fx_add/exact_match.max_loss_rel_pct"),
-    setter("gate.statistics.alpha", st.one_of(st.floats(min_value=0.5, max_value=10), st.floats(max_value=0, allow_nan=False, allow_infinity=False))),
+    setter("gate.statistics.alpha",
+           st.one_of(st.floats(min_value=0.5, max_value=10), st.floats(max_value=0, allow_nan=False, allow_infinity=False))),
     setter("faults.attempts", st.one_of(st.integers(max_value=0), st.integers(min_value=11))),
     setter("workload.max_tokens", not_positive),
     setter("load.requests.min", not_positive),
     setter("engine.device", not_name.map(lambda s: "tpu" + s)),
-    setter("load.concurrency", st.lists(st.integers(1, 64), min_size=2, max_size=4, unique=True).map(lambda xs: sorted(xs, reverse=True))),
+    setter("load.concurrency",
+           st.lists(st.integers(1, 64), min_size=2, max_size=4, unique=True).map(lambda xs: sorted(xs, reverse=True))),
     # unknown keys
     _unknown_key("engine"),
     _unknown_key("gate"),
