@@ -252,3 +252,19 @@ def test_rank_by_direction_comes_from_the_metric(rank_by, best):
 
     g = decide(parse(p), {"baseline": r(30, 100, 500), "a": r(10, 120, 400), "b": r(50, 200, 600)})
     assert g["best"] == best
+
+
+# -- 10. `.venv/bin/dvc repro` from a fresh shell: a stage's `python` that lacks the requirements hands over --------
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system python without the requirements")
+def test_a_python_without_the_requirements_hands_over_to_the_project_venv(tmp_path):
+    bare = "/usr/bin/python3"
+    if subprocess.run([bare, "-c", "import typer, transformers"], capture_output=True).returncode == 0:
+        pytest.skip("the system python has the requirements")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "EVALGATE_HANDED_OVER")}
+    env["PYTHONPATH"] = str(ROOT)   # the package's source, as DVC's working folder gives it
+    p = subprocess.run([bare, "-m", "evalgate", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "run `make repro` once" in p.stderr, p.stderr
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))   # the project's venv: this test's own
+    p = subprocess.run([bare, "-m", "evalgate", "--help"], cwd=tmp_path, env={**env, "DVC_ROOT": str(tmp_path)},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "running the project's" in p.stderr and "compose" in p.stdout, (p.stdout, p.stderr)
