@@ -422,26 +422,24 @@ Workload = Annotated[
 ]
 
 
-class Requests(Section):
+class MinMax(Section):
+    """A `min`/`max` pair: max ≥ min (the fields are the subclass's)."""
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise _problem("field_error", "must be ≥ min ({lo})", key="max", value=self.max, lo=self.min)
+        return self
+
+
+class Requests(MinMax):
     min: PositiveInt = 16
     max: PositiveInt = 256
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max < self.min:
-            raise _problem("field_error", "must be ≥ min ({lo})", key="max", value=self.max, lo=self.min)
-        return self
 
-
-class Duration(Section):
+class Duration(MinMax):
     min: NonNegFloat = 0
     max: PositiveFloat = 60
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max < self.min:
-            raise _problem("field_error", "must be ≥ min ({lo})", key="max", value=self.max, lo=self.min)
-        return self
 
 
 class Load(Section):
