@@ -15,8 +15,11 @@ two a person types (`compose`, `repro`):
 console command; `python -m evalgate …` is the same without installing (the GPU host runs it so).
 
 What every command shares is here, once: offline hub settings, third-party warning noise filtered
-(evalgate.quiet), params.yaml loaded and validated (evalgate.compose.load), and a bad value as one
-line naming its key on stderr with exit code 2, before any model loads.
+(evalgate.quiet), MLflow's retries cut short (evalgate.tracking), params.yaml loaded and validated
+(evalgate.compose.load) before anything heavy is imported, and a bad value as one line naming its key
+on stderr with exit code 2, before any model loads. After a `dvc exp run` whose composition does not
+validate, params.yaml is put back as it was (the rejected one kept beside it), so the next command does
+not trip over it.
 """
 
 from __future__ import annotations
@@ -57,7 +60,36 @@ GgufDir = Annotated[Path, typer.Option(help="the gguf stage's folder (the GGUF f
 def _config(params: Path):
     from evalgate.compose import load
 
-    return load(params)
+    try:
+        return load(params)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{_restore_after_failed_experiment(params)}") from None
+
+
+def _restore_after_failed_experiment(params: Path) -> str:
+    """Under `dvc exp run` (DVC sets DVC_EXP_NAME), a composition that does not validate stays in
+    params.yaml after the experiment fails, and every later command fails on it. Put HEAD's params.yaml
+    back (if it validates) and keep the rejected one as params.yaml.rejected; say so in the error line."""
+    import subprocess
+
+    import yaml
+
+    from evalgate.compose import validate
+
+    if not os.environ.get("DVC_EXP_NAME") or params.name != "params.yaml":
+        return ""
+    root = params.resolve().parent
+    p = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=root, capture_output=True, text=True)
+    if p.returncode:
+        return ""
+    try:
+        validate(yaml.safe_load(p.stdout) or {}, root / "conf")
+    except (ConfigError, yaml.YAMLError):
+        return ""
+    rejected = params.with_name("params.yaml.rejected")
+    rejected.write_text(params.read_text())
+    params.write_text(p.stdout)
+    return f"; params.yaml put back as in HEAD (this experiment's composition is kept in {rejected.name})"
 
 
 @app.command()
@@ -87,9 +119,12 @@ def repro(
 ):
     """The scheduled `dvc repro`: DVC decides what is stale, the stale variants run side by side on one
     accelerator (one at a time on the CPU's in-process engine), DVC records them, then gate and report."""
+    cfg = _config(params)
+    from evalgate import tracking
     from evalgate.repro import repro as run_repro
 
-    run_repro(_config(params), serial)
+    tracking.check_reachable(cfg.mlflow)
+    raise typer.Exit(run_repro(cfg, serial) or 0)
 
 
 app.command("schedule", hidden=True, help="Old name of `repro`.")(repro)
@@ -103,13 +138,9 @@ def fixture(
     """Train the toy target and draft models and write their lm-eval tasks (the `fixture:` params)."""
     import json
 
-    import yaml
-
-    from evalgate.config import fixture_params
-
-    if not params.exists():
-        raise ConfigError(f"{params}: not found (compose it with `evalgate compose`)")
-    section = fixture_params(yaml.safe_load(params.read_text()) or {})
+    section = _config(params).raw.get("fixture")  # every key of params checked first: nothing trains on a bad config
+    if not section:
+        raise ConfigError("fixture: missing (the fixture stage trains from it: conf/fixture/)")
     from evalgate.toymodel import build
 
     try:
@@ -126,13 +157,21 @@ def workload(
     params: Params = PARAMS,
 ):
     """The requests every variant is profiled with, and the fidelity reference texts, built once."""
+    cfg = _config(params)
     from evalgate.workload import write_files
 
-    cfg = _config(params)
     print(
         "wrote "
         + write_files(
-            cfg.workload, cfg.load, cfg.eval.get("fidelity"), cfg.model, cfg.eval.get("include_path"), cfg.seed, out, reference
+            cfg.workload,
+            cfg.load,
+            cfg.eval.get("fidelity"),
+            cfg.model,
+            cfg.eval.get("include_path"),
+            cfg.seed,
+            out,
+            reference,
+            gated=[th.metric for th in cfg.thresholds],
         )
     )
 
@@ -192,27 +231,118 @@ def run(
     out: Annotated[Path | None, typer.Option(help="the variant's results folder (default results/VARIANT)")] = None,
     attach: Annotated[Path | None, typer.Option(help="(scheduler) a running server's record: quality only")] = None,
     gguf: GgufDir = GGUF,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True, help="(supervisor) the variant's work itself")] = False,
     params: Params = PARAMS,
 ):
     """Serve one variant once, then its quality checks and its load sweep through that endpoint.
 
-    A variant the engine cannot run, or one that fails while running, is recorded in its status.json
-    (and rejected by the gate); the command still exits 0, so the other variants run."""
-    from evalgate import runner
+    The variant runs in a worker process under the fault policy (params `faults`, README: Failures): a
+    transient failure (out of memory, a port taken, a timeout, a server that died) is retried, and when
+    the tries are used up the command exits 75, so DVC does not cache it; a permanent one (an option the
+    engine refuses…) is recorded in status.json and rejected by the gate, and the command exits 0, so the
+    other variants run. A bad value is one line and exit 2, before any model loads."""
+    cfg = _config(params)
+    cfg.variant(variant)  # an unknown name: one line, now
+    folder = out or Path("results") / variant
+    if attach:
+        from evalgate import runner
+        from evalgate.engines import get_engine
+        from evalgate.results import VariantResults
+
+        engine = get_engine(cfg.engine["name"], cfg.engine)
+        raise typer.Exit(
+            runner.attached_quality(
+                cfg,
+                variant,
+                VariantResults(folder),
+                workload,
+                reference,
+                VariantResults(baseline) if baseline else None,
+                engine,
+                attach,
+            )
+        )
+    if not worker:
+        raise typer.Exit(_supervise(cfg, variant, folder, workload, reference, checkpoint, baseline, params, gguf))
+    raise typer.Exit(_work(cfg, variant, folder, workload, reference, checkpoint, baseline, gguf))
+
+
+def _supervise(
+    cfg, variant: str, folder: Path, workload, reference, checkpoint, baseline, params: Path, gguf: Path = GGUF
+) -> int:
+    """The stage's own process: checks that need nothing heavy, then the worker under evalgate.faults."""
+    from evalgate import faults, tracking
     from evalgate.engines import get_engine
     from evalgate.results import VariantResults
 
-    cfg = _config(params)
-    engine = get_engine(cfg.engine["name"], cfg.engine)
-    folder = VariantResults(out or Path("results") / variant)
-    base = VariantResults(baseline) if baseline else None
-    if attach:
-        raise typer.Exit(runner.attached_quality(cfg, variant, folder, workload, reference, base, engine, attach))
-    job = runner.prepare(
-        cfg, variant, folder, workload, reference, str(checkpoint) if checkpoint else None, base, engine, str(gguf)
+    get_engine(cfg.engine["name"], cfg.engine).preflight()  # engine not installed → one line, exit 2
+    tracking.check_reachable(cfg.mlflow)  # a tracking server that does not answer → one line, exit 2
+    argv = [
+        "run",
+        variant,
+        "--workload",
+        str(workload),
+        "--reference",
+        str(reference),
+        "--out",
+        str(folder),
+        "--params",
+        str(params),
+        "--gguf",
+        str(gguf),
+    ]
+    if checkpoint:
+        argv += ["--checkpoint", str(checkpoint)]
+    if baseline:
+        argv += ["--baseline", str(baseline)]
+    sys.stdout.flush()
+    return faults.supervise(
+        variant,
+        faults.worker_command(argv),
+        VariantResults(folder),
+        cfg.faults,
+        log=lambda line: print(line, flush=True),
+        mlflow=cfg.mlflow,
     )
-    if job is not None:
-        runner.run_serial(job, engine)
+
+
+def _work(cfg, variant: str, folder: Path, workload, reference, checkpoint, baseline, gguf: Path = GGUF) -> int:
+    """The worker: prepare (fast checks, nothing loads), then serve and measure (evalgate.runner)."""
+    import traceback
+
+    from evalgate import runner
+    from evalgate.engines import get_engine
+    from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
+    from evalgate.results import VariantResults
+
+    engine = get_engine(cfg.engine["name"], cfg.engine)
+    out = VariantResults(folder)
+    try:
+        job = runner.prepare(
+            cfg,
+            variant,
+            out,
+            workload,
+            reference,
+            str(checkpoint) if checkpoint else None,
+            VariantResults(baseline) if baseline else None,
+            engine,
+            str(gguf),
+        )
+        return runner.run_serial(job, engine) if job is not None else 0
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - outside run_serial's own handling: told to the supervisor, then decided
+        kind = classify(e)
+        tell_supervisor(kind, f"prepare: {type(e).__name__}: {e}")
+        if kind is None:
+            raise
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            out.fail("prepare", f"{type(e).__name__}: {e}", traceback.format_exc(), transient=kind)
+        print(f"run {variant}: failed before serving: {type(e).__name__}: {e} (transient: {kind})", flush=True)
+        return EX_TEMPFAIL
 
 
 @app.command()
@@ -224,10 +354,10 @@ def gate(
     """A verdict (accept/reject, with its reason) for every variant against the baseline."""
     import json
 
+    cfg = _config(params)
     from evalgate.gate import decide
     from evalgate.results import Results
 
-    cfg = _config(params)
     verdicts = decide(cfg, Results(results).load(cfg.variants))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(verdicts, indent=1))
@@ -246,11 +376,12 @@ def report(
     """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run."""
     import json
 
+    cfg = _config(params)
     from evalgate import tracking
     from evalgate.report import write_report
     from evalgate.results import Results
 
-    cfg = _config(params)
+    tracking.check_reachable(cfg.mlflow)  # a tracking server that does not answer: one line, exit 2 (gate.json stays)
     verdicts = json.loads(gate.read_text())
     store = Results(results)
     table, files = write_report(cfg, store, verdicts, out)
@@ -267,6 +398,9 @@ def report(
         table,
         [*files, gate, params],
     )
+    if tracking._OFF:  # the server went away while logging: not recorded as done, so the next repro logs it
+        print("report: MLflow stopped answering while logging; exit 75 so that DVC runs the report again", file=sys.stderr)
+        raise typer.Exit(75)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,5 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="evalgate")
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        from evalgate.tracking import redact
+
+        print(f"config error: {redact(' '.join(str(e).split()))}", file=sys.stderr)
         sys.exit(2)

@@ -26,19 +26,100 @@ COMBO_TARGET = re.compile(r"^\s*-\s*/variant@(\S+?)\s*:", re.M)
 
 
 def compose(overrides: list[str], conf_dir: Path = Path("conf")) -> dict:
-    """The composed params (what `dvc exp run` would write), after the file-name check."""
+    """The composed params (what `dvc exp run` would write), after the checks of conf/ itself (every file
+    well-formed YAML, variant files named as their variants, no variant or combination listed twice)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    check_yaml_files(conf_dir)
     check_variant_files(conf_dir)
+    check_no_duplicates(overrides, conf_dir)
+    CONF_DIR[:] = [conf_dir]
     try:
         with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
             return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:  # e.g. an unknown variant file
-        raise ConfigError(f"conf: {str(e).strip().splitlines()[0]}") from None
+    except (HydraException, OmegaConfBaseException) as e:  # e.g. an unknown variant file, a bad override
+        raise ConfigError(hydra_error(e, overrides)) from None
+
+
+def hydra_error(e: Exception, overrides: list[str]) -> str:
+    """Hydra's message on one line, every part of it kept (its first line alone often says only
+    "mismatched input '/' expecting EQUAL"), with what to write instead where we know."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    lines = [x for x in lines if not x.startswith(("See https://hydra.cc", "Config search path", "provider="))]
+    text = "; ".join(lines) or type(e).__name__
+    bad = next((o for o in overrides if "/" in o.split("=", 1)[0] and o.lstrip("+~").startswith("gate.quality.")), None)
+    if bad is not None:
+        key, _, value = bad.partition("=")
+        nested = key.replace("/", ".")
+        return (
+            f"conf: override {bad!r}: a Hydra override key cannot hold '/' ({text}); gate.quality's metrics "
+            f"nest, so write {nested}={value}"
+        )
+    where = next((o for o in overrides if o.split("=", 1)[0] in text or o in text), None)
+    if m := re.search(r"Could not load '([\w-]+)/([^']+)'", text):
+        known = sorted(p.stem for p in (CONF_DIR[0] / m.group(1)).glob("*.yaml")) if CONF_DIR else []
+        if known:
+            text += f" (conf/{m.group(1)}/ has: {', '.join(known)})"
+    return f"conf: {f'override {where!r}: ' if where else ''}{text}"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as OmegaConf reads it: a key given twice is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def check_yaml_files(conf_dir: Path = Path("conf")) -> None:
+    """Every file of conf/ parses: one line naming the file, the line and the column, not a traceback."""
+    for f in sorted(conf_dir.rglob("*.yaml")):
+        try:
+            yaml.load(f.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            problem = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+            raise ConfigError(f"{f}{at}: not valid YAML ({' '.join(problem.split())})") from None
+
+
+LIST_GROUPS = ("variant", "combo")
+CONF_DIR: list[Path] = []  # the folder being composed, for the error lines  # groups whose option is a list of files
+
+
+def check_no_duplicates(overrides: list[str], conf_dir: Path = Path("conf")) -> None:
+    """A variant (or combination) listed twice would be run once, silently: an error instead, naming the
+    group and the name. Checks the override lists and conf/config.yaml's defaults list."""
+    lists: list[tuple[str, str, list]] = []
+    root = conf_dir / "config.yaml"
+    if root.exists():
+        for item in (yaml.safe_load(root.read_text()) or {}).get("defaults", []):
+            if isinstance(item, dict):
+                for group, value in item.items():
+                    if group in LIST_GROUPS and isinstance(value, list):
+                        lists.append((f"{root} defaults", group, value))
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        group = key.lstrip("+~").removeprefix("override ").strip()
+        if eq and group in LIST_GROUPS and value.strip().startswith("["):
+            items = [x.strip().strip("'\"") for x in value.strip()[1:-1].split(",") if x.strip()]
+            lists.append((f"override {o!r}", group, items))
+    for where, group, names in lists:
+        twice = [n for i, n in enumerate(names) if n in names[:i]]
+        if twice:
+            raise ConfigError(
+                f"{group}: {where} lists {twice[0]!r} twice (each name is one variant; a copy needs "
+                f"its own file in conf/{group}/)"
+            )
 
 
 def check_variant_files(conf_dir: Path = Path("conf")) -> None:
@@ -62,24 +143,32 @@ def check_variant_files(conf_dir: Path = Path("conf")) -> None:
 
 
 def validate(raw: dict, conf_dir: Path | None = Path("conf")) -> Config:
-    """Everything a params dict must pass before a stage uses it: the schema (evalgate.config), a
-    registered engine (evalgate.engines), and variant files named as their variants (when `conf_dir`
-    exists: a params.yaml can also be used without its conf/)."""
-    from evalgate.engines import check_name
-
+    """Everything a params dict must pass before a stage uses it: the schema (evalgate.config, which
+    also checks the engine is registered), and conf/'s files well-formed and named as their variants
+    (when `conf_dir` exists: a params.yaml can also be used without its conf/)."""
     cfg = parse(raw)
-    check_name(cfg.engine["name"])
     if conf_dir is not None and conf_dir.is_dir():
+        check_yaml_files(conf_dir)
         check_variant_files(conf_dir)
     return cfg
 
 
 def load(path: str | Path = "params.yaml", conf_dir: Path | None = Path("conf")) -> Config:
     """params.yaml, validated (a ConfigError naming the key, before any model loads)."""
+    return validate(read_params(path), conf_dir)
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    """params.yaml as a dict, or a one-line ConfigError (missing, not YAML)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: not found (compose it with `evalgate compose`)")
-    return validate(yaml.safe_load(p.read_text()) or {}, conf_dir)
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
 def write(params: dict, out: Path) -> None:

@@ -9,28 +9,57 @@ from evalgate.config import ConfigError
 from evalgate.metrics import flatten_lmeval
 
 
-def task_manager(tasks: list[str], include_path: str | None):
+def task_manager(tasks: list[str], include_path: str | list[str] | None):
     """A TaskManager that knows `tasks`; one-line ConfigError naming an unknown task.
 
-    Indexing lm-eval's ~15k built-in task files takes ~12 s on 2 cores, so the local include path is
+    `include_path`: one folder of task files or several (`eval.include_path`), beside lm-eval's own.
+    Indexing lm-eval's ~15k built-in task files takes ~12 s on 2 cores, so the local include paths are
     tried alone first and the built-ins are indexed only when a task is not found there. One per
     process and task list (the scheduler prepares every variant with the same)."""
-    return _task_manager(tuple(tasks), include_path)
+    paths = (include_path,) if isinstance(include_path, str) else tuple(include_path or ())
+    return _task_manager(tuple(tasks), paths)
 
 
 @functools.lru_cache(maxsize=8)
-def _task_manager(tasks: tuple[str, ...], include_path: str | None):
+def _task_manager(tasks: tuple[str, ...], paths: tuple[str, ...]):
     from lm_eval.tasks import TaskManager
 
-    if include_path and not Path(include_path).is_dir():
-        raise ConfigError(f"eval.include_path: {include_path!r} is not a folder")
-    tasks_index = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    for p in paths:
+        if not Path(p).is_dir():
+            raise ConfigError(f"eval.include_path: {p!r} is not a folder")
+    include = list(paths) or None
+    tasks_index = TaskManager(include_path=include, include_defaults=False) if include else None
     if tasks_index is None or set(tasks) - set(tasks_index.all_tasks):
-        tasks_index = TaskManager(include_path=include_path)
+        tasks_index = TaskManager(include_path=include)
     unknown = [t for t in tasks if t not in tasks_index.all_tasks]
     if unknown:
-        raise ConfigError(f"eval.tasks: unknown lm-eval task {unknown[0]!r}")
+        raise ConfigError(f"eval.tasks: unknown lm-eval task {unknown[0]!r} (not among lm-eval's tasks"
+                          f"{' nor in ' + ', '.join(paths) if paths else ''})")
     return tasks_index
+
+
+def check_gated_metrics(tasks_index, metrics: list[str]) -> None:
+    """Every gated lm-eval metric (`gate.quality`: `task/metric[/filter]`) is one its task computes, under
+    one of its filters (`none` unless the task defines others): a ConfigError naming the key and what the
+    task has, before any model loads, instead of a variant that runs in full and is then rejected for a
+    missing metric. lm-eval's own task objects say it (their metric list and filters)."""
+    keys = [m for m in metrics if not m.startswith("fidelity/")]
+    if not keys:
+        return
+    loaded = tasks_index.load(sorted({k.split("/")[0] for k in keys}))["tasks"]
+    for key in keys:
+        task, metric, *flt = key.split("/")
+        t = loaded.get(task)
+        if t is None or not hasattr(t, "higher_is_better"):
+            continue  # a group: its members' metrics are checked when they run
+        known = sorted(t.higher_is_better())
+        filters = sorted({f.name for f in getattr(t, "_filters", [])}) or ["none"]
+        want = flt[0] if flt else "none"
+        if metric not in known:
+            raise ConfigError(f"gate.quality.{key}: task {task!r} computes {', '.join(known)}; not {metric!r}")
+        if want not in filters:
+            raise ConfigError(f"gate.quality.{key}: task {task!r} has the filters {', '.join(filters)}; not {want!r} "
+                              f"(write {task}/{metric}/<filter>)")
 
 
 def evaluate(lm, tasks: list[str], tasks_index, out, limit=None, bootstrap_iters: int = 1000,

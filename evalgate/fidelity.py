@@ -20,9 +20,12 @@ HIGHER_IS_BETTER = {"kl_mean": False, "kl_p99": False, "top1_agreement": True, "
 def save(records: list[dict], path: Path) -> None:
     if not records:
         return
-    np.savez_compressed(path, top_ids=np.concatenate([r["top_ids"] for r in records]).astype(np.int32),
-                        top_logprobs=np.concatenate([r["top_logprobs"] for r in records]).astype(np.float32),
-                        lengths=np.array([len(r["top_ids"]) for r in records]), vocab_size=records[0]["vocab_size"])
+    from evalgate.results import atomic
+
+    with atomic(Path(path), "wb") as f:  # whole or not at all (evalgate.results)
+        np.savez_compressed(f, top_ids=np.concatenate([r["top_ids"] for r in records]).astype(np.int32),
+                            top_logprobs=np.concatenate([r["top_logprobs"] for r in records]).astype(np.float32),
+                            lengths=np.array([len(r["top_ids"]) for r in records]), vocab_size=records[0]["vocab_size"])
 
 
 def _kl_rows(b_ids, b_lp, v_ids, v_lp) -> np.ndarray:

@@ -23,11 +23,25 @@ from evalgate.fidelity import HIGHER_IS_BETTER, IDEAL
 from evalgate.metrics import gate_metric_key
 
 
-def margin(th, baseline_value: float) -> float:
-    """δ: the tighter of the absolute and the relative limit."""
-    limits = [x for x in (th.max_loss_abs, th.max_loss_rel_pct and th.max_loss_rel_pct / 100 * abs(baseline_value))
-              if x is not None]
-    return min(limits)
+def margin(th, baseline_value: float) -> float | None:
+    """δ: the tighter of the absolute and the relative limit. The relative limit is a share of the
+    baseline's value: at a baseline of exactly 0 it has nothing to be a share of and does not apply (it
+    would make δ = 0, which no paired test can pass: every variant "inconclusive", even one with the same
+    answers). δ is then the absolute limit, or None when there is none: the check is then that the
+    variant loses nothing against the baseline, on the point estimates (`zero_baseline_check`)."""
+    limits = [th.max_loss_abs] if th.max_loss_abs is not None else []
+    if th.max_loss_rel_pct is not None and baseline_value != 0:
+        limits.append(th.max_loss_rel_pct / 100 * abs(baseline_value))
+    return min(limits) if limits else None
+
+
+def zero_baseline_check(key: str, b: float, v: float, up: bool) -> dict:
+    """A relative margin against a baseline of 0, with no absolute one: pass when the variant is no worse
+    (loss ≤ 0) on the point estimates."""
+    loss = (b - v) if up else (v - b)
+    return {"loss": loss, "loss_rel_pct": None, "passed": loss <= 0,
+            "reason": f"{key}: {b:.4g} → {v:.4g} (baseline 0: max_loss_rel_pct has nothing to be a share of, "
+                      f"so no loss is allowed; loss {loss:+.4g})"}
 
 
 def higher_is_better(key: str, directions: dict) -> bool:
@@ -82,6 +96,10 @@ def check_quality(thresholds: tuple[Threshold, ...], statistics: dict, seed: int
             continue
         up = higher_is_better(key, base["higher_is_better"])
         row["margin"] = delta = margin(th, b)
+        if delta is None:
+            row.update(zero_baseline_check(key, b, v, up))
+            checks.append(row)
+            continue
         paired = paired_check(key, delta, base, var, up, statistics, seed)
         if paired is not None:
             row.update(paired, loss_rel_pct=100 * paired["loss"] / abs(b) if b else None)
@@ -154,7 +172,12 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
     for name in cfg.variants:
         var = results.get(name) or {"status": {"ok": False, "error": "no results: the variant did not run"}}
         if not var["status"].get("ok"):
-            out[name] = {"verdict": "reject", "reason": f"failed to run: {var['status'].get('error')}", "checks": []}
+            st = var["status"]
+            why = f"failed to run: {st.get('error')}"
+            if st.get("transient"):
+                why = f"failed to run ({st['transient']}, transient: not final, the next repro runs it again): {st.get('error')}"
+            out[name] = {"verdict": "reject", "reason": why, "checks": [],
+                         **({"transient": st["transient"]} if st.get("transient") else {})}
             continue
         if not base["status"].get("ok"):
             out[name] = {"verdict": "reject", "reason": f"baseline {base_name!r} failed: {base['status'].get('error')}",
@@ -165,11 +188,16 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
             out[name] = {"verdict": "reject", "reason": early["reason"], "checks": [early["check"]],
                          "early_rejection": {k: v for k, v in early.items() if k != "check"}}
             continue
-        if name == base_name:
-            checks = check_limits(cfg.limits, var)
-        else:
-            checks = (check_quality(cfg.thresholds, cfg.gate.get("statistics", {}), cfg.seed, base, var)
-                      + check_output_length(cfg.gate.get("output_length"), var) + check_limits(cfg.limits, var))
+        try:
+            if name == base_name:
+                checks = check_limits(cfg.limits, var)
+            else:
+                checks = (check_quality(cfg.thresholds, cfg.gate.get("statistics", {}), cfg.seed, base, var)
+                          + check_output_length(cfg.gate.get("output_length"), var) + check_limits(cfg.limits, var))
+        except ValueError as e:  # a corrupted results file (evalgate.results): this variant only, with the reason
+            out[name] = {"verdict": "reject", "reason": f"results unreadable: {' '.join(str(e).split())[:500]}",
+                         "checks": []}
+            continue
         failed = [c["reason"] for c in checks if not c["passed"]]
         verdict = "accept" if not failed else "reject"
         reason = "; ".join(failed) if failed else ("reference" if name == base_name else "all checks passed")

@@ -396,7 +396,7 @@ def output_lengths_png(stores: dict, path: Path) -> None:
     plt = _plt()
     data, names = [], []
     for name, store in stores.items():
-        prof = store.profile()
+        prof = _readable(store.profile)
         if prof is not None:
             lv = prof["levels"][0]
             data.append([r["output_tokens"] for r in lv["requests"] if r.get("ok", True)])
@@ -418,7 +418,15 @@ PHASE_COLORS = {"start": "tab:gray", "quality": "tab:blue", "profile": "tab:oran
 
 def timeline(stores: dict) -> dict[str, list[dict]]:
     """The phases each variant's run went through (its timeline.json)."""
-    return {name: tl["events"] for name, store in stores.items() if (tl := store.timeline())}
+    return {name: tl["events"] for name, store in stores.items() if (tl := _readable(store.timeline))}
+
+
+def _readable(read):
+    """A results file, or None when it is unreadable (the gate has rejected that variant with the reason)."""
+    try:
+        return read()
+    except ValueError:
+        return None
 
 
 def timeline_png(events: dict[str, list[dict]], path: Path) -> None:

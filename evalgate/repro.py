@@ -10,12 +10,21 @@ records each and runs the rest.
 
 DVC 3 runs one stage at a time, so this step sits beside it instead of inside it. DVC still decides
 what is stale (an unchanged variant never runs, a new one runs alone), caches each variant's folder on
-its own, and keeps a failed variant's status.json as that variant's result. Plain `dvc repro` stays the
-serial path: the same results, one server at a time.
+its own, and keeps a permanently failed variant's status.json as that variant's result. Plain `dvc repro`
+stays the serial path: the same results, one server at a time.
+
+Faults (evalgate.faults, README: Failures): a variant whose failure stays transient after its tries is
+not committed (the serial path: its stage exits 75, and `dvc repro --keep-going` runs the other
+variants on); the gate and the report then run on what there is (`dvc repro --single-item`), rejecting
+that variant with its reason, and this command exits 75: the next one runs only what is missing. Two
+`evalgate repro` in one repository at once: the second stops at once with one line (a lock in
+.dvc/tmp); two plain `dvc repro` meet DVC's own lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -25,6 +34,7 @@ import time
 from pathlib import Path
 
 from evalgate.config import BASELINE, Config
+from evalgate.faults import EX_TEMPFAIL
 from evalgate.results import Results
 
 PATHS = dict(
@@ -61,7 +71,66 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def repro(cfg: Config, serial: bool = False) -> None:
+@contextlib.contextmanager
+def repro_lock(root: Path = Path(".")):
+    """One `evalgate repro` per repository at a time: a second one stops at once, with one line."""
+    lock_dir = root / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / "evalgate-repro.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SystemExit(
+                f"repro: another `evalgate repro` is running in this repository ({holder}); "
+                f"wait for it, then run again (it runs only what is still stale)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
+def transient_failures(names: list[str]) -> dict[str, dict]:
+    """The variants among `names` whose results say they failed transiently (not final, not committed)."""
+    results = Results(PATHS["results"])
+    out = {}
+    for n in names:
+        with contextlib.suppress(ValueError):
+            st = results.variant(n.removeprefix("run@")).read("status.json") or {}
+            if st.get("ok") is False and st.get("transient"):
+                out[n] = st
+    return out
+
+
+def finish_incomplete(failed: dict[str, dict], t0: float) -> int:
+    """Gate and report on what there is (the failed variants rejected with their reason), exit 75."""
+    print("repro: gate and report on what finished (dvc repro --single-item gate report)", flush=True)
+    dvc("repro", "--single-item", "gate", check=False)
+    dvc("repro", "--single-item", "report", check=False)
+    for st, status in failed.items():
+        print(f"repro: {st}: {status['transient']}: {status.get('error', '')[:300]}", flush=True)
+    print(
+        f"repro: incomplete after {time.time() - t0:.1f} s: {', '.join(failed)} failed transiently (not recorded as "
+        f"final); run `evalgate repro` again to run only those",
+        flush=True,
+    )
+    return EX_TEMPFAIL
+
+
+def repro(cfg: Config, serial: bool = False) -> int:
+    with repro_lock():
+        return _repro(cfg, serial)
+
+
+def _repro(cfg: Config, serial: bool = False) -> int:
     from evalgate import runner, schedule
     from evalgate.engines import get_engine
 
@@ -80,11 +149,17 @@ def repro(cfg: Config, serial: bool = False) -> None:
     step(f"2/5 stale: {', '.join(todo) or 'none'}")
     if todo and (serial or not engine.attachable):
         # one at a time: exactly what DVC runs itself, each variant in its own process (an in-process
-        # engine frees its model with it; one process serving every variant held all their memory)
-        step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro)")
-        dvc("repro")
+        # engine frees its model with it; one process serving every variant held all their memory);
+        # --keep-going: a variant that failed transiently (exit 75) does not stop the others
+        step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
+        p = dvc("repro", "--keep-going", check=False)
+        if p.returncode:
+            failed = transient_failures(todo)
+            if failed and (BASELINE in failed or set(stale(stages)) <= set(failed)):
+                return finish_incomplete(failed, t0)
+            raise SystemExit(f"dvc repro --keep-going failed with exit code {p.returncode} (see above)")
         print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
-        return
+        return 0
     results = Results(PATHS["results"])
     slots = []
     for st in todo:
@@ -105,9 +180,14 @@ def repro(cfg: Config, serial: bool = False) -> None:
     step(f"3/5 running {len(slots)} variant(s) side by side")
     if slots:
         schedule.run_scheduled(cfg, engine, slots, PATHS)
-    if todo:
-        step(f"4/5 dvc commit {' '.join(todo)}")
-        dvc("commit", "-f", *todo)
+    failed = transient_failures(todo)
+    done = [st for st in todo if st not in failed]
+    if done:
+        step(f"4/5 dvc commit {' '.join(done)}")
+        dvc("commit", "-f", *done)
+    if failed:
+        return finish_incomplete(failed, t0)
     step("5/5 dvc repro (gate, report)")
     dvc("repro")
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
+    return 0

@@ -19,21 +19,50 @@ processes (the scheduler's quality workers) and a failure in one keeps the rest:
   error.log           a failure's traceback
   engine files        server.log, server_cmd.json, bench.log, …: the engine's own, in the same folder
 
-A missing or unreadable file is a failed variant with the reason, never a crash of the reader.
+A missing or unreadable file is a failed variant with the reason, never a crash of the reader: `load()`
+and `status()` turn it into {"ok": false, "error": "<file>: unreadable …"}, `samples()` and `read()`
+raise a ValueError naming the file, which the gate turns into that variant's rejection.
+
+Every write is atomic (a temporary file in the same folder, then a rename): a write that fails half way
+(a full disk, a kill) leaves the previous file whole, never a truncated one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+
+
+@contextlib.contextmanager
+def atomic(path: Path, mode: str = "w"):
+    """A file written whole or not at all: a temporary file beside `path`, renamed over it on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic(path) as f:
+        f.write(text)
 
 
 class VariantResults:
@@ -55,23 +84,39 @@ class VariantResults:
         return _json(f) if f.exists() else None
 
     def write(self, name: str, obj) -> None:
-        (self.path / name).write_text(json.dumps(obj, indent=1, default=str))
+        write_text(self.path / name, json.dumps(obj, indent=1, default=str))
 
     def reset(self) -> None:
         """An empty folder for a new run of the variant."""
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
 
+    KEEP_ON_RETRY = ("variant.json", "tracking.json")
+
+    def clear_phases(self) -> None:
+        """A failed try's files gone (the variant's fields and its MLflow run kept) before the next try."""
+        for f in self.path.iterdir() if self.path.is_dir() else []:
+            if f.name not in self.KEEP_ON_RETRY and f.is_file():
+                f.unlink()
+
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> dict:
-        return self.read("status.json") or {"ok": False, "error": f"{self.path}/status.json missing: the variant did not run"}
+        try:
+            st = self.read("status.json")
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        if st is None:
+            return {"ok": False, "error": f"{self.path}/status.json missing: the variant did not run"}
+        if not isinstance(st, dict) or not isinstance(st.get("ok"), bool):
+            return {"ok": False, "error": f"{self.path}/status.json: unreadable (not a status record)"}
+        return st
 
     def succeed(self, early_rejection: dict | None = None) -> None:
         self.write("status.json", {"ok": True, **({"early_rejection": early_rejection} if early_rejection else {})})
 
     def fail(self, phase: str, error: str, traceback: str | None = None, **extra) -> None:
         if traceback:
-            (self.path / "error.log").write_text(traceback)
+            write_text(self.path / "error.log", traceback)
         self.write("status.json", {"ok": False, "phase": phase, "error": error[:2000], **extra})
 
     # -- the phases' documents ----------------------------------------------------------------------
@@ -112,19 +157,25 @@ class VariantResults:
     def write_lm_eval(self, results: dict) -> None:
         from lm_eval.utils import handle_non_serializable
 
-        (self.path / "lm_eval.json").write_text(json.dumps(results, indent=1, default=handle_non_serializable))
+        write_text(self.path / "lm_eval.json", json.dumps(results, indent=1, default=handle_non_serializable))
 
     def samples(self, task: str) -> list[dict] | None:
         """lm-eval's logged samples of one task (None when the variant has none)."""
         f = self.path / f"samples_{task}.jsonl"
-        return [json.loads(line) for line in open(f)] if f.exists() else None
+        if not f.exists():
+            return None
+        try:
+            with open(f) as lines:
+                return [json.loads(line) for line in lines]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
 
     def write_samples(self, samples: dict[str, list[dict]]) -> None:
         from lm_eval.utils import handle_non_serializable
 
         self.path.mkdir(parents=True, exist_ok=True)
         for task, rows in samples.items():
-            with open(self.path / f"samples_{task}.jsonl", "w") as f:
+            with atomic(self.path / f"samples_{task}.jsonl") as f:
                 for r in sorted(rows, key=lambda r: r["doc_id"]):
                     f.write(json.dumps(r, default=handle_non_serializable) + "\n")
 
@@ -155,6 +206,13 @@ class VariantResults:
             }
         except ValueError as e:
             return {"status": {"ok": False, "error": str(e)}, "metrics": {}, "higher_is_better": {}, "dir": self.path}
+        if status.get("ok") and not isinstance(metrics, dict):
+            return {
+                "status": {"ok": False, "error": f"{self.path}/metrics.json: not a mapping"},
+                "metrics": {},
+                "higher_is_better": {},
+                "dir": self.path,
+            }
         return {"status": status, "metrics": metrics, "higher_is_better": hib, "dir": self.path}
 
 

@@ -14,6 +14,7 @@ run in different processes (the scheduler's workers) and a failure in one keeps 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalgate.config import BASELINE, Config, ConfigError, ModelSpec, Variant
+from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
 from evalgate.results import VariantResults
 from evalgate.tracking import VariantRun, parent_name
 
@@ -83,7 +85,7 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     quantization failed, gets its status.json (and a failed MLflow run) now and None back (rejected
     with the reason). `gguf`: the gguf stage's folder (the GGUF files an engine that serves GGUF needs)."""
     from evalgate.engines.base import VariantUnsupported
-    from evalgate.evaluate import task_manager
+    from evalgate.evaluate import check_gated_metrics, task_manager
     from evalgate.models import resolve_model, served_model
     from evalgate.quantize import checkpoint_error
 
@@ -94,6 +96,7 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
     resolve_model(model)                                              # missing path / offline hub → ConfigError
     tasks_index = task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))  # unknown task → ConfigError
     skipped_tasks(cfg, engine.skipped_output_types, tasks_index)      # a gated task it cannot run → ConfigError
+    check_gated_metrics(tasks_index, [th.metric for th in cfg.thresholds])   # unknown gated metric → ConfigError
     out.reset()
     out.write("variant.json", {"name": variant.name, **variant.as_params()})
     error = f"quantization failed: {quant_error}" if quant_error else None
@@ -309,11 +312,15 @@ def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
     return metrics
 
 
-def fail(job: Job, phase: str, error: str, trace: str | None = None) -> None:
-    """A failed phase: status.json says which and why; the MLflow run ends FAILED."""
-    job.out.fail(phase, error, trace)
+def fail(job: Job, phase: str, error: str, trace: str | None = None, transient: str | None = None) -> None:
+    """A failed phase: status.json says which and why (and, for a transient failure, its kind: not a
+    final answer, evalgate.faults); the MLflow run ends FAILED. A write the disk refuses is not a
+    second failure: the caller has the first one."""
+    with contextlib.suppress(OSError):
+        job.out.fail(phase, error, trace, **({"transient": transient} if transient else {}))
     if job.tracker is not None:
-        job.tracker.close(False, error=f"{phase}: {error}", artifacts=job.out.path)
+        job.tracker.close(False, error=f"{phase}: {error}" + (f" (transient: {transient})" if transient else ""),
+                          artifacts=job.out.path)
 
 
 def attached_quality(cfg: Config, name: str, out: VariantResults, workload: Path, reference: Path,
@@ -325,17 +332,22 @@ def attached_quality(cfg: Config, name: str, out: VariantResults, workload: Path
 
     job = Job(cfg, cfg.variant(name), cfg.model, out, workload, reference,
               baseline if name != BASELINE else None, task_manager(cfg.eval["tasks"], cfg.eval.get("include_path")),
-              VariantRun.attach(out.tracking()))
+              VariantRun.attach(out.tracking(), cfg.mlflow))
     try:
         quality(job, engine.attach(json.loads(record.read_text())))
-    except Exception as e:  # noqa: BLE001 - recorded; the scheduler fails this variant only
-        out.fail("quality", f"{type(e).__name__}: {e}", traceback.format_exc())
+    except Exception as e:  # noqa: BLE001 - recorded; the scheduler fails this variant only (and retries a transient one)
+        kind = classify(e)
+        with contextlib.suppress(OSError):
+            out.fail("quality", f"{type(e).__name__}: {e}", traceback.format_exc(), **({"transient": kind} if kind else {}))
+        return EX_TEMPFAIL if kind else 0
     return 0
 
 
 def run_serial(job: Job, engine) -> int:
     """Serve once, then quality, profile (twice for the baseline when `load.aa`), finish. Any failure is
-    recorded (status.json) and the stage still exits 0, so the other variants run. The phases go to
+    recorded (status.json). Returns the worker's exit code: 0 when it finished or failed for good (the
+    stage exits 0, so the other variants run and DVC keeps the rejection), 75 for a transient failure
+    (evalgate.faults: the supervisor retries it, and DVC does not cache it). The phases go to
     timeline.json, as the scheduler's do, so the report draws serial and scheduled runs alike."""
     phase, times, t_all = "start", {}, time.perf_counter()
     events: list[dict] = []
@@ -364,13 +376,25 @@ def run_serial(job: Job, engine) -> int:
                 times["profile_s"] = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
         mark(phase, t0)
-        print(f"run {name}: failed during {phase}: {type(e).__name__}: {e}")
-        job.out.write_timeline(name, events, times)
-        fail(job, phase, f"{type(e).__name__}: {e}", traceback.format_exc())
-        return 0
+        kind = classify(e)
+        error = f"{type(e).__name__}: {e}"
+        print(f"run {name}: failed during {phase}: {error}" + (f" (transient: {kind})" if kind else ""), flush=True)
+        with contextlib.suppress(OSError):
+            job.out.write_timeline(name, events, times)
+        fail(job, phase, error, traceback.format_exc(), transient=kind)
+        tell_supervisor(kind, f"{phase}: {error}")
+        return EX_TEMPFAIL if kind else 0
     times["total_s"] = time.perf_counter() - t_all
-    job.out.write_timeline(name, events, times)
-    m = finish(job, times)
+    try:
+        job.out.write_timeline(name, events, times)
+        m = finish(job, times)
+    except OSError as e:  # a full disk refusing the last writes: nothing is recorded as finished
+        kind = classify(e)
+        error = f"{type(e).__name__}: {e}"
+        print(f"run {name}: failed writing its results: {error}" + (f" (transient: {kind})" if kind else ""), flush=True)
+        fail(job, "finish", error, traceback.format_exc(), transient=kind)
+        tell_supervisor(kind, f"finish: {error}")
+        return EX_TEMPFAIL if kind else 0
     early = job.out.status().get("early_rejection")
     speed = f"{m['output_throughput']:.1f} tok/s peak" if "output_throughput" in m else "not profiled"
     print(f"run {name}: {speed}; " + (early["reason"] if early else ", ".join(

@@ -16,7 +16,10 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    its profile; the baseline last once more, alone (A/A: the run's noise floor, which also bounds what
    idle neighbours did to the first profile);
 4. a failure (a server that dies or never becomes healthy, a crashed or hung worker) fails only its
-   variant, recorded in its status.json with the phase and the error; the others go on.
+   variant, recorded in its status.json with the phase and the error; the others go on. A transient one
+   (evalgate.faults: out of memory, a port taken, a timeout, a server that died) first gets its server
+   started again, up to `faults.attempts` tries with a doubling `faults.backoff_s` between them; one
+   still failing is recorded as transient and left out of `dvc commit` (evalgate.repro).
 
 Every phase lands in the variant's own results folder, exactly as the serial `run@<variant>` stage
 writes it (both call evalgate.runner), so evalgate.repro can hand each finished folder to DVC
@@ -37,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from evalgate.config import BASELINE
+from evalgate.faults import KINDS, classify
 
 GIB = 2**30
 
@@ -52,6 +56,10 @@ class Slot:
     events: list = field(default_factory=list)   # (phase, start, end) in time.time() seconds
     times: dict = field(default_factory=dict)
     aa_pending: bool = False
+    attempts: int = 1                 # tries so far (evalgate.faults)
+    retry_at: float = 0.0             # a transient failure's next try starts no earlier
+    transient: str | None = None      # the kind of its last failure, when transient
+    counted: bool = False             # its memory counted in the scheduler's `used`
 
     @property
     def name(self) -> str:
@@ -88,12 +96,18 @@ class Scheduler:
 
     start(slot) → server (`wait()` → endpoint, `alive()`, `stop()`); quality(slot) runs the quality
     phase (blocking, in a worker thread); profile(slot, endpoint, repeat) runs one load sweep (blocking,
-    on the scheduler's thread); finish(slot, final) writes metrics/status; fail(slot, phase, error)."""
+    on the scheduler's thread); finish(slot, final) writes metrics/status; fail(slot, phase, error) records
+    a final failure (`slot.transient`: its kind when transient); retry(slot) clears a failed try's files.
+    `policy`: params `faults` (`attempts`, `backoff_s`); without it nothing is retried."""
 
     def __init__(self, slots: list[Slot], capacity: int | None, *, start: Callable, quality: Callable,
                  profile: Callable, finish: Callable, fail: Callable, aa: bool = True, log: Callable = print,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, policy: dict | None = None, retry: Callable | None = None):
         self.slots = slots
+        self.attempts = int((policy or {}).get("attempts", 1))
+        self.backoff_s = float((policy or {}).get("backoff_s", 0))
+        self.retry_fn = retry or (lambda s: None)
+        self.aa = aa
         self.capacity = capacity
         self.start_fn, self.quality_fn, self.profile_fn = start, quality, profile
         self.finish_fn, self.fail_fn, self.log, self.poll_s = finish, fail, log, poll_s
@@ -111,6 +125,7 @@ class Scheduler:
     def _launch(self, s: Slot) -> None:
         s.state, t0 = "starting", time.time()
         self.used += s.need.get("total", 0)
+        s.counted = True
         self.log(f"schedule: starting {s.name}" + (f" ({s.need['total'] / GIB:.1f} GiB)" if s.need else ""))
 
         def go():
@@ -147,12 +162,24 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - stopping is best effort; the stop itself kills the group
                 self.log(f"schedule: stopping {s.name}: {e}")
             s.server = None
-        self.used -= s.need.get("total", 0)
+        if s.counted:
+            self.used -= s.need.get("total", 0)
+            s.counted = False
 
     def _fail(self, s: Slot, phase: str, error: str) -> None:
-        self.log(f"schedule: {s.name} failed during {phase}: {error}")
-        s.state, s.aa_pending = "failed", False
+        kind = classify(error)
         self._release(s)
+        if kind and KINDS.get(kind) and s.attempts < self.attempts:
+            wait = self.backoff_s * 2 ** (s.attempts - 1)
+            s.attempts += 1
+            self.log(f"schedule: {s.name} failed during {phase} ({kind}: {error[:200]}); try {s.attempts} of "
+                     f"{self.attempts} in {wait:g} s")
+            s.state, s.retry_at, s.endpoint = "pending", time.time() + wait, None
+            s.aa_pending = s is self._base() and self.aa
+            self.retry_fn(s)
+            return
+        self.log(f"schedule: {s.name} failed during {phase}: {error}" + (f" (transient: {kind})" if kind else ""))
+        s.state, s.aa_pending, s.transient = "failed", False, kind
         self.fail_fn(s, phase, error)
 
     def _profile(self, s: Slot, repeat: bool) -> None:
@@ -188,7 +215,7 @@ class Scheduler:
             return self._run()
         finally:   # nothing left running, whatever happened (an exception, Ctrl-C, SIGTERM)
             for s in self.slots:
-                if s.server is not None:
+                if s.server is not None or s.counted:
                     self._release(s)
 
     def _run(self) -> dict:
@@ -204,8 +231,8 @@ class Scheduler:
             # 1. start servers, a wave at a time: only when nothing waits for its profile
             if not ready and not any(st == "profiling" for st in states):
                 for s in self.slots:
-                    if s.state == "pending" and (self.capacity is None or not self.used
-                                                 or self.used + s.need.get("total", 0) <= self.capacity):
+                    if s.state == "pending" and s.retry_at <= time.time() and (
+                            self.capacity is None or not self.used or self.used + s.need.get("total", 0) <= self.capacity):
                         self._launch(s)
             # 2. quality as soon as a server is healthy (variants after the baseline's)
             for s in self.slots:
@@ -260,7 +287,8 @@ def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
         status = job.out.read("status.json") or {}
         if p.returncode or status.get("ok") is False:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(status.get("error") or f"quality worker exited with {p.returncode}: " + " | ".join(tail))
+            error = status.get("error") or f"quality worker exited with {p.returncode}: " + " | ".join(tail)
+            raise RuntimeError(error + (f" [transient: {status['transient']}]" if status.get("transient") else ""))
         q = job.out.quality() or {}
         s.times.update(q.get("times", {}))
         return q.get("early")
@@ -315,7 +343,7 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
 
     def fail(s: Slot, phase: str, error: str) -> None:
         s.job.out.write_timeline(s.name, s.events, s.times)
-        runner.fail(s.job, phase, error)
+        runner.fail(s.job, phase, error, transient=s.transient)
 
     def start(s: Slot):
         return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
@@ -328,7 +356,8 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
     sch = Scheduler(slots, capacity, start=start,
                     quality=quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800))),
                     profile=lambda s, ep, repeat: runner.profile(s.job, ep, repeat=repeat),
-                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")))
+                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")), policy=cfg.faults,
+                    retry=lambda s: s.job.out.clear_phases())
     out = sch.run()
     stop.set()
     out["gpu_utilization"] = util

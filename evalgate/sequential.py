@@ -59,6 +59,8 @@ def interim_check(thresholds: tuple[Threshold, ...], base: dict, base_rows: dict
         if b_value is None:
             continue
         delta = gate.margin(th, b_value)
+        if delta is None:  # a relative margin against a baseline of 0: the gate decides on point estimates
+            continue
         t = gate.compare_samples(key, delta, base_rows.get(task), rows.get(task),
                                  gate.higher_is_better(key, base["higher_is_better"]), alpha, seed=seed)
         if t is not None and t.verdict == "inferior":

@@ -20,7 +20,18 @@ A variant DVC did not re-run (its results come from the cache) gets a child from
 time, tagged `evalgate.from_cache` and linked to the run that produced them. A re-run of an unchanged
 state logs nothing: no stage runs, and a forced report finds its report id already logged.
 
-Tracking never fails a variant: an MLflow error is one line on stderr and the pipeline goes on.
+Unreachable tracking server: fail fast, never lose a verdict. Every stage that logs (`run`, `report`,
+`repro`) first asks the tracking URI for any HTTP answer (`check_reachable`: one request, 5 s, no
+retries); none is one line naming the URI (its password masked), exit 2, before any model loads. If
+the server goes away during a run, MLflow's own retries are cut short (`limit_retries`: 2 retries, 10 s
+each instead of 7 retries over ≈ 4 minutes), the first failed call turns tracking off for the rest of
+that process (one line), and the variant goes on: its results and the gate's verdicts are files
+(results/, reports/gate.json), and the report stage, when it next runs against a reachable server,
+logs them from those files (a variant whose live run was cut off is completed and closed there).
+`mlflow.enabled: false` runs without MLflow.
+
+No secret reaches MLflow or a log line: URIs with a password, tokens and keys named like secrets are
+masked (`redact`) in params, tags, error lines, tracking.json and the params.yaml artifact.
 """
 
 from __future__ import annotations
@@ -30,8 +41,13 @@ import functools
 import hashlib
 import json
 import math
+import os
+import re
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 PARAMS_TAG = "evalgate.params_id"
@@ -41,16 +57,109 @@ PHASES = {"start": 1, "quality": 2, "profile": 3, "done": 4}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs, not Traces
 
 
+# -- secrets ------------------------------------------------------------------------------------------------
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|auth)", re.I)
+_URI_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+):[^/\s@]+@")
+_KEY_VALUE = re.compile(r"((?:token|secret|password|passwd|api[_-]?key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}&]+", re.I)
+_TOKENS = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|dapi[a-f0-9]{20,})\b")
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+
+
+def redact(text):
+    """A string with its secrets masked: URI passwords (`http://user:***@host`), `token=…`-style pairs,
+    bearer tokens, Hugging Face / OpenAI / GitHub / Databricks tokens. Other values pass unchanged."""
+    if not isinstance(text, str):
+        return text
+    text = _URI_PASSWORD.sub(r"\1:***@", text)
+    text = _KEY_VALUE.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    return _TOKENS.sub("***", text)
+
+
+def redact_tree(obj, key: str = ""):
+    """A config (dict/list) with every value under a secret-looking key masked and every string redacted."""
+    if isinstance(obj, dict):
+        return {k: redact_tree(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_tree(v, key) for v in obj]
+    if key and SECRET_KEY.search(key) and obj not in (None, "", False):
+        return "***"
+    return redact(obj)
+
+
+# -- reachability, retries ------------------------------------------------------------------------------------
+_OFF: list[str] = []  # set once a call failed in this process: tracking is off for the rest of it
+
+
+def tracking_uri(options: dict) -> tuple[str, str]:
+    """(the URI this process logs to, the key that set it) — params first, then the environment."""
+    if options.get("tracking_uri"):
+        return options["tracking_uri"], "mlflow.tracking_uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return "sqlite:///mlflow.db", "MLflow's default"
+
+
+def limit_retries() -> None:
+    """MLflow's HTTP client retries 7 times with exponential backoff (≈ 4 minutes against a dead
+    server) with a 120 s timeout per try: 2 retries and 10 s per try here, unless set in the environment."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def check_reachable(options: dict, timeout_s: float = 5.0) -> None:
+    """A tracking server that gives no HTTP answer is a one-line ConfigError naming the URI (password
+    masked) and what to do, before anything runs. Local stores (sqlite, file) are always reachable."""
+    from evalgate.config import ConfigError
+
+    if not options.get("enabled", True):
+        return
+    uri, key = tracking_uri(options)
+    if not uri.startswith(("http://", "https://")):
+        return
+    plain = _URI_PASSWORD.sub(r"\1@", uri)  # urllib does not take credentials in the URL
+    try:
+        with urllib.request.urlopen(plain.rstrip("/") + "/health", timeout=timeout_s):  # noqa: S310 - the user's URI
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (401, 404…): reachable; MLflow says the rest
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"{key}: {redact(uri)} is unreachable ({type(reason).__name__}: {redact(str(reason))[:120]}, "
+            f"{timeout_s:g} s); start the server, point {key} at one that answers, or run without MLflow "
+            f"(mlflow.enabled=false): results and verdicts are files either way, the report logs them when it runs again"
+        ) from None
+
+
 def _never_fatal(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if _OFF:
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking is a view of the results, never a reason to lose them
-            print(f"mlflow: {fn.__name__} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            line = f"mlflow: {fn.__name__} failed: {type(e).__name__}: {redact(' '.join(str(e).split()))[:300]}"
+            if _unreachable(e):
+                _OFF.append(line)
+                line += "; tracking is off for the rest of this process (the report logs the results later)"
+            print(line, file=sys.stderr)
             return None
 
     return wrapper
+
+
+def _unreachable(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return bool(
+        re.search(
+            r"Max retries exceeded|Connection refused|NewConnectionError|Read timed out|"
+            r"ConnectTimeout|Name or service not known|RemoteDisconnected",
+            text,
+        )
+    )
 
 
 def digest(obj) -> str:
@@ -70,8 +179,10 @@ def flat_params(prefix: str, obj) -> dict[str, str]:
         for k, v in obj.items():
             out.update(flat_params(f"{prefix}.{k}" if prefix else str(k), v))
         return out
-    text = obj if isinstance(obj, str) else json.dumps(obj, default=str)
-    return {prefix: text[:6000]}
+    if prefix and SECRET_KEY.search(prefix.rsplit(".", 1)[-1]) and obj not in (None, "", False):
+        return {prefix: "***"}
+    text = obj if isinstance(obj, str) else json.dumps(redact_tree(obj), default=str)
+    return {prefix: redact(text)[:6000]}
 
 
 def run_params(raw: dict, variant_params: dict) -> dict[str, str]:
@@ -88,6 +199,7 @@ class Experiment:
     def __init__(self, options: dict):
         import mlflow
 
+        limit_retries()
         if options.get("tracking_uri"):
             mlflow.set_tracking_uri(options["tracking_uri"])
         self.tracking_uri = mlflow.get_tracking_uri()
@@ -192,7 +304,9 @@ class VariantRun:
         workload: Path | None = None,
         tasks: list[str] | None = None,
         task_docs: dict | None = None,
-    ) -> VariantRun:
+    ) -> VariantRun | None:
+        if not options.get("enabled", True):
+            return None
         exp = Experiment(options)
         parent = exp.open_parent(digest(raw), parent_label)
         old = exp.children(parent.info.run_id).get(name)
@@ -216,17 +330,28 @@ class VariantRun:
         monitor = None
         if options.get("system_metrics", True):
             monitor = _system_metrics(rid, exp.tracking_uri, float(options.get("system_metrics_interval_s", 5)))
-        info = {"run_id": rid, "parent_run_id": parent.info.run_id, "experiment_id": exp.id, "tracking_uri": exp.tracking_uri}
+        # tracking.json keeps the URI without its password: a quality worker gets the real one from its own
+        # params and environment (`attach`)
+        info = {
+            "run_id": rid,
+            "parent_run_id": parent.info.run_id,
+            "experiment_id": exp.id,
+            "tracking_uri": redact(exp.tracking_uri),
+        }
         return cls(exp.client, rid, info, monitor)
 
     @classmethod
     @_never_fatal
-    def attach(cls, info: dict | None) -> VariantRun | None:
-        if not info:
+    def attach(cls, info: dict | None, options: dict | None = None) -> VariantRun | None:
+        if not info or (options is not None and not options.get("enabled", True)):
             return None
         import mlflow
 
-        return cls(mlflow.MlflowClient(info["tracking_uri"]), info["run_id"], info)
+        limit_retries()
+        uri = info["tracking_uri"]
+        if "***" in uri or options is not None:  # the stored URI is masked: this process's own settings
+            uri = tracking_uri(options or {})[0]
+        return cls(mlflow.MlflowClient(uri), info["run_id"], info)
 
     @_never_fatal
     def phase(self, name: str) -> None:
@@ -251,7 +376,7 @@ class VariantRun:
         if metrics:
             self.metrics(metrics)
         if error:
-            self.client.set_tag(self.run_id, "error", error[:5000])
+            self.client.set_tag(self.run_id, "error", redact(error)[:5000])
         if artifacts is not None and Path(artifacts).is_dir():
             self.client.log_artifacts(self.run_id, str(artifacts), artifact_path="results")
         self.client.set_tag(self.run_id, "phase", "done" if ok else "failed")
@@ -283,15 +408,36 @@ def log_report(
     """The report stage's part: close this execution's parent with the summary, the per-variant table
     and the pictures; give every variant its verdict (a child from its files where DVC did not re-run
     it). Logs nothing when this very state was reported already."""
+    if not options.get("enabled", True):
+        return None
     return _never_fatal(_log_report)(options, raw, parent_label, names, variant_params, results, gate, table, artifacts)
+
+
+def _redacted_copy(p: Path, tmp: Path) -> Path:
+    """`p`, or a copy with its secrets masked (params.yaml with a tracking URI that holds a password…)."""
+    if p.suffix not in (".yaml", ".yml", ".json", ".md", ".txt", ".log") or not p.is_file() or p.stat().st_size > 2**22:
+        return p
+    text = p.read_text(errors="replace")
+    clean = redact(text)
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        with contextlib.suppress(yaml.YAMLError):
+            clean = yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False)
+            if clean == yaml.safe_dump(yaml.safe_load(text), sort_keys=False):
+                clean = text
+    if clean == text:
+        return p
+    out = tmp / p.name
+    out.write_text(clean)
+    return out
 
 
 def _log_report(options, raw, parent_label, names, variant_params, results, gate, table, artifacts):
     exp = Experiment(options)
     pid = digest(raw)
-    report_id = digest(
-        {"params": raw, "gate": gate, "variants": {n: [results.variant(n).status(), results.variant(n).metrics()] for n in names}}
-    )
+    loaded = {n: results.variant(n).load() for n in names}  # an unreadable file is a failed status, not a crash
+    report_id = digest({"params": raw, "gate": gate, "variants": {n: [r["status"], r["metrics"]] for n, r in loaded.items()}})
     runs = exp.parents(pid)
     for r in runs:
         if r.data.tags.get(REPORT_TAG) == report_id:
@@ -324,10 +470,17 @@ def _log_report(options, raw, parent_label, names, variant_params, results, gate
             items = [Param(k, v) for k, v in run_params(raw, variant_params[name]).items()]
             for i in range(0, len(items), 100):
                 client.log_batch(child.info.run_id, params=items[i : i + 100])
-            run.close(bool(store.status().get("ok")), store.metrics(), store.status().get("error"), store.path)
+            st = loaded[name]["status"]
+            run.close(bool(st.get("ok")), loaded[name]["metrics"], st.get("error"), store.path)
+        elif child.info.status == "RUNNING":  # its live run was cut off (tracking server away): completed from files
+            st = loaded[name]["status"]
+            VariantRun(client, child.info.run_id, {}).close(
+                bool(st.get("ok")), loaded[name]["metrics"], st.get("error"), store.path
+            )
+            client.set_tag(child.info.run_id, "evalgate.completed_by_report", "true")
         rid = child.info.run_id
         client.set_tag(rid, "verdict", verdict["verdict"])
-        client.set_tag(rid, "verdict_reason", verdict["reason"][:5000])
+        client.set_tag(rid, "verdict_reason", redact(verdict["reason"])[:5000])
         client.log_metric(rid, "verdict/accepted", float(verdict["verdict"] == "accept"))
         for c in verdict["checks"]:
             if c.get("loss") is not None and math.isfinite(c["loss"]):
@@ -361,8 +514,9 @@ def _log_report(options, raw, parent_label, names, variant_params, results, gate
     import pandas as pd
 
     client.log_table(ppid, pd.DataFrame(table), "variants.json")
-    for p in artifacts:
-        client.log_artifact(ppid, str(p))
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in artifacts:
+            client.log_artifact(ppid, str(_redacted_copy(Path(p), Path(tmp))))
     client.set_terminated(ppid, "FINISHED")
     print(
         f"mlflow: logged this state as run {ppid} ({parent.info.run_name}) with {len(names)} nested runs; in the UI: "

@@ -166,20 +166,24 @@ def build_reference(fidelity: dict, task_manager, seed: int) -> list[str]:
     return texts[: fidelity.get("max_texts", 200)]
 
 
-def write_files(workload: dict, load: dict, fidelity: dict, model, include_path: str | None, seed: int,
-                out: Path, reference: Path) -> str:
+def write_files(workload: dict, load: dict, fidelity: dict, model, include_path: str | list[str] | None, seed: int,
+                out: Path, reference: Path, gated: list[str] = ()) -> str:
     """The `workload` stage: the requests (`out`, JSONL) and the fidelity reference texts (`reference`).
-    A bad user file is one line before any model or task loads. Returns what it wrote, in words."""
+    A bad user file is one line before any model or task loads; so is a gated metric (`gated`:
+    gate.quality's keys) that its task does not compute. Returns what it wrote, in words."""
     if workload["source"] == "file":
         read_user_file(Path(workload["path"]), workload.get("format", "auto"))
     from transformers import AutoTokenizer
 
+    from evalgate.evaluate import check_gated_metrics
     from evalgate.evaluate import task_manager as load_tasks
     from evalgate.models import resolve_model
 
     fidelity = fidelity or {}
     tasks = (workload.get("tasks") or []) if workload["source"] == "tasks" else []
-    task_manager = load_tasks(list(dict.fromkeys(tasks + fidelity.get("tasks", []))), include_path)
+    gated_tasks = [m.split("/")[0] for m in gated if not m.startswith("fidelity/")]
+    task_manager = load_tasks(list(dict.fromkeys(tasks + fidelity.get("tasks", []) + gated_tasks)), include_path)
+    check_gated_metrics(task_manager, list(gated))
     requests = build(workload, load, task_manager, AutoTokenizer.from_pretrained(resolve_model(model)), seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:

@@ -46,8 +46,8 @@ def test_a_combination_merges_its_families():
 
 @pytest.mark.parametrize("mutate, key", [
     (lambda p: p["engine"].update(name="tensorrt"), "engine.name"),
-    (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_rel_pct=150), "max_loss_rel_pct"),
-    (lambda p: p["gate"]["quality"]["fx_add/exact_match"].update(max_loss_abs=-1), "max_loss_abs"),
+    (lambda p: p["gate"]["quality"]["fx_add"]["exact_match"].update(max_loss_rel_pct=150), "max_loss_rel_pct"),
+    (lambda p: p["gate"]["quality"]["fx_add"]["exact_match"].update(max_loss_abs=-1), "max_loss_abs"),
     (lambda p: p["gate"]["quality"].update({"fx_nope/acc": {"max_loss_abs": 0.1}}), "gate.quality.fx_nope/acc"),
     (lambda p: p["variants"].update(baseline={}), "variants.baseline"),
     (lambda p: p.pop("baseline"), "baseline"),
@@ -62,8 +62,8 @@ def test_a_combination_merges_its_families():
     (lambda p: p["workload"].update(source="kafka"), "workload.source"),
     (lambda p: p["workload"].update(max_tokens=0), "workload.max_tokens"),
     (lambda p: p["workload"].update(tasks=[]), "workload.tasks"),
-    (lambda p: p["workload"].update(source="file", path=None), "workload.path"),
-    (lambda p: p["workload"].update(source="random"), "workload.input_len"),
+    (lambda p: (p["workload"].pop("tasks"), p["workload"].update(source="file", path=None)), "workload.path"),
+    (lambda p: (p["workload"].pop("tasks"), p["workload"].update(source="random")), "workload.input_len"),
     (lambda p: p["load"].update(concurrency=[4, 1]), "load.concurrency"),
     (lambda p: p["load"].update(rates=[0]), "load.rates"),
     (lambda p: p["load"].update(requests={"min": 10, "max": 5}), "load.requests.max"),

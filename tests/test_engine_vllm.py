@@ -46,7 +46,8 @@ def test_speculative_configs():
 
 def test_prequantized_checkpoints_add_no_flag():
     for m in ("w4a16", "w8a8", "checkpoint"):
-        assert "--quantization" not in args_of({"quantization": {"method": m}})
+        q = {"method": m, **({"path": "/ckpt"} if m == "checkpoint" else {})}  # a checkpoint needs its path
+        assert "--quantization" not in args_of({"quantization": q})
 
 
 @pytest.mark.parametrize("spec, msg", [
@@ -125,7 +126,10 @@ def test_lifecycle_serves_then_leaves_no_orphan(model_dir, tmp_path, monkeypatch
         child = int((tmp_path / "child.pid").read_text())
         assert Path(f"/proc/{child}").exists()
     assert stats["mem_weights_mb"] == 256 and stats["kv_cache_tokens"] == 12345
-    assert (tmp_path / "server.log").exists() and json.loads((tmp_path / "server_cmd.json").read_text())
+    cmd = json.loads((tmp_path / "server_cmd.json").read_text())
+    assert (tmp_path / "server.log").exists() and cmd
+    hosts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--host"]
+    assert hosts[-1] == "127.0.0.1" and ep.base_url.startswith("http://127.0.0.1:")   # never on other interfaces
     assert not _alive(child), "the server's child process outlived the server"
 
 

@@ -158,3 +158,27 @@ def test_quality_worker_timeout_and_crash_are_failures(tmp_path):
     with pytest.raises(RuntimeError, match="exited with 3.*boom"):
         crash(s)
     assert json.loads((tmp_path / "a" / "server.json").read_text()) == {"base_url": "http://x"}
+
+
+def test_a_transient_failure_gets_its_server_started_again_a_permanent_one_does_not(tmp_path):
+    """faults.attempts per server: b's server dies during its first profile only (transient: started again,
+    then done); c's dies every time (transient, failed after 3 tries, recorded as such); a's start fails
+    with a refused option (permanent: one try)."""
+    rec = Recorder(starts={}, fail_start={"a"}, die={"b", "c"})
+    profile, retried = rec.profile, []
+
+    def profile_b_dies_once(s, ep, repeat):
+        profile(s, ep, repeat)
+        if s.name == "b":
+            rec.die.discard("b")
+
+    slots = [slot(n, tmp_path) for n in ["baseline", "a", "b", "c"]]
+    out = Scheduler(slots, None, start=rec.start, quality=rec.quality, profile=profile_b_dies_once, finish=rec.finish,
+                    fail=rec.fail, log=lambda *a: None, poll_s=0.01, policy={"attempts": 3, "backoff_s": 0},
+                    retry=lambda s: retried.append(s.name)).run()
+    by = {s.name: s for s in slots}
+    assert {n: v["state"] for n, v in out["variants"].items()} == {"baseline": "done", "a": "failed", "b": "done",
+                                                                      "c": "failed"}
+    assert retried == ["b", "c", "c"] and by["b"].attempts == 2 and by["c"].attempts == 3 and by["a"].attempts == 1
+    assert by["c"].transient == "server_died" and by["a"].transient is None and set(rec.failed) == {"a", "c"}
+    assert not rec.live

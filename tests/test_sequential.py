@@ -23,7 +23,7 @@ def cfg(looks=LOOKS, alpha=ALPHA, quality=None, **sq):
         seq["alpha"] = alpha
     return parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
                   "workload": {"source": "tasks", "tasks": ["t"], "max_tokens": 4},
-                  "eval": {"tasks": ["t", "u"]}, "baseline": {}, "variants": {"v": {}},
+                  "eval": {"tasks": ["t", "u"], "fidelity": {"tasks": ["t"]}}, "baseline": {}, "variants": {"v": {}},
                   "gate": {"quality": quality or {"t/acc": {"max_loss_abs": MARGIN}}, "sequential": seq}})
 
 

@@ -71,6 +71,16 @@ def _check_backend(table: dict, field: str, method: str, backend: str | None) ->
     _need_library(table[(method, backend)], f"{field.split('.')[0]} {method}/{backend}")
 
 
+def _linear_inputs(model: ModelSpec) -> set[int]:
+    """The input widths of the model's linear layers (hidden and MLP sizes) from its config.json, without
+    loading it (a hub model not downloaded yet: none known)."""
+    cfg = Path(model.id) / "config.json"
+    if not cfg.is_file():
+        return set()
+    c = json.loads(cfg.read_text())
+    return {int(c[k]) for k in ("hidden_size", "intermediate_size") if isinstance(c.get(k), int)}
+
+
 def _torch_dtype(name: str | None):
     import torch
 
@@ -307,6 +317,13 @@ class HFEngine(Engine):
             _check_backend(KV_BACKENDS, "kv_cache.dtype", v.kv_cache["dtype"], v.kv_cache.get("backend"))
         if v.speculative["method"] == "draft" and not model.draft:
             raise VariantUnsupported("engine hf: speculative.method 'draft' needs model.draft")
+        group = v.quantization.get("group_size")
+        if group and v.quantization["method"] == "int4":
+            widths = _linear_inputs(model)
+            bad = sorted(w for w in widths if w % group)
+            if bad:
+                raise VariantUnsupported(f"engine hf: quantization.group_size {group} must divide every linear layer's "
+                                         f"input width ({', '.join(map(str, sorted(widths)))}); {bad[0]} is not a multiple")
         if v.speculative["method"] != "none" and int(v.engine_args.get("batch_size", 1)) > 1:
             raise VariantUnsupported("engine hf: speculative decoding runs one sequence at a time (batch_size 1)")
         for k, val in v.engine_args.items():
