@@ -288,9 +288,11 @@ def flatten_quality(quality: Any) -> dict[str, Any]:
             "dict_type", "must be a mapping: <task>/<metric>[/<filter>] (or nested) to max_loss_abs and/or max_loss_rel_pct"
         )
     out: dict[str, Any] = {}
+    removed: set[str] = set()
 
     def walk(prefix: str, node: Any) -> None:
-        if node is None and prefix:  # `metric: null` removes a threshold a preset inherits (a task it cannot run)
+        if node is None and prefix:  # `metric: null` removes a threshold a preset inherits (a task it cannot
+            removed.add(prefix)  # run), whichever spelling gave it
             return
         if isinstance(node, dict) and node and (set(node) & set(LIMIT_KEYS) or not prefix.count("/") < 2):
             if prefix in out:
@@ -309,7 +311,7 @@ def flatten_quality(quality: Any) -> dict[str, Any]:
 
     for k, v in quality.items():
         walk(str(k), v)
-    return out
+    return {k: v for k, v in out.items() if k not in removed}
 
 
 class Bound(Section):

@@ -110,3 +110,14 @@ def test_a_variant_is_named_by_its_file(tmp_path):
         "# @package _global_\ndefaults:\n  - /variant@variants.other: [int8, prompt_lookup]\n")
     with pytest.raises(ConfigError, match="a combination's name is its file name"):
         check_variant_files(conf)
+
+
+def test_null_threshold_removes_an_inherited_one_in_either_spelling():
+    """A preset drops a gated metric its engine cannot evaluate with `metric: null`; the default may give it
+    nested (`fx_recall: {acc: {...}}`) and the preset with slashes, or the other way round."""
+    from evalgate.config import flatten_quality
+
+    base = {"fx_add": {"exact_match": {"max_loss_abs": 0.02}}, "fx_recall": {"acc": {"max_loss_abs": 0.03}}}
+    assert set(flatten_quality({**base, "fx_recall/acc": None})) == {"fx_add/exact_match"}
+    assert set(flatten_quality({"fx_recall/acc": {"max_loss_abs": 0.03}, "fx_recall": {"acc": None}})) == set()
+    assert set(flatten_quality(base)) == {"fx_add/exact_match", "fx_recall/acc"}
