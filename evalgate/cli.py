@@ -9,6 +9,7 @@ two a person types (`compose`, `repro`):
   evalgate run VARIANT            serve it once: quality checks, then the load sweep (the baseline too)
   evalgate gate                   a verdict for every variant against the baseline
   evalgate report                 summary, DVC metrics and plots, pictures; the MLflow parent run
+  evalgate check [--promote]      the CI gate: exit 1 when the verdicts break gate.check's policy
 
 `evalgate --help` and `evalgate COMMAND --help` say more. Installed (`pip install -e .`) it is a
 console command; `python -m evalgate …` is the same without installing (the GPU host runs it so).
@@ -236,14 +237,30 @@ def report(
     )
 
 
+@app.command()
+def check(
+    gate: Annotated[Path, typer.Option(help="the gate's verdicts")] = Path("reports/gate.json"),
+    results: ResultsDir = RESULTS,
+    promote: Annotated[bool, typer.Option("--promote", help="on a pass, move the registry alias to this run's version")] = False,
+    params: Params = PARAMS,
+):
+    """The CI gate: exit 1 when the gate's verdicts break the policy of `gate.check` (conf/gate/), one
+    line per failing variant; 0 otherwise. Appends its result to $GITHUB_STEP_SUMMARY when set."""
+    from evalgate.check import run_check
+
+    raise typer.Exit(run_check(_config(params), gate, results, promote))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console command: the shared preamble, then the subcommand."""
+    from evalgate.progress import quiet_bars_in_logs
     from evalgate.quiet import quiet_third_party
 
     # lm-eval and datasets try the hub for metadata unless told otherwise; local tasks need none
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_third_party()
+    quiet_bars_in_logs()  # no progress bars in CI logs (not a terminal); evalgate.progress
     try:
         app(args=argv, prog_name="evalgate")
     except ConfigError as e:
