@@ -209,9 +209,13 @@ def report(
     results: ResultsDir = RESULTS,
     gate: Annotated[Path, typer.Option(help="the gate's verdicts")] = Path("reports/gate.json"),
     out: Annotated[Path, typer.Option(help="the report folder")] = Path("reports"),
+    checkpoints: Annotated[Path, typer.Option(help="the quantize stages' folders (registered with the winner)")] = Path(
+        "checkpoints"
+    ),
     params: Params = PARAMS,
 ):
-    """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run."""
+    """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run, and the best
+    accepted variant registered (evalgate.registry)."""
     import json
 
     from evalgate import tracking
@@ -224,7 +228,7 @@ def report(
     table, files = write_report(cfg, store, verdicts, out)
     print((out / "summary.md").read_text())
     names = list(cfg.variants)
-    tracking.log_report(
+    parent = tracking.log_report(
         cfg.mlflow,
         cfg.raw,
         tracking.parent_name(cfg.model.id, cfg.engine["name"], len(names)),
@@ -235,6 +239,9 @@ def report(
         table,
         [*files, gate, params],
     )
+    from evalgate.registry import register_best
+
+    register_best(cfg, verdicts, store, parent, checkpoints)
 
 
 @app.command()

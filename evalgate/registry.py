@@ -148,8 +148,10 @@ def deployed(options: dict, rank_by: str) -> Deployed | None:
     model, alias = names(options)
     try:
         mv = _client(options).get_model_version_by_alias(model, alias)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such model, or no alias yet
+            return None
+        raise  # an unreachable server is not "nothing deployed"
     metric = mv.tags.get(f"metric.{rank_by}")
     return Deployed(mv.tags.get("variant", "?"), f"registry {model}@{alias}, version {mv.version}",
                     float(metric) if metric else None)

@@ -23,7 +23,8 @@ def actionlint() -> str:
 
 
 def lint(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([actionlint(), "-no-color", "-shellcheck=", "-pyflakes="], cwd=folder,
+    return subprocess.run([actionlint(), "-no-color", "-shellcheck=", "-pyflakes=", "-config-file",
+                           ".github/actionlint.yaml", ".github/workflows/evalgate.yml"], cwd=folder,
                           capture_output=True, text=True, timeout=120)
 
 

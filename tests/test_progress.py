@@ -1,10 +1,13 @@
 """Progress bars: drawn on a terminal, absent from a CI log (not a TTY, or `CI` set), for ours and for
 the libraries' tqdm bars alike (evalgate.progress). Each case runs in a child process, under a
 pseudo-terminal where it should look like a person's shell."""
+import fcntl
 import os
 import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -24,6 +27,7 @@ def run(env: dict, tty: bool) -> str:
         assert p.returncode == 0, p.stderr
         return p.stdout + p.stderr
     main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))   # a terminal has a size
     p = subprocess.Popen([sys.executable, "-c", SNIPPET], env=env, stdin=child, stdout=child, stderr=child)
     os.close(child)
     out = b""
