@@ -97,16 +97,18 @@ def server(postgres, tmp_path_factory):
                 log.flush()
                 raise RuntimeError("mlflow server did not come up:\n" + Path(log.name).read_text()[-3000:])
             time.sleep(1)
+        print(f"mlflow server on PostgreSQL healthy after {time.time() - deadline + 120:.1f} s")
         yield {"url": url, "db": postgres, "artifacts": artifacts}
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
         log.close()
 
 
 def test_the_pipeline_logs_to_a_team_server_on_postgresql(server, tmp_path, monkeypatch):
     import mlflow
-    import psycopg2
+    import psycopg
 
     from evalgate import registry, tracking
     from evalgate.check import run_check
@@ -146,7 +148,7 @@ def test_the_pipeline_logs_to_a_team_server_on_postgresql(server, tmp_path, monk
     client = mlflow.MlflowClient(server["url"])
     assert client.get_model_version_by_alias("evalgate", "champion").version == version
     # in PostgreSQL: the runs (3 variants + the parent), their verdict tags, the registry's alias
-    with psycopg2.connect(server["db"]) as db, db.cursor() as cur:
+    with psycopg.connect(server["db"]) as db, db.cursor() as cur:
         cur.execute("select count(*) from runs r join experiments e using (experiment_id) where e.name = 'team'")
         assert cur.fetchone()[0] == 4
         cur.execute("select value from tags where key = 'verdict' order by value")
