@@ -64,8 +64,9 @@ def quantize_checkpoint(src: str, method: str, out: Path, group_size: int | None
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
-    from evalgate.progress import bar
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evalgate.progress import bar
 
     preset, fmt = SCHEMES[method]
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if torch.cuda.is_available() else "auto")
