@@ -130,8 +130,13 @@ def test_the_vllm_served_configuration_starts_vllm_serve_from_the_artifact(tmp_p
     (ckpt / "model.safetensors").write_bytes(b"weights")
     g = gate("w4a16", {"baseline": "accept", "w4a16": "accept", "prompt_lookup": "accept"})
     _, version = pipeline(cfg, tmp_path, g, {"baseline": 100.0, "w4a16": 130.0, "prompt_lookup": 110.0})
-    mv = mlflow.MlflowClient(cfg.mlflow["tracking_uri"]).get_model_version("m", version)
-    local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=str(tmp_path / "dl")))
+    client = mlflow.MlflowClient(cfg.mlflow["tracking_uri"])
+    mv = client.get_model_version("m", version)
+    client.set_registered_model_alias("m", "champion", version)
+    # README: `mlflow artifacts download -u models:/evalgate@champion -d served && bash served/serve.sh`
+    mlflow.set_tracking_uri(cfg.mlflow["tracking_uri"])
+    local = Path(mlflow.artifacts.download_artifacts("models:/m@champion", dst_path=str(tmp_path / "served")))
+    assert local == tmp_path / "served"
     assert (local / "checkpoint" / "model.safetensors").read_bytes() == b"weights"
     served = json.loads((local / "serve.json").read_text())
     assert served["checkpoint"] == "checkpoint" and served["model"]["base"] == cfg.model.id
