@@ -106,10 +106,9 @@ def register_best(cfg, gate: dict, results, parent_run_id: str | None, checkpoin
     except MlflowException:
         client.create_registered_model(model, description="evalgate: the best accepted variant of each gated run; "
                                        "the alias marks the deployed one (evalgate check --promote)")
-    for mv in client.search_model_versions(f"name = '{model}'"):
-        if mv.tags.get(GATE_TAG) == gate_id:
-            print(f"mlflow registry: this gate result is registered already ({model} version {mv.version})")
-            return mv.version
+    for mv in _versions_of(client, model, gate_id):
+        print(f"mlflow registry: this gate result is registered already ({model} version {mv.version})")
+        return mv.version
     child = exp.children(parent_run_id).get(best)
     if child is None:
         print(f"mlflow registry: no run of {best} under {parent_run_id}, nothing registered")
@@ -133,11 +132,12 @@ def register_best(cfg, gate: dict, results, parent_run_id: str | None, checkpoin
 def this_version(options: dict, gate: dict):
     """The version registered from this gate result, or None."""
     model, _ = names(options)
-    gate_id = digest(gate)
-    for mv in _client(options).search_model_versions(f"name = '{model}'"):
-        if mv.tags.get(GATE_TAG) == gate_id:
-            return mv
-    return None
+    return next(iter(_versions_of(_client(options), model, digest(gate))), None)
+
+
+def _versions_of(client, model: str, gate_id: str) -> list:
+    """The versions registered from one gate result (a search on the tag: a team's registry grows)."""
+    return client.search_model_versions(f"name = '{model}' and tags.`{GATE_TAG}` = '{gate_id}'")
 
 
 def deployed(options: dict, rank_by: str) -> Deployed | None:

@@ -131,7 +131,7 @@ def test_the_vllm_served_configuration_starts_vllm_serve_from_the_artifact(tmp_p
     g = gate("w4a16", {"baseline": "accept", "w4a16": "accept", "prompt_lookup": "accept"})
     _, version = pipeline(cfg, tmp_path, g, {"baseline": 100.0, "w4a16": 130.0, "prompt_lookup": 110.0})
     client = mlflow.MlflowClient(cfg.mlflow["tracking_uri"])
-    mv = client.get_model_version("m", version)
+    assert client.get_model_version("m", version).source.endswith("/served")
     client.set_registered_model_alias("m", "champion", version)
     # README: `mlflow artifacts download -u models:/evalgate@champion -d served && bash served/serve.sh`
     mlflow.set_tracking_uri(cfg.mlflow["tracking_uri"])
