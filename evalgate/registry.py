@@ -49,15 +49,18 @@ def served_files(cfg, name: str, checkpoint: Path | None, out: Path) -> dict:
     variant = cfg.variant(name)
     has_ckpt = checkpoint is not None and (Path(checkpoint) / "config.json").exists()
     model = served_model(cfg.model, variant, str(checkpoint) if has_ckpt else None)
-    ref = "checkpoint" if has_ckpt else model.id   # relative to the served/ folder when it travels with it
+    # the checkpoint travels in the artifact (relative to serve.sh); a local model or draft is named by its
+    # absolute path (serve.sh runs from its own folder), a hub model by its id
+    ref = "checkpoint" if has_ckpt else (str(Path(model.id).resolve()) if model.source == "local" else model.id)
+    draft = cfg.model.draft and (str(Path(cfg.model.draft).resolve()) if Path(cfg.model.draft).exists() else cfg.model.draft)
     conf = {"variant": name, "engine": cfg.engine, "model": {"id": ref, "source": "artifact" if has_ckpt else model.source,
-            "revision": model.revision, "draft": cfg.model.draft, "dtype": cfg.model.dtype, "base": cfg.model.id},
+            "revision": model.revision, "draft": draft, "dtype": cfg.model.dtype, "base": cfg.model.id},
             "variant_params": variant.as_params(), "checkpoint": "checkpoint" if has_ckpt else None}
     out.mkdir(parents=True, exist_ok=True)
     if cfg.engine.get("name") == "vllm":
         from evalgate.engines.vllm import serve_args
 
-        args = serve_args(ref, cfg.model.draft, variant, cfg.engine)   # what the runner served
+        args = serve_args(ref, draft, variant, cfg.engine)   # what the runner served
         conf["vllm_serve_args"] = args
         (out / "serve.sh").write_text("#!/usr/bin/env bash\n# the served configuration of variant "
                                       f"{name!r}, as gated: run it from this folder\ncd \"$(dirname \"$0\")\"\n"

@@ -68,7 +68,7 @@ def test_the_best_accepted_variant_is_registered_with_its_run_and_tags(tmp_path)
     assert json.loads(t["config"])["quantization"] == cfg.variant("int8").quantization["method"]
     served = json.loads(Path(mlflow.artifacts.download_artifacts(f"{mv.source}/serve.json")).read_text())
     assert served["variant"] == "int8" and served["engine"]["name"] == "hf" and served["checkpoint"] is None
-    assert served["model"]["id"] == cfg.model.id
+    assert served["model"]["id"] == str(Path(cfg.model.id).resolve()) and served["model"]["base"] == cfg.model.id
     # the same gate result again (a forced report): no second version
     assert registry.register_best(cfg, g, results, None, tmp_path / "checkpoints") is None  # no parent: nothing
     assert pipeline(cfg, tmp_path, g, {"baseline": 100.0, "int8": 120.0, "int4": 150.0})[1] == version
@@ -148,7 +148,9 @@ def test_the_vllm_served_configuration_starts_vllm_serve_from_the_artifact(tmp_p
     assert "--max-model-len" in cmd and "4096" in cmd and "--max-num-seqs" in cmd
     # a variant without a checkpoint serves the model reference with its own flags
     served2 = registry.served_files(cfg, "prompt_lookup", tmp_path / "checkpoints" / "prompt_lookup", tmp_path / "pl")
-    assert served2["vllm_serve_args"][0] == cfg.model.id and "--speculative-config" in served2["vllm_serve_args"]
+    # (a local model by its absolute path: serve.sh runs from its own folder)
+    assert served2["vllm_serve_args"][0] == str(Path(cfg.model.id).resolve())
+    assert Path(served2["vllm_serve_args"][0]).is_absolute() and "--speculative-config" in served2["vllm_serve_args"]
     assert not (tmp_path / "pl" / "checkpoint").exists()
 
 
