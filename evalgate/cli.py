@@ -10,6 +10,7 @@ two a person types (`compose`, `repro`):
   evalgate run VARIANT            serve it once: quality checks, then the load sweep (the baseline too)
   evalgate gate                   a verdict for every variant against the baseline
   evalgate report                 summary, DVC metrics and plots, pictures; the MLflow parent run
+  evalgate check [--promote]      the CI gate: exit 1 when the verdicts break gate.check's policy
 
 `evalgate --help` and `evalgate COMMAND --help` say more. Installed (`pip install -e .`) it is a
 console command; `python -m evalgate …` is the same without installing (the GPU host runs it so).
@@ -371,9 +372,13 @@ def report(
     results: ResultsDir = RESULTS,
     gate: Annotated[Path, typer.Option(help="the gate's verdicts")] = Path("reports/gate.json"),
     out: Annotated[Path, typer.Option(help="the report folder")] = Path("reports"),
+    checkpoints: Annotated[Path, typer.Option(help="the quantize stages' folders (registered with the winner)")] = Path(
+        "checkpoints"
+    ),
     params: Params = PARAMS,
 ):
-    """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run."""
+    """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run, and the best
+    accepted variant registered (evalgate.registry)."""
     import json
 
     cfg = _config(params)
@@ -387,7 +392,7 @@ def report(
     table, files = write_report(cfg, store, verdicts, out)
     print((out / "summary.md").read_text())
     names = list(cfg.variants)
-    tracking.log_report(
+    parent = tracking.log_report(
         cfg.mlflow,
         cfg.raw,
         tracking.parent_name(cfg.model.id, cfg.engine["name"], len(names)),
@@ -401,16 +406,35 @@ def report(
     if tracking._OFF:  # the server went away while logging: not recorded as done, so the next repro logs it
         print("report: MLflow stopped answering while logging; exit 75 so that DVC runs the report again", file=sys.stderr)
         raise typer.Exit(75)
+    from evalgate.registry import register_best
+
+    register_best(cfg, verdicts, store, parent, checkpoints)
+
+
+@app.command()
+def check(
+    gate: Annotated[Path, typer.Option(help="the gate's verdicts")] = Path("reports/gate.json"),
+    results: ResultsDir = RESULTS,
+    promote: Annotated[bool, typer.Option("--promote", help="on a pass, move the registry alias to this run's version")] = False,
+    params: Params = PARAMS,
+):
+    """The CI gate: exit 1 when the gate's verdicts break the policy of `gate.check` (conf/gate/), one
+    line per failing variant; 0 otherwise. Appends its result to $GITHUB_STEP_SUMMARY when set."""
+    from evalgate.check import run_check
+
+    raise typer.Exit(run_check(_config(params), gate, results, promote))
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console command: the shared preamble, then the subcommand."""
+    from evalgate.progress import quiet_bars_in_logs
     from evalgate.quiet import quiet_third_party
 
     # lm-eval and datasets try the hub for metadata unless told otherwise; local tasks need none
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_third_party()
+    quiet_bars_in_logs()  # no progress bars in CI logs (not a terminal); evalgate.progress
     try:
         app(args=argv, prog_name="evalgate")
     except ConfigError as e:

@@ -372,6 +372,7 @@ class Gate(Section):
     output_length: OutputLength | None = None
     statistics: Statistics = Statistics()
     sequential: Sequential = Sequential()
+    check: dict[str, Any] = {}  # the CI policy of `evalgate check`: evalgate.check.parse_policy checks it
 
     @field_validator("quality", mode="before")
     @classmethod
@@ -565,6 +566,8 @@ class MLflow(Section):
     tracking_uri: Name | None = None  # null: $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
     system_metrics: bool = True
     system_metrics_interval_s: PositiveFloat = 5
+    registered_model: Name = "evalgate"  # the best accepted variant's versions (evalgate.registry)
+    alias: Name = "champion"  # the deployed version: moved by `evalgate check --promote` only
 
 
 class Report(Section):

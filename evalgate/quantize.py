@@ -77,8 +77,9 @@ def quantize_checkpoint(src: str, method: str, out: Path, group_size: int | None
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evalgate.progress import bar
 
     preset, fmt = SCHEMES[method]
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if torch.cuda.is_available() else "auto")
@@ -88,7 +89,7 @@ def quantize_checkpoint(src: str, method: str, out: Path, group_size: int | None
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=list(ignore)))
     mods = [m for m in model.modules() if getattr(getattr(m, "quantization_scheme", None), "weights", None)]
     with torch.no_grad():
-        for m in tqdm(mods, desc=f"quantize {method}", unit="layer"):
+        for m in bar(mods, desc=f"quantize {method}", unit="layer"):
             scale, zp = _weight_qparams(m.weight, m.quantization_scheme.weights)
             m.weight_scale.data.copy_(scale.reshape(m.weight_scale.shape))
             m.weight_zero_point.data.copy_(zp.reshape(m.weight_zero_point.shape))

@@ -231,17 +231,26 @@ def profile(job: Job, ep, repeat: bool = False) -> dict:
         # would compare two different loads (seen on an H100: they inherited the c128 difference)
         base_peak = ((job.out.profile() or {}).get("summary") or {}).get("request_throughput")
     levels_done = []
+    from evalgate.progress import bar
+
+    steps = bar(total=len(cfg.load.get("concurrency", [1])) + len(cfg.load.get("rates", [])),
+                desc=f"{job.variant.name} load sweep{' (A/A)' if repeat else ''}", unit="level")
 
     def progress(level: dict) -> None:
         levels_done.append(level["name"])
+        steps.set_postfix_str(f"{level['name']}: {level['summary']['output_throughput']:.1f} tok/s")
+        steps.update()
         prefix = f"aa/{level['name']}" if repeat else level["name"]
         _track(job, {f"{prefix}/{k}": v for k, v in level["summary"].items()
                      if k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
                               "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms", "ci_pct")})
         _track(job, {"progress/profile_levels": len(levels_done)})
 
-    res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
-                base_peak_rps=base_peak, progress=progress)
+    try:
+        res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
+                    base_peak_rps=base_peak, progress=progress)
+    finally:
+        steps.close()
     res["stats"] = ep.stats()
     if not repeat:
         res["stats"].update(ep.engine_bench())
@@ -357,15 +366,22 @@ def run_serial(job: Job, engine) -> int:
     def mark(phase: str, t0: float) -> None:
         events.append({"phase": phase, "start": t0, "end": time.time()})
 
+    from evalgate.progress import bar
+
+    phases = bar(total=3, desc=f"run {name}", unit="phase", postfix="serve")   # serve, quality, profile
     t0 = time.time()
     try:
         with engine.serve(job.model, job.variant, job.out.path) as ep:
             times["start_s"] = ep.info.start_seconds
             mark("start", t0)
             phase, t0 = "quality", time.time()
+            phases.set_postfix_str("quality")
+            phases.update()
             q = quality(job, ep)
             mark("quality", t0)
+            phases.update()
             if not q["early"]:
+                phases.set_postfix_str("profile")
                 phase, t, t0 = "profile", time.perf_counter(), time.time()
                 profile(job, ep)
                 mark("profile", t0)
@@ -374,7 +390,9 @@ def run_serial(job: Job, engine) -> int:
                     profile(job, ep, repeat=True)
                     mark("profile_aa", t0)
                 times["profile_s"] = time.perf_counter() - t
+                phases.update()
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
+        phases.close()
         mark(phase, t0)
         kind = classify(e)
         error = f"{type(e).__name__}: {e}"
@@ -384,6 +402,7 @@ def run_serial(job: Job, engine) -> int:
         fail(job, phase, error, traceback.format_exc(), transient=kind)
         tell_supervisor(kind, f"{phase}: {error}")
         return EX_TEMPFAIL if kind else 0
+    phases.close()
     times["total_s"] = time.perf_counter() - t_all
     try:
         job.out.write_timeline(name, events, times)

@@ -134,6 +134,33 @@ def test_mlflow_parent_and_nested_runs(proj):
     assert "variants.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+def test_ci_gate_and_registry(proj):
+    """The report registered the best accepted variant (not the rejected int2); `evalgate check` exits 0
+    by the default policy and 1 by a strict one, naming the rejected variants; `--promote` gives the
+    winner the alias."""
+    import mlflow
+
+    d, _ = proj
+    gate = json.loads((d / "reports/gate.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{d}/mlflow.db")
+    (mv,) = client.search_model_versions("name = 'evalgate'")
+    assert mv.tags["variant"] == gate["best"] and mv.tags["verdict"] == "accept"
+    assert client.get_run(mv.run_id).data.tags["variant"] == gate["best"]
+    ok = sh([sys.executable, "-m", "evalgate", "check"], d, check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith("evalgate check: PASS"), ok.stdout + ok.stderr
+    strict = yaml.safe_load((d / "params.yaml").read_text())
+    strict["gate"]["check"] = {"fail_on": "any_rejected"}
+    (d / "strict.yaml").write_text(yaml.safe_dump(strict))
+    bad = sh([sys.executable, "-m", "evalgate", "check", "--params", "strict.yaml"], d, check=False)
+    assert bad.returncode == 1
+    assert sorted(line.split(":")[0] for line in bad.stdout.splitlines() if line.startswith("FAIL ")) == [
+        "FAIL int2", "FAIL unsupported"]
+    (d / "strict.yaml").unlink()
+    promoted = sh([sys.executable, "-m", "evalgate", "check", "--promote"], d)
+    assert "promoted: evalgate@champion" in promoted.stdout
+    assert client.get_model_version_by_alias("evalgate", "champion").tags["variant"] == gate["best"]
+
+
 def test_noop_repro_runs_and_logs_nothing(proj):
     d, _ = proj
     before = len(mlflow_runs(d))
