@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evalgate.config import BASELINE, ConfigError
+from evalgate.registry import Deployed
 
 CONDITIONS = ("any_rejected", "required_rejected", "no_winner", "deployed_regressed")
 DEFAULT = {"fail_on": ["required_rejected", "deployed_regressed"], "required": [], "deployed": "registry",
@@ -35,15 +36,6 @@ class Policy:
     required: tuple[str, ...]
     deployed: str | None          # "registry", a variant name, or None
     max_slowdown_pct: float | None
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """The variant in production: its name, where that came from, and the `rank_by` value recorded then."""
-
-    variant: str
-    source: str                   # e.g. "registry evalgate@champion (version 3)" or "gate.check.deployed"
-    metric: float | None = None
 
 
 @dataclass

@@ -29,10 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-
-class ConfigError(ValueError):
-    """A bad value in params.yaml (or conf/); the message names the key, the value and what is allowed."""
-
+from evalgate.errors import ConfigError  # noqa: F401 - re-exported: `from evalgate.config import ConfigError`
 
 # Engine-neutral variant vocabulary. Adapters map these to their own arguments and refuse what they
 # cannot do; new methods are added here and in the adapter that implements them.

@@ -21,13 +21,22 @@ from __future__ import annotations
 import json
 import shlex
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from evalgate.check import Deployed
 from evalgate.tracking import _never_fatal, digest, finite
 
 MODEL, ALIAS = "evalgate", "champion"
 GATE_TAG = "evalgate.gate_id"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The variant in production: its name, where that came from, and the `rank_by` value recorded then."""
+
+    variant: str
+    source: str                   # e.g. "registry evalgate@champion (version 3)" or "gate.check.deployed"
+    metric: float | None = None
 
 
 def names(options: dict) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from evalgate.config import ConfigError
+from evalgate.errors import ConfigError
 
 ENGINES = {
     "hf": "evalgate.engines.hf:HFEngine",
