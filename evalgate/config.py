@@ -222,6 +222,7 @@ class Quantization(Section):
 
 class KVCache(Section):
     dtype: Literal[KV_DTYPES] = "auto"
+    v_dtype: Literal[KV_DTYPES] | None = None  # the V cache's type where it differs from K (llama.cpp)
     backend: Name | None = None
     group_size: PositiveInt | None = None
     residual_length: NonNegInt | None = None  # recent tokens kept unquantized (KIVI)
