@@ -195,7 +195,8 @@ def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
     wl.write_text("".join(json.dumps(r) + "\n" for r in REQS))
     cfg = SimpleNamespace(load=LOAD, slo={}, workload={})
     (tmp_path / "baseline").mkdir()
-    job = SimpleNamespace(cfg=cfg, workload=wl, out=VariantResults(tmp_path / "baseline"), baseline=None, tracker=None)
+    job = SimpleNamespace(cfg=cfg, workload=wl, out=VariantResults(tmp_path / "baseline"), baseline=None, tracker=None,
+                          variant=SimpleNamespace(name="baseline"))
     fast, slower = FakeEndpoint(saturate_at=4), FakeEndpoint(saturate_at=2)   # the A/A finds a lower peak
     for ep in (fast, slower):
         ep.stats = dict
