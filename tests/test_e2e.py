@@ -205,7 +205,7 @@ def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
     params["variants"]["prompt_lookup"]["speculative"]["num_tokens"] = 5
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
-    assert "stale: run@prompt_lookup\n" in out and "running 1 variant(s) one at a time (dvc repro --keep-going)" in out
+    assert "stale: run@prompt_lookup [+" in out and "running 1 variant(s) one at a time (dvc repro --keep-going)" in out
     assert json.loads((d / "results/prompt_lookup/timeline.json").read_text())["events"]
     status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
     assert "up to date" in status, status
