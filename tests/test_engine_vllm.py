@@ -171,8 +171,8 @@ time.sleep(3600)
     for mode, grace in (("slow", 10), ("deaf", 1), ("orphan", 1)):
         mark = tmp_path / mode
         proc = subprocess.Popen([sys.executable, str(script), mode, str(mark)], start_new_session=True)
-        for _ in range(100):
-            if Path(f"{mark}.pid").exists():
+        for _ in range(200):   # the file exists before its pid is written: wait for the content
+            if Path(f"{mark}.pid").exists() and Path(f"{mark}.pid").read_text().strip():
                 break
             time.sleep(0.05)
         child = int(Path(f"{mark}.pid").read_text())
