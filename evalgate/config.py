@@ -43,7 +43,6 @@ SPEC_METHODS = ("none", "ngram", "draft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BASELINE = "baseline"  # the reference's name in results/, the gate, the report and MLflow
 OFFLINE_QUANT = ("w4a16", "w8a8", *GGUF_TYPES)  # written by a quantize@<variant> stage, which only variants have
-OFFLINE_METHODS = OFFLINE_QUANT
 
 # Profile metrics a gate limit may bound and the report may rank by (vLLM's serving names; see
 # evalgate.metrics and evalgate.profile). `report.rank_by`'s direction comes from the name

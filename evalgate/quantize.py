@@ -26,12 +26,12 @@ def quantize_variant(name: str, quantization: dict, model, out: Path, gguf_dir: 
     in `gguf_dir`), else a one-line marker (written without importing torch: ~1 s). A failed
     quantization is recorded in the marker, and the variant's run rejects it with that error; the
     other variants go on."""
-    from evalgate.config import GGUF_TYPES, OFFLINE_METHODS
+    from evalgate.config import GGUF_TYPES, OFFLINE_QUANT
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     method = quantization["method"]
-    if method not in OFFLINE_METHODS:
+    if method not in OFFLINE_QUANT:
         info = {"checkpoint": False}
     else:
         from evalgate.models import resolve_model

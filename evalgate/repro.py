@@ -40,6 +40,7 @@ from evalgate.results import Results
 PATHS = dict(
     workload="data/workload.jsonl", reference="data/reference.jsonl", results="results", checkpoints="checkpoints", gguf="gguf"
 )
+INPUT_STAGES = ("fixture", "workload", "gguf", "quantize")  # what every variant reads: DVC runs them as usual
 
 
 def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -142,8 +143,8 @@ def _repro(cfg: Config, serial: bool = False) -> int:
     def step(msg: str) -> None:  # with the seconds since the start: where the pipeline's own overhead goes
         print(f"repro: {msg} [+{time.time() - t0:.1f} s]", flush=True)
 
-    step("1/5 inputs (dvc repro fixture workload gguf quantize)")
-    dvc("repro", "fixture", "workload", "gguf", "quantize")
+    step(f"1/5 inputs (dvc repro {' '.join(INPUT_STAGES)})")
+    dvc("repro", *INPUT_STAGES)
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     todo = stale(stages)
     step(f"2/5 stale: {', '.join(todo) or 'none'}")

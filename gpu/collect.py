@@ -27,6 +27,12 @@ PER_VARIANT = ("status.json", "metrics.json", "server_cmd.json", "timeline.json"
                "error.log", "quality.log")
 
 
+def write_gz(path: Path, data: bytes) -> None:
+    """Logs gzipped: a results folder travels with every later GPU call, beside a ≈ 60 MB bundle part,
+    under the tool's 64 MiB (zcat reads them)."""
+    path.write_bytes(gzip.compress(data, mtime=0))
+
+
 def card() -> tuple[str, str]:
     """('h100', 'NVIDIA H100 80GB HBM3, 580.x, 81559 MiB') from nvidia-smi; ('gpu', '') without it."""
     try:
@@ -78,9 +84,8 @@ def main() -> int:
         dst = out / "variants" / d.name
         dst.mkdir(parents=True, exist_ok=True)
         for f in PER_VARIANT:
-            if (d / f).exists() and f.endswith(".log"):   # logs gzipped: a results folder travels with every
-                # later GPU call, beside a ≈ 60 MB bundle part, under the tool's 64 MiB (zcat reads them)
-                (dst / f"{f}.gz").write_bytes(gzip.compress((d / f).read_bytes(), mtime=0))
+            if (d / f).exists() and f.endswith(".log"):
+                write_gz(dst / f"{f}.gz", (d / f).read_bytes())
             elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
         prof = VariantResults(d).profile()
@@ -90,7 +95,7 @@ def main() -> int:
         if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
             lines = (d / "server.log").read_text(errors="replace").splitlines()
             keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
-            (dst / "server.log.gz").write_bytes(gzip.compress(("\n".join(keep) + "\n").encode(), mtime=0))
+            write_gz(dst / "server.log.gz", ("\n".join(keep) + "\n").encode())
     versions = {}
     for pkg in ("vllm", "torch", "transformers", "lm_eval", "mlflow", "dvc", "hydra-core", "compressed-tensors"):
         try:
