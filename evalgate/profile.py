@@ -148,6 +148,7 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
         n = max(lo, math.ceil(rate * max(min_s, 1.0)))
     n = min(n, hi)
     records, rounds, spent, extras, sent = [], [], 0.0, [], 0
+    ep.reset_cache()   # every level from an empty prefix cache: the same start for both A/A sweeps
     while True:
         batch = requests[sent:sent + n]
         recs, duration, extra = ep.run_requests(batch, concurrency=concurrency, rate=rate,

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -110,6 +111,16 @@ class VariantResults:
         if not isinstance(st, dict) or not isinstance(st.get("ok"), bool):
             return {"ok": False, "error": f"{self.path}/status.json: unreadable (not a status record)"}
         return st
+
+    def wait_status(self, timeout_s: float, poll_s: float = 0.25) -> dict:
+        """This variant's status once it has one (its quality done and recorded, or failed): the
+        scheduler runs the baseline's quality at the same time as the variants', which compare with it."""
+        end = time.monotonic() + timeout_s
+        while not (self.path / "status.json").exists():
+            if time.monotonic() > end:
+                raise TimeoutError(f"{self.path}/status.json: not written within {timeout_s:.0f} s")
+            time.sleep(poll_s)
+        return self.status()
 
     def succeed(self, early_rejection: dict | None = None) -> None:
         self.write("status.json", {"ok": True, **({"early_rejection": early_rejection} if early_rejection else {})})

@@ -117,40 +117,67 @@ def prepare(cfg: Config, name: str, out: VariantResults, workload: Path, referen
 
 
 def _baseline_ok(job: Job) -> dict | None:
+    """The baseline's result to compare with, None when it failed (or this is the baseline). Waits for
+    it: the scheduler runs the baseline's quality at the same time as the variants' (serially it is
+    long finished)."""
     if job.baseline is None:
         return None
+    job.baseline.wait_status(float(job.cfg.engine.get("quality_timeout_s", 1800)))
     base = job.baseline.load()
     return base if base["status"].get("ok") else None
 
 
+class _Stopped(Exception):
+    """The fidelity screen stopped the variant (raised from the looks' first check)."""
+
+    def __init__(self, early: dict):
+        self.early = early
+
+
 def quality(job: Job, ep) -> dict:
     """Fidelity screen, lm-eval (sequential looks first), answer flips; writes quality.json.
-    Returns it: `metrics`, `times`, and `early` (the early-rejection record) when it stopped."""
+    Returns it: `metrics`, `times`, and `early` (the early-rejection record) when it stopped.
+
+    A variant's own measurements start before the baseline's are there (the scheduler runs all quality
+    phases at once): its reference log-probs and the docs of its first look; the comparisons — the
+    fidelity screen, then each look's check — wait for the baseline's quality to be recorded."""
     from evalgate import fidelity, gate
 
     cfg, out = job.cfg, job.out
     if job.tracker is not None:
         job.tracker.phase("quality")
     times: dict[str, float] = {}
-    base = _baseline_ok(job)
     t = time.perf_counter()
     texts = [json.loads(line)["text"] for line in open(job.reference)]
-    own = ep.reference_fidelity(texts, job.baseline if base is not None else None, out)  # the engine's own tool
-    if own is None:
+    own = None
+    if ep.own_fidelity:   # the engine's own tool (llama.cpp) reads the baseline's reference as it runs
+        own = ep.reference_fidelity(texts, job.baseline if _baseline_ok(job) is not None else None, out)
+    else:
         fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out.fidelity_file)
     times["fidelity_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {}
-    if base is not None:
-        metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
-        _track(job, metrics)
-        early = gate.fidelity_screen(cfg.thresholds, metrics)
-        if early:
-            return _done(job, metrics, times, early)
+    compared = {}
+
+    def baseline() -> dict | None:
+        """The baseline's result (waited for), and the fidelity screen against it; once."""
+        if "base" not in compared:
+            compared["base"] = base = _baseline_ok(job)
+            if base is not None:
+                metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
+                _track(job, metrics)
+                early = gate.fidelity_screen(cfg.thresholds, metrics)
+                if early:
+                    raise _Stopped(early)
+        return compared["base"]
+
     t = time.perf_counter()
-    lm_metrics, early = _evaluate(job, ep, base)
+    try:
+        lm_metrics, early = _evaluate(job, ep, baseline if job.baseline is not None else None)
+    except _Stopped as stop:
+        return _done(job, metrics, times, stop.early)
     times["eval_s"] = time.perf_counter() - t
     metrics.update(lm_metrics)
-    if base is not None and not early:
+    if job.baseline is not None and not early and baseline() is not None:
         metrics.update(fidelity.fidelity_metrics(job.baseline, out, flips_only=True))
         early = gate.fidelity_screen(cfg.thresholds, metrics)
     _track(job, {**metrics, **{f"time/{k}": v for k, v in times.items()}})
@@ -168,12 +195,13 @@ def _done(job: Job, metrics: dict, times: dict, early: dict | None) -> dict:
     return q
 
 
-def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
+def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     """lm-eval through the served endpoint: (metrics, early-rejection record or None).
 
     With a baseline to compare against and gate.sequential on, the gated tasks are first evaluated in
     looks (evalgate.sequential); a stop skips the rest of the evaluation and records why, how many docs
-    were evaluated and the time saved against the baseline's full evaluation."""
+    were evaluated and the time saved against the baseline's full evaluation. `baseline()`: the
+    baseline's result, waited for (None: nothing to compare with); None for the baseline itself."""
     from evalgate import sequential
     from evalgate.evaluate import doc_counts, evaluate, evaluate_docs
 
@@ -187,22 +215,27 @@ def _evaluate(job: Job, ep, base: dict | None) -> tuple[dict, dict | None]:
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     looks = cfg.gate.get("sequential") or {}
     gated = sequential.gated_tasks(cfg.thresholds)
-    if base is None or not sequential.enabled(looks) or not gated:
+    if baseline is None or not sequential.enabled(looks) or not gated:
+        if baseline is not None:
+            baseline()   # the fidelity screen before the whole evaluation
         return evaluate(lm, tasks, tasks_index, out, **full), None
     counts = doc_counts(tasks_index, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
         cache = str(Path(tmp) / "requests") if ep.request_cache else None
+        def base_and_rows():
+            base = baseline()
+            return None if base is None else (base, {t: job.baseline.samples(t) for t in gated})
+
         seq = sequential.evaluate_in_looks(
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
-            base, {t: job.baseline.samples(t) for t in gated}, cfg.thresholds, looks["looks"],
-            looks.get("alpha", 0.01), cfg.seed)
+            None, None, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed, baseline=base_and_rows)
         if not seq["stopped"]:
             quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())
-    base_eval = base["metrics"].get("time/eval_s")
+    base_eval = baseline()["metrics"].get("time/eval_s")
     early = {k: seq[k] for k in ("reason", "check", "look", "looks", "fraction", "alpha_per_look",
                                  "docs_evaluated", "eval_s")}
     early.update(kind="sequential", docs_total=total, docs_saved=total - seq["docs_evaluated"],

@@ -9,8 +9,9 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    overhead), packed into the free memory in waves when they do not all fit;
 2. as a server becomes healthy its quality phase runs in a worker process (fidelity screen, lm-eval
    with sequential looks, answer flips: `python -m evalgate run VARIANT --attach …`), all of them concurrently —
-   quality is not timing-sensitive — variants after the baseline's (their looks compare with it);
-   a variant that is already clearly worse is stopped there and never profiled;
+   quality is not timing-sensitive — the baseline's too: a variant measures its reference log-probs
+   and its first look's docs, then waits for the baseline's results before comparing (its fidelity
+   screen and looks); a variant that is already clearly worse is stopped there and never profiled;
 3. the load profiles run one at a time and only while nothing else touches the card (no server
    starting, no evaluation running): the baseline first, then each variant, each server stopped after
    its profile; the baseline last once more, alone (A/A: the run's noise floor, which also bounds what
@@ -227,16 +228,16 @@ class Scheduler:
             busy = any(st in ("starting", "healthy", "quality") for st in states)
             ready = [s for s in self.slots if s.state == "ready"]
             base = self._base()
-            base_quality_done = base is None or base.state not in ("pending", "starting", "healthy", "quality")
             # 1. start servers, a wave at a time: only when nothing waits for its profile
             if not ready and not any(st == "profiling" for st in states):
                 for s in self.slots:
                     if s.state == "pending" and s.retry_at <= time.time() and (
                             self.capacity is None or not self.used or self.used + s.need.get("total", 0) <= self.capacity):
                         self._launch(s)
-            # 2. quality as soon as a server is healthy (variants after the baseline's)
+            # 2. quality as soon as a server is healthy; a variant's comparisons wait in its worker for
+            #    the baseline's quality (evalgate.runner.quality), its own measurements do not
             for s in self.slots:
-                if s.state == "healthy" and (s is base or base_quality_done):
+                if s.state == "healthy":
                     self._run_quality(s)
             # 3. one profile, only while nothing else uses the device
             if ready and not busy:

@@ -35,6 +35,12 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self):
+        if self.path.startswith("/reset_prefix_cache"):   # vLLM registers this route in dev mode only
+            self.send_response(200 if os.environ.get("VLLM_SERVER_DEV_MODE") == "1" else 404)
+            self.end_headers()
+            with open(os.environ["FAKE_VLLM_PIDFILE"] + ".resets", "a") as f:
+                f.write("reset\n")
+            return
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

@@ -121,6 +121,8 @@ def test_lifecycle_serves_then_leaves_no_orphan(model_dir, tmp_path, monkeypatch
         with urllib.request.urlopen(urllib.request.Request(f"{ep.base_url}/v1/completions", body)) as r:
             assert b"completion_tokens" in r.read()
         stats = ep.stats()
+        ep.reset_cache()   # the profile empties the prefix cache before each level (a dev-mode route)
+        assert (tmp_path / "child.pid.resets").read_text() == "reset\n"
         attached = engine.attach(ep.record())      # what a quality worker in another process gets
         assert attached.base_url == ep.base_url and attached.model_path == ep.model_path
         child = int((tmp_path / "child.pid").read_text())

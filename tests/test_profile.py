@@ -69,6 +69,9 @@ class FakeEndpoint(Endpoint):
     def lm_eval_model(self):
         raise NotImplementedError
 
+    def reset_cache(self):
+        self.calls.append("reset")
+
     def run_requests(self, requests, concurrency, rate=None, burstiness=1.0, ignore_eos=False, warmup=0):
         self.calls.append({"n": len(requests), "concurrency": concurrency, "rate": rate, "warmup": warmup})
         c = concurrency or 4
@@ -109,6 +112,11 @@ def test_sweep_climbs_to_saturation_then_rates_at_the_baseline_peak():
     assert res["levels"][3]["summary"]["saturated"] == 1.0
     peak_rps = max(lv["summary"]["request_throughput"] for lv in res["levels"] if lv["concurrency"])
     assert ep.calls[-1]["rate"] == pytest.approx(0.5 * peak_rps)
+    # each level starts from an empty prefix cache: a reset before its first round, none between rounds
+    starts = [i for i, c in enumerate(ep.calls) if c == "reset"]
+    assert len(starts) == len(names) and all(ep.calls[i + 1] != "reset" for i in starts)
+    levels_of = [c["concurrency"] or c["rate"] for i, c in enumerate(ep.calls) if c != "reset" and ep.calls[i - 1] == "reset"]
+    assert len(set(levels_of)) == len(names)
     s = res["summary"]
     assert s["output_throughput"] == max(lv["summary"]["output_throughput"] for lv in res["levels"][:4])
     assert s["median_ttft_ms"] == res["levels"][0]["summary"]["median_ttft_ms"]      # latency at c1

@@ -305,3 +305,49 @@ def test_run_keeps_rows_of_tasks_it_did_not_schedule(tmp_path):
     served = rows(base)
     out = from_files(cfg(), tmp_path, lambda docs: {"t": [served[i] for i in docs["t"]], "t_sub": [served[0]]}, {"t": N})
     assert len(out["rows"]["t_sub"]) == 2 and out["docs_evaluated"] == N // 2 + 1
+
+
+def test_the_first_look_runs_before_the_baseline_is_there(tmp_path):
+    """Scheduled, all quality phases run at once: a variant's first look is evaluated, then it waits for
+    the baseline's results (written later, by another process) and stops on them as it would serially."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    base, order = rng.random(N) < 0.9, []
+    served = rows(np.zeros(N, bool))
+    store = VariantResults(tmp_path / "baseline")
+
+    def evaluate_docs(docs):
+        order.append(("evaluate", (tmp_path / "baseline" / "status.json").exists()))
+        return {t: [served[i] for i in ids] for t, ids in docs.items()}
+
+    def baseline():
+        store.wait_status(30)
+        order.append(("baseline", True))
+        return store.load(), {"t": store.samples("t")}
+
+    def later():   # the baseline's own quality ends while the variant's first look runs; its status last
+        time.sleep(0.5)
+        write_baseline(tmp_path / "staging", base)
+        for f in sorted((tmp_path / "staging").iterdir(), key=lambda f: f.name == "status.json"):
+            f.rename(tmp_path / "baseline" / f.name)
+
+    c = cfg()
+    (tmp_path / "baseline").mkdir()
+    threading.Thread(target=later).start()
+    sq = c.gate["sequential"]
+    out = sequential.evaluate_in_looks(evaluate_docs, {"t": N}, None, None, c.thresholds, sq["looks"],
+                                       sq["alpha"], c.seed, baseline=baseline)
+    assert order == [("evaluate", False), ("baseline", True)]     # evaluated first, compared once it was there
+    assert out["stopped"] and out["look"] == 1                     # the same stop as with the baseline given
+    serial, _ = simulate(cfg(), tmp_path / "serial", base, np.zeros(N, bool))
+    assert out["reason"] == serial["reason"]
+    with pytest.raises(TimeoutError, match="status.json: not written within"):
+        VariantResults(tmp_path / "never").wait_status(0.3)
+
+
+def test_no_baseline_to_compare_with_means_no_stop(tmp_path):
+    out = sequential.evaluate_in_looks(lambda docs: {t: rows(np.zeros(N, bool))[:len(ids)] for t, ids in docs.items()},
+                                       {"t": N}, None, None, cfg().thresholds, LOOKS, ALPHA, 0, baseline=lambda: None)
+    assert not out["stopped"] and out["look"] == len(LOOKS)

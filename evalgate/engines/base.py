@@ -73,6 +73,7 @@ class Endpoint(abc.ABC):
     supports_rate = False       # open-loop request-rate levels need a server's own load generator
     request_cache: bool = True  # lm-eval's request cache (`use_cache`) works with lm_eval_model()
     skipped_output_types: dict[str, str] = {}   # lm-eval output types it cannot evaluate → why (see Engine)
+    own_fidelity = False        # reference_fidelity is the engine's own tool (else prompt_logprobs)
 
     def generate_batch(self, requests: list[dict], ignore_eos: bool = False) -> list[Generation]:
         """Greedy-generate the requests as one batch (each ends at EOS, a stop string or its
@@ -107,6 +108,11 @@ class Endpoint(abc.ABC):
     def level_extras(self) -> dict:
         """Engine facts about the requests since the last call (e.g. speculative acceptance)."""
         return {}
+
+    def reset_cache(self) -> None:
+        """Empty the engine's prefix cache before a load level, so every level starts from the same
+        state whatever ran before it (the A/A sweep, the quality phase); no-op without such a cache."""
+        return None
 
     @abc.abstractmethod
     def lm_eval_model(self):

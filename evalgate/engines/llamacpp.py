@@ -182,6 +182,7 @@ class LlamaCppEndpoint(Endpoint):
     supports_rate = True
     skipped_output_types = SKIPPED_OUTPUT_TYPES
     request_cache = False     # lm-eval 0.4.13's API models break under use_cache (see the vllm adapter)
+    own_fidelity = True       # llama-perplexity's KL-divergence mode (reference_fidelity)
 
     def __init__(self, base_url: str, model: ModelSpec, variant: Variant, log_path: Path, info: ServeInfo,
                  options: dict, pid: int | None = None):
