@@ -85,7 +85,8 @@ def main() -> int:
     subprocess.run([*py, "-m", "dvc", "repro", *INPUT_STAGES], check=True)   # timed apart; repro then finds them done
     fixture_s = time.time() - t0
     t1 = time.time()
-    subprocess.run([*py, "-m", "evalgate", "repro", *(["--serial"] if a.serial else [])], check=True)
+    # --no-run-cache: a variant timed again (gpu/session.sh fresh) must run, not come back from DVC's run-cache
+    subprocess.run([*py, "-m", "evalgate", "repro", "--no-run-cache", *(["--serial"] if a.serial else [])], check=True)
     verdict_s = time.time() - t1
     b = breakdown(Path("results"), verdict_s)
     b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),

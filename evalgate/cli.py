@@ -116,6 +116,8 @@ def compose(
 @app.command()
 def repro(
     serial: Annotated[bool, typer.Option("--serial", help="one variant at a time (the reference timing)")] = False,
+    no_run_cache: Annotated[bool, typer.Option("--no-run-cache", help="run stale variants even where DVC's run-cache "
+                                               "holds their results (to time them again)")] = False,
     params: Params = PARAMS,
 ):
     """The scheduled `dvc repro`: DVC decides what is stale, the stale variants run side by side on one
@@ -125,7 +127,7 @@ def repro(
     from evalgate.repro import repro as run_repro
 
     tracking.check_reachable(cfg.mlflow)
-    raise typer.Exit(run_repro(cfg, serial) or 0)
+    raise typer.Exit(run_repro(cfg, serial, no_run_cache) or 0)
 
 
 app.command("schedule", hidden=True, help="Old name of `repro`.")(repro)

@@ -126,12 +126,12 @@ def finish_incomplete(failed: dict[str, dict], t0: float) -> int:
     return EX_TEMPFAIL
 
 
-def repro(cfg: Config, serial: bool = False) -> int:
+def repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int:
     with repro_lock():
-        return _repro(cfg, serial)
+        return _repro(cfg, serial, no_run_cache)
 
 
-def _repro(cfg: Config, serial: bool = False) -> int:
+def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int:
     from evalgate import runner, schedule
     from evalgate.engines import get_engine
 
@@ -153,7 +153,7 @@ def _repro(cfg: Config, serial: bool = False) -> int:
         # engine frees its model with it; one process serving every variant held all their memory);
         # --keep-going: a variant that failed transiently (exit 75) does not stop the others
         step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
-        p = dvc("repro", "--keep-going", check=False)
+        p = dvc("repro", "--keep-going", *(["--no-run-cache"] if no_run_cache else []), check=False)
         if p.returncode:
             failed = transient_failures(todo)
             if failed and (BASELINE in failed or set(stale(stages)) <= set(failed)):

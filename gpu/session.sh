@@ -58,9 +58,9 @@ case "${1:-}" in
     echo "verdict exit $rc; collected $d" >> "out/$name/verdict.log"
     echo "$rc" > "out/$name/rc"; rm -f out/running ;;
   fresh)  # forget the variants' results and DVC's run-cache: the next experiment re-runs every variant
-    # the whole cache: DVC 3.67 still restored the variants from a run-cache with .dvc/cache/runs gone
-    # (2026-11-26); the fixture, workload and checkpoints stay in the workspace, which DVC checks instead
-    cd "$WK" && rm -rf results/* .dvc/cache && echo "variants forgotten (fixture, workload, checkpoints kept)" ;;
+    # DVC's cache stays (without it DVC finds the fixture "not in cache", i.e. changed, and trains it again:
+    # seen 2026-11-26); its run-cache is bypassed instead: bench/gpu_verdict.py runs `evalgate repro --no-run-cache`
+    cd "$WK" && rm -rf results/* && echo "variants forgotten (fixture, workload, checkpoints kept)" ;;
   poll)
     cd "$WK" || exit 1
     deadline=$(( $(date +%s) + ${2:-540} ))
