@@ -116,8 +116,12 @@ def compose(
 @app.command()
 def repro(
     serial: Annotated[bool, typer.Option("--serial", help="one variant at a time (the reference timing)")] = False,
-    no_run_cache: Annotated[bool, typer.Option("--no-run-cache", help="run stale variants even where DVC's run-cache "
-                                               "holds their results (to time them again)")] = False,
+    no_run_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-run-cache", help="run stale variants even where DVC's run-cache holds their results (to time them again)"
+        ),
+    ] = False,
     params: Params = PARAMS,
 ):
     """The scheduled `dvc repro`: DVC decides what is stale, the stale variants run side by side on one
