@@ -119,7 +119,8 @@ def repro(
     no_run_cache: Annotated[
         bool,
         typer.Option(
-            "--no-run-cache", help="run every stale variant's command, even where DVC's cache holds its results (to time it again)"
+            "--no-run-cache",
+            help="run every stale variant's command, even where DVC's cache holds its results (to time it again)",
         ),
     ] = False,
     params: Params = PARAMS,

@@ -153,7 +153,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         # engine frees its model with it; one process serving every variant held all their memory);
         # --keep-going: a variant that failed transiently (exit 75) does not stop the others
         step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
-        if no_run_cache:   # each stale variant's command runs: `dvc repro` would check its outputs out of
+        if no_run_cache:  # each stale variant's command runs: `dvc repro` would check its outputs out of
             # DVC's cache (dvc.lock still names them) and `--no-run-cache` does not stop that (DVC 3.67)
             for st in todo:
                 dvc("repro", "--force", "--single-item", st, check=False)
