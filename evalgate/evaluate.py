@@ -1,6 +1,7 @@
 """Quality through lm-eval's own tasks and model classes, keeping per-sample logs for the gate."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -69,8 +70,9 @@ def evaluate(lm, tasks: list[str], tasks_index, out, limit=None, bootstrap_iters
     docs sequential looks already evaluated."""
     from lm_eval import simple_evaluate
 
-    res = simple_evaluate(model=lm, tasks=tasks, task_manager=tasks_index, limit=limit, log_samples=True,
-                          bootstrap_iters=bootstrap_iters, use_cache=use_cache, **_seeds(seed))
+    with _no_env_info():
+        res = simple_evaluate(model=lm, tasks=tasks, task_manager=tasks_index, limit=limit, log_samples=True,
+                              bootstrap_iters=bootstrap_iters, use_cache=use_cache, **_seeds(seed))
     out.write_samples(res.pop("samples", {}))
     out.write_lm_eval({k: res[k] for k in ("results", "configs", "versions", "n-samples", "higher_is_better") if k in res})
     return flatten_lmeval(res["results"])
@@ -80,8 +82,9 @@ def evaluate_docs(lm, samples: dict[str, list[int]], tasks_index, seed: int = 0,
     """lm-eval's logged samples of just these docs (`samples`: task → doc indices), for a sequential look."""
     from lm_eval import simple_evaluate
 
-    res = simple_evaluate(model=lm, tasks=list(samples), task_manager=tasks_index, samples=samples, log_samples=True,
-                          bootstrap_iters=0, use_cache=use_cache, **_seeds(seed))
+    with _no_env_info():
+        res = simple_evaluate(model=lm, tasks=list(samples), task_manager=tasks_index, samples=samples,
+                              log_samples=True, bootstrap_iters=0, use_cache=use_cache, **_seeds(seed))
     return res.get("samples", {})
 
 
@@ -101,6 +104,21 @@ def output_types(tm, tasks: list[str]) -> dict[str, str]:
     """Each task's lm-eval output type (generate_until, multiple_choice, loglikelihood_rolling…)."""
     loaded = tm.load(tasks)["tasks"]
     return {t: loaded[t].config.output_type for t in tasks}
+
+
+@contextlib.contextmanager
+def _no_env_info():
+    """lm-eval adds the environment to every result (torch's collect_env: subprocesses, ≈ 0.8 s a call on
+    2 cores, three calls per variant with the sequential looks); evalgate keeps none of it (lm_eval.json
+    holds results, configs, versions, counts), so that step is skipped while evalgate's calls run."""
+    import lm_eval.evaluator as ev
+
+    saved = ev.add_env_info
+    ev.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        ev.add_env_info = saved
 
 
 def _seeds(seed: int) -> dict:

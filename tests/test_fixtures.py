@@ -104,3 +104,27 @@ def test_bf16_setting():
     assert isinstance(resolve_bf16("auto", cpu), bool)
     with pytest.raises(ValueError, match="auto"):
         resolve_bf16("yes", cpu)
+
+
+def test_prefetched_batches_are_the_same_batches(tok):
+    """train() builds batches in a background thread: the same ones in the same order, and an error in
+    building one is raised at the `next` that wanted it."""
+    from evalgate.toymodel.train import Prefetch
+
+    direct = packed_batches(corpus().stream(MIX, "t"), tok, rows=4, seq_len=64)
+    pre = Prefetch(packed_batches(corpus().stream(MIX, "t"), tok, rows=4, seq_len=64))
+    try:
+        for _ in range(5):
+            assert all(torch.equal(a, b) for a, b in zip(next(direct), next(pre)))
+    finally:
+        pre.close()
+
+    def failing():
+        yield "first"
+        raise ValueError("bad batch")
+
+    bad = Prefetch(failing())
+    assert next(bad) == "first"
+    with pytest.raises(ValueError, match="bad batch"):
+        next(bad)
+    bad.close()
