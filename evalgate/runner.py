@@ -15,6 +15,7 @@ run in different processes (the scheduler's workers) and a failure in one keeps 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
 import time
@@ -149,26 +150,28 @@ def quality(job: Job, ep) -> dict:
     times: dict[str, float] = {}
     t = time.perf_counter()
     texts = [json.loads(line)["text"] for line in open(job.reference)]
+    base_result = functools.cache(lambda: _baseline_ok(job))   # waited for and read once
     own = None
     if ep.own_fidelity:   # the engine's own tool (llama.cpp) reads the baseline's reference as it runs
-        own = ep.reference_fidelity(texts, job.baseline if _baseline_ok(job) is not None else None, out)
+        own = ep.reference_fidelity(texts, job.baseline if base_result() is not None else None, out)
     else:
         fidelity.save(ep.prompt_logprobs(texts, cfg.eval.get("fidelity", {}).get("top_k", 20)), out.fidelity_file)
     times["fidelity_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {}
-    compared = {}
+    screened = False
 
     def baseline() -> dict | None:
-        """The baseline's result (waited for), and the fidelity screen against it; once."""
-        if "base" not in compared:
-            compared["base"] = base = _baseline_ok(job)
-            if base is not None:
-                metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
-                _track(job, metrics)
-                early = gate.fidelity_screen(cfg.thresholds, metrics)
-                if early:
-                    raise _Stopped(early)
-        return compared["base"]
+        """The baseline's result, and the first time the fidelity screen against it."""
+        nonlocal screened
+        base = base_result()
+        if base is not None and not screened:
+            screened = True
+            metrics.update(own if own is not None else fidelity.fidelity_metrics(job.baseline, out, logprobs_only=True))
+            _track(job, metrics)
+            early = gate.fidelity_screen(cfg.thresholds, metrics)
+            if early:
+                raise _Stopped(early)
+        return base
 
     t = time.perf_counter()
     try:
@@ -229,7 +232,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
 
         seq = sequential.evaluate_in_looks(
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
-            None, None, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed, baseline=base_and_rows)
+            base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed)
         if not seq["stopped"]:
             quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None

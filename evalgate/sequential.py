@@ -69,15 +69,13 @@ def interim_check(thresholds: tuple[Threshold, ...], base: dict, base_rows: dict
 
 
 def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
-                      base: dict | None, base_rows: dict[str, list[dict] | None] | None, thresholds: tuple[Threshold, ...],
-                      looks: list[float], alpha: float = 0.01, seed: int = 0,
-                      baseline: Callable[[], tuple[dict, dict] | None] | None = None) -> dict:
+                      baseline: Callable[[], tuple[dict, dict[str, list[dict] | None]] | None],
+                      thresholds: tuple[Threshold, ...], looks: list[float], alpha: float = 0.01, seed: int = 0) -> dict:
     """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
-    just those docs; `base`, `base_rows`: the baseline's result and samples (evalgate.results), or
-    `baseline()` returning both (or None: nothing to compare with, no look stops), called once after
-    the first look's docs are evaluated, so that evaluation need not wait for the baseline's. `alpha`
-    is split over the looks. Returns the outcome (`stopped`, counts, timings, and `rows`: every logged
-    sample)."""
+    just those docs; `baseline()` returns the baseline's result and samples (evalgate.results), or None
+    (nothing to compare with: no look stops); it is called once, after the first look's docs are
+    evaluated, so that evaluation need not wait for the baseline's. `alpha` is split over the looks.
+    Returns the outcome (`stopped`, counts, timings, and `rows`: every logged sample)."""
     looks = list(looks)
     alpha = alpha / len(looks)
     rows: dict[str, list[dict]] = {t: [] for t in n_docs}
@@ -90,9 +88,8 @@ def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, 
             for task, logged in evaluate_docs(new).items():
                 rows.setdefault(task, []).extend(logged)
                 seen.setdefault(task, set()).update(r["doc_id"] for r in logged)
-        if baseline is not None:
+        if k == 1:
             base, base_rows = baseline() or (None, None)
-            baseline = None
         check = None if base is None else interim_check(thresholds, base, base_rows, rows, alpha, seed)
         used = sum(len(s) for s in seen.values())
         out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,

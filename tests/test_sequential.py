@@ -43,7 +43,7 @@ def write_baseline(d, outcomes, up=True):
 def looks(c, evaluate_docs, n_docs, base, base_rows):
     """sequential.evaluate_in_looks with the config's looks, alpha and seed, as the variant's run calls it."""
     sq = c.gate["sequential"]
-    return sequential.evaluate_in_looks(evaluate_docs, n_docs, base, base_rows, c.thresholds, sq["looks"],
+    return sequential.evaluate_in_looks(evaluate_docs, n_docs, lambda: (base, base_rows), c.thresholds, sq["looks"],
                                         sq.get("alpha", 0.01), c.seed)
 
 
@@ -337,8 +337,8 @@ def test_the_first_look_runs_before_the_baseline_is_there(tmp_path):
     (tmp_path / "baseline").mkdir()
     threading.Thread(target=later).start()
     sq = c.gate["sequential"]
-    out = sequential.evaluate_in_looks(evaluate_docs, {"t": N}, None, None, c.thresholds, sq["looks"],
-                                       sq["alpha"], c.seed, baseline=baseline)
+    out = sequential.evaluate_in_looks(evaluate_docs, {"t": N}, baseline, c.thresholds, sq["looks"],
+                                       sq["alpha"], c.seed)
     assert order == [("evaluate", False), ("baseline", True)]     # evaluated first, compared once it was there
     assert out["stopped"] and out["look"] == 1                     # the same stop as with the baseline given
     serial, _ = simulate(cfg(), tmp_path / "serial", base, np.zeros(N, bool))
@@ -349,5 +349,5 @@ def test_the_first_look_runs_before_the_baseline_is_there(tmp_path):
 
 def test_no_baseline_to_compare_with_means_no_stop(tmp_path):
     out = sequential.evaluate_in_looks(lambda docs: {t: rows(np.zeros(N, bool))[:len(ids)] for t, ids in docs.items()},
-                                       {"t": N}, None, None, cfg().thresholds, LOOKS, ALPHA, 0, baseline=lambda: None)
+                                       {"t": N}, lambda: None, cfg().thresholds, LOOKS, ALPHA, 0)
     assert not out["stopped"] and out["look"] == len(LOOKS)
