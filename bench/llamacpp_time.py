@@ -18,11 +18,11 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import fresh_clone  # bench/common.py (these scripts run as `python bench/X.py`)
+
 TARGET_S = 15 * 60
 
 
@@ -63,12 +63,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="llama-bench rounds over every GGUF after the run")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides after preset=llamacpp")
     a = ap.parse_args()
-    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="evalgate-llamacpp-"))
-    if work.exists() and any(work.iterdir()):
-        shutil.rmtree(work)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    work, env = fresh_clone(a.keep, "evalgate-llamacpp-")
     if not a.reuse_build:
         env["EVALGATE_LLAMACPP_HOME"] = str(work / ".llamacpp-build")
     load_before = os.getloadavg()

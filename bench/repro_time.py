@@ -22,11 +22,11 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import fresh_clone  # bench/common.py (these scripts run as `python bench/X.py`)
+
 TARGETS = {"fresh_s": 300, "noop_s": 15}
 PEAK_RSS_MB = 1024  # the check: the pipeline's largest process
 # runs a command and prints the largest max-RSS (MB) among the processes it started
@@ -52,12 +52,7 @@ def main() -> int:
     ap.add_argument("--keep", help="clone here and keep it (default: a temp folder, removed)")
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args()
-    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="evalgate-bench-"))
-    if work.exists() and any(work.iterdir()):
-        shutil.rmtree(work)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    work, env = fresh_clone(a.keep, "evalgate-bench-")
     # optimum-quanto's C++ extension, built once per environment (as `make repro` does at install): a
     # compiler inside the timed run would be the peak, not the pipeline
     subprocess.run([sys.executable, "-c", PREBUILD], env=env, capture_output=True)
