@@ -164,6 +164,13 @@ def check_output_length(bounds: dict | None, var: dict) -> list[dict]:
              "reason": f"output length {ratio:.3f}× the baseline's on the same prompts (allowed {lo:g}–{hi:g}×)"}]
 
 
+def _headline(base: dict, prefix: str) -> dict[str, float]:
+    """The baseline's `prefix`/<metric> differences (aa: its A/A sweeps; alone: first vs alone), headline
+    metrics only (per-level ones stay in its metrics)."""
+    return {k.removeprefix(f"{prefix}/"): v for k, v in base.get("metrics", {}).items()
+            if k.startswith(f"{prefix}/") and "/" not in k.removeprefix(f"{prefix}/")}
+
+
 def decide(cfg: Config, results: dict[str, dict]) -> dict:
     """Verdicts for every variant in `cfg.variants` (one that has no results is rejected too)."""
     base_name = BASELINE
@@ -207,6 +214,6 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
     rank_by = cfg.report.get("rank_by", "output_throughput")
     return {"baseline": base_name, "variants": out, "best": select.best_overall(results, out, rank_by),
             "best_per_level": select.per_level(results, out), "speculation": select.speculation(results, spec),
-            "noise_floor_pct": {k.removeprefix("aa/"): v for k, v in base.get("metrics", {}).items()
-                                if k.startswith("aa/") and "/" not in k.removeprefix("aa/")},
+            "noise_floor_pct": _headline(base, "aa"),
+            "alone_check_pct": _headline(base, "alone"),
             "statistics": cfg.gate.get("statistics", {})}

@@ -172,6 +172,9 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     s["ci_pct"] = precision
     s["rounds"] = len(rounds)
     s.update(_merge_extras(extras))
+    cpu = [e["client_cpu_s"] for e in extras if "client_cpu_s" in e]
+    if cpu and spent:   # the load generator's own CPU share: near 100 % it, not the server, sets the pace
+        s["client_cpu_pct"] = 100 * sum(cpu) / spent
     return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency,
             "rate": rate, "summary": s, "requests": records}
 

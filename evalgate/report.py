@@ -26,7 +26,8 @@ FIDELITY = [("fidelity/kl_mean", "KL", "{:.2g}"), ("fidelity/top1_agreement", "t
             ("fidelity/answer_flip_rate", "flips", "{:.3f}")]
 LEVEL_COLS = [("output_throughput", "tok/s", "{:.1f}"), ("request_goodput", "goodput", "{:.2f}"),
               ("median_ttft_ms", "TTFT p50", "{:.1f}"), ("median_tpot_ms", "TPOT p50", "{:.2f}"),
-              ("p99_e2el_ms", "E2EL p99", "{:.0f}"), ("ci_pct", "±% (95 %)", "{:.1f}")]
+              ("p99_e2el_ms", "E2EL p99", "{:.0f}"), ("ci_pct", "±% (95 %)", "{:.1f}"),
+              ("client_cpu_pct", "client CPU %", "{:.0f}")]
 
 
 def _fmt(v, f: str) -> str:
@@ -54,7 +55,7 @@ def rows(keys: list[str], results: dict, gate: dict) -> list[dict]:
 def levels_of(results: dict) -> list[str]:
     """Every level name measured, ladder first (by concurrency), then the rate levels."""
     names = {k.split("/")[0] for r in results.values() for k in r.get("metrics", {})
-             if k.endswith("/output_throughput") and not k.startswith("aa/")}
+             if k.endswith("/output_throughput") and not k.startswith(("aa/", "alone/"))}
     ladder = sorted((n for n in names if n[1:].isdigit()), key=lambda n: int(n[1:]))
     return ladder + sorted(n for n in names if not n[1:].isdigit())
 
@@ -115,15 +116,19 @@ def _per_level(gate: dict) -> list[str]:
 
 
 def _noise(gate: dict) -> list[str]:
-    floor = gate.get("noise_floor_pct") or {}
+    floor, alone = gate.get("noise_floor_pct") or {}, gate.get("alone_check_pct") or {}
     keys = [k for k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
                         "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms") if k in floor]
     if not keys:
         return []
-    return ["", "## Noise floor (A/A)", "", "The baseline profiled twice in this run — scheduled: first beside its "
-            "idle neighbours, last alone; serial: back to back — as |A − A′| / mean, per metric:", "",
-            "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-            "| " + " | ".join(f"{floor[k]:.1f} %" for k in keys) + " |"]
+    lines = ["", "## Noise floor (A/A)", "", "The baseline profiled twice in this run — scheduled: first and last, "
+             "beside the same idle neighbours; serial: back to back — as |A − A′| / mean, per metric:", "",
+             "| sweeps | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+             "| A/A | " + " | ".join(f"{floor[k]:.1f} %" for k in keys) + " |"]
+    if alone:   # load.alone_check: what the idle neighbours did to the first sweep
+        lines.append("| first (idle neighbours) vs alone | " + " | ".join(
+            f"{alone[k]:.1f} %" if k in alone else "–" for k in keys) + " |")
+    return lines
 
 
 def _levels_table(results: dict) -> list[str]:

@@ -11,7 +11,8 @@ processes (the scheduler's quality workers) and a failure in one keeps the rest:
   lm_eval.json        lm-eval's results, configs and metric directions (`higher_is_better`)
   samples_<task>.jsonl  lm-eval's per-sample logs (the gate's paired tests read them)
   fidelity.npz        top-k next-token log-probs on the reference texts
-  profile.json        the load sweep (profile_aa.json: the baseline's second, A/A sweep)
+  profile.json        the load sweep (profile_aa.json: the baseline's second, A/A sweep;
+                      profile_alone.json: its third, with every other server stopped, when asked)
   metrics.json        every flat metric of the variant (what the gate, the report and MLflow read)
   timeline.json       the phases' start and end times
   tracking.json       the variant's MLflow run (its id), for the report and the quality worker
@@ -143,11 +144,12 @@ class VariantResults:
     def write_quality(self, quality: dict) -> None:
         self.write("quality.json", quality)
 
-    def profile(self, repeat: bool = False) -> dict | None:
-        return self.read("profile_aa.json" if repeat else "profile.json")
+    def profile(self, sweep: str = "") -> dict | None:
+        """The load sweep; `sweep` "aa" / "alone": the baseline's second (A/A) / third (alone) one."""
+        return self.read(f"profile_{sweep}.json" if sweep else "profile.json")
 
-    def write_profile(self, profile: dict, repeat: bool = False) -> None:
-        self.write("profile_aa.json" if repeat else "profile.json", profile)
+    def write_profile(self, profile: dict, sweep: str = "") -> None:
+        self.write(f"profile_{sweep}.json" if sweep else "profile.json", profile)
 
     def timeline(self) -> dict | None:
         return self.read("timeline.json")

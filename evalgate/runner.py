@@ -251,10 +251,13 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     return quality, early
 
 
-def profile(job: Job, ep, repeat: bool = False) -> dict:
-    """The load sweep; writes profile.json (or profile_aa.json: the baseline's second, A/A sweep).
-    Each level's headline goes to the MLflow run as soon as it is measured."""
-    from evalgate.profile import sweep
+def profile(job: Job, ep, sweep: str = "") -> dict:
+    """The load sweep; writes profile.json (`sweep` "aa": profile_aa.json, the baseline's second, A/A
+    sweep; "alone": profile_alone.json, its third with no other server up). Each level's headline goes
+    to the MLflow run as soon as it is measured."""
+    from evalgate.profile import sweep as load_sweep
+
+    repeat = bool(sweep)
 
     cfg = job.cfg
     if job.tracker is not None and not repeat:
@@ -270,20 +273,20 @@ def profile(job: Job, ep, repeat: bool = False) -> dict:
     from evalgate.progress import bar
 
     steps = bar(total=len(cfg.load.get("concurrency", [1])) + len(cfg.load.get("rates", [])),
-                desc=f"{job.variant.name} load sweep{' (A/A)' if repeat else ''}", unit="level")
+                desc=f"{job.variant.name} load sweep{f' ({sweep})' if repeat else ''}", unit="level")
 
     def progress(level: dict) -> None:
         levels_done.append(level["name"])
         steps.set_postfix_str(f"{level['name']}: {level['summary']['output_throughput']:.1f} tok/s")
         steps.update()
-        prefix = f"aa/{level['name']}" if repeat else level["name"]
+        prefix = f"{sweep}/{level['name']}" if repeat else level["name"]
         _track(job, {f"{prefix}/{k}": v for k, v in level["summary"].items()
                      if k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
                               "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms", "ci_pct")})
         _track(job, {"progress/profile_levels": len(levels_done)})
 
     try:
-        res = sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
+        res = load_sweep(ep, requests, cfg.load, cfg.slo, bool(cfg.workload.get("ignore_eos", False)),
                     base_peak_rps=base_peak, progress=progress)
     finally:
         steps.close()
@@ -295,7 +298,7 @@ def profile(job: Job, ep, repeat: bool = False) -> dict:
     for lv in res["levels"][1:]:     # token gaps are summarised already; the first level keeps them whole
         for r in lv["requests"]:
             r.pop("itl", None)
-    job.out.write_profile(res, repeat=repeat)
+    job.out.write_profile(res, sweep)
     return res
 
 
@@ -321,9 +324,9 @@ def output_agreement(base: dict | None, var: dict) -> dict[str, float]:
 AA_METRICS = ("output_throughput", "request_throughput", "request_goodput")
 
 
-def aa_floor(first: dict, second: dict) -> dict[str, float]:
+def aa_floor(first: dict, second: dict, prefix: str = "aa") -> dict[str, float]:
     """The A/A noise floor: |A − A′| / mean, in %, per speed metric (throughputs, goodput, latency
-    medians and tails, per level and headline) of the two baseline sweeps."""
+    medians and tails, per level and headline) of two sweeps of the baseline (`prefix`/<metric>)."""
     a, b = first["summary"], second["summary"]
     out = {}
     for k in sorted(a.keys() & b.keys()):
@@ -332,7 +335,7 @@ def aa_floor(first: dict, second: dict) -> dict[str, float]:
             continue
         x, y = a[k], b[k]
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and (x + y):
-            out[f"aa/{k}"] = 100 * abs(x - y) / (abs(x + y) / 2)
+            out[f"{prefix}/{k}"] = 100 * abs(x - y) / (abs(x + y) / 2)
     return out
 
 
@@ -346,9 +349,10 @@ def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
     if prof is not None:
         metrics.update(prof["summary"])
         metrics.update(prof.get("stats", {}))
-        aa = out.profile(repeat=True)
-        if aa is not None:
-            metrics.update(aa_floor(prof, aa))
+        for sweep in ("aa", "alone"):   # alone: the first sweep (idle neighbours) against one alone
+            again = out.profile(sweep)
+            if again is not None:
+                metrics.update(aa_floor(prof, again, sweep))
     metrics.update({f"time/{k}": v for k, v in {**q["times"], **times}.items()})
     out.write_metrics(metrics)
     out.succeed(q.get("early"))
@@ -423,7 +427,7 @@ def run_serial(job: Job, engine) -> int:
                 mark("profile", t0)
                 if job.is_baseline and job.cfg.load.get("aa"):
                     t0 = time.time()
-                    profile(job, ep, repeat=True)
+                    profile(job, ep, "aa")
                     mark("profile_aa", t0)
                 times["profile_s"] = time.perf_counter() - t
                 phases.update()

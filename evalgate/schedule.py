@@ -13,9 +13,11 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    and its first look's docs, then waits for the baseline's results before comparing (its fidelity
    screen and looks); a variant that is already clearly worse is stopped there and never profiled;
 3. the load profiles run one at a time and only while nothing else touches the card (no server
-   starting, no evaluation running): the baseline first, then each variant, each server stopped after
-   its profile; the baseline last once more, alone (A/A: the run's noise floor, which also bounds what
-   idle neighbours did to the first profile);
+   starting, no evaluation running): the baseline first, then each variant, then the baseline once
+   more (A/A: the run's noise floor). Every profile sees the same neighbours: a profiled server stays
+   up, idle, until the last profile, unless a waiting variant needs its memory (then it is stopped).
+   With `alone` (`load.alone_check`), the baseline is then profiled a third time with every other
+   server stopped: what idle neighbours do to a profile (`alone/<metric>` beside `aa/<metric>`);
 4. a failure (a server that dies or never becomes healthy, a crashed or hung worker) fails only its
    variant, recorded in its status.json with the phase and the error; the others go on. A transient one
    (evalgate.faults: out of memory, a port taken, a timeout, a server that died) first gets its server
@@ -96,19 +98,22 @@ class Scheduler:
     """Runs `slots` (the baseline first) with the phases injected, so tests drive it with fake servers.
 
     start(slot) → server (`wait()` → endpoint, `alive()`, `stop()`); quality(slot) runs the quality
-    phase (blocking, in a worker thread); profile(slot, endpoint, repeat) runs one load sweep (blocking,
-    on the scheduler's thread); finish(slot, final) writes metrics/status; fail(slot, phase, error) records
-    a final failure (`slot.transient`: its kind when transient); retry(slot) clears a failed try's files.
+    phase (blocking, in a worker thread); profile(slot, endpoint, sweep) runs one load sweep (blocking,
+    on the scheduler's thread; sweep "" first, "aa" the baseline's A/A, "alone" its third);
+    finish(slot, final) writes metrics/status; fail(slot, phase, error) records a final failure
+    (`slot.transient`: its kind when transient); retry(slot) clears a failed try's files.
     `policy`: params `faults` (`attempts`, `backoff_s`); without it nothing is retried."""
 
     def __init__(self, slots: list[Slot], capacity: int | None, *, start: Callable, quality: Callable,
-                 profile: Callable, finish: Callable, fail: Callable, aa: bool = True, log: Callable = print,
+                 profile: Callable, finish: Callable, fail: Callable, aa: bool = True, alone: bool = False,
+                 log: Callable = print,
                  poll_s: float = 0.2, policy: dict | None = None, retry: Callable | None = None):
         self.slots = slots
         self.attempts = int((policy or {}).get("attempts", 1))
         self.backoff_s = float((policy or {}).get("backoff_s", 0))
         self.retry_fn = retry or (lambda s: None)
         self.aa = aa
+        self.alone = alone and aa
         self.capacity = capacity
         self.start_fn, self.quality_fn, self.profile_fn = start, quality, profile
         self.finish_fn, self.fail_fn, self.log, self.poll_s = finish, fail, log, poll_s
@@ -183,30 +188,33 @@ class Scheduler:
         s.state, s.aa_pending, s.transient = "failed", False, kind
         self.fail_fn(s, phase, error)
 
-    def _profile(self, s: Slot, repeat: bool) -> None:
+    def _profile(self, s: Slot, sweep: str = "") -> None:
         s.state, t0 = "profiling", time.time()
-        self.log(f"schedule: profiling {s.name}{' again (A/A, alone)' if repeat else ''}")
+        phase = f"profile_{sweep}" if sweep else "profile"
+        self.log(f"schedule: profiling {s.name}" + {"": "", "aa": " again (A/A)",
+                                                   "alone": " once more, every other server stopped"}[sweep])
         try:
             if not s.server.alive():
                 raise RuntimeError("the server died before its profile")
-            self.profile_fn(s, s.endpoint, repeat)
+            self.profile_fn(s, s.endpoint, sweep)
             if not s.server.alive():
                 raise RuntimeError("the server died during its profile")
         except Exception as e:  # noqa: BLE001
-            s.mark("profile_aa" if repeat else "profile", t0)
+            s.mark(phase, t0)
             self.profiles.append((s.name, t0, time.time()))
             self._fail(s, "profile", f"{type(e).__name__}: {e}")
             return
         t1 = time.time()
-        s.mark("profile_aa" if repeat else "profile", t0, t1)
+        s.mark(phase, t0, t1)
         self.profiles.append((s.name, t0, t1))
         s.times["profile_s"] = s.times.get("profile_s", 0.0) + (t1 - t0)
-        if s.name == BASELINE and s.aa_pending and not repeat:
-            s.state = "ready_aa"          # kept up for the A/A profile at the end
+        if s.name == BASELINE and s.aa_pending and sweep != "alone" and (not sweep or self.alone):
+            s.state = "ready_alone" if sweep else "ready_aa"   # kept up for its next sweep at the end
             self.finish_fn(s, False)      # interim: the variants' rate levels scale with its peak
             return
         s.aa_pending = False
-        self._release(s)
+        if s.name == BASELINE or any(x.state == "pending" for x in self.slots):
+            self._release(s)   # its memory is wanted; otherwise it idles on, the next profiles' neighbour
         s.state = "done"
         self.finish_fn(s, True)
 
@@ -242,11 +250,17 @@ class Scheduler:
             # 3. one profile, only while nothing else uses the device
             if ready and not busy:
                 nxt = next((s for s in ready if s is base), ready[0])
-                self._profile(nxt, repeat=False)
+                self._profile(nxt)
                 continue
             others_done = all(s.state in ("done", "failed") for s in self.slots if s is not base)
             if base is not None and base.state == "ready_aa" and others_done and not busy:
-                self._profile(base, repeat=True)
+                self._profile(base, "aa")
+                continue
+            if base is not None and base.state == "ready_alone" and others_done and not busy:
+                for s in self.slots:
+                    if s is not base:
+                        self._release(s)
+                self._profile(base, "alone")
                 continue
             # 4. wait for the next event
             try:
@@ -356,8 +370,9 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
     gpu_utilization_sampler(stop, util)
     sch = Scheduler(slots, capacity, start=start,
                     quality=quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800))),
-                    profile=lambda s, ep, repeat: runner.profile(s.job, ep, repeat=repeat),
-                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")), policy=cfg.faults,
+                    profile=lambda s, ep, sweep: runner.profile(s.job, ep, sweep),
+                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")), alone=bool(cfg.load.get("alone_check")),
+                    policy=cfg.faults,
                     retry=lambda s: s.job.out.clear_phases())
     out = sch.run()
     stop.set()

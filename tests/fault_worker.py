@@ -101,7 +101,7 @@ def work(mode: str, out: Path) -> int:
             ep.get()
         return {"early": None}
 
-    def profile(job, ep, repeat=False):
+    def profile(job, ep, sweep=""):
         if fault == "hang":
             time.sleep(3600)
         if fault == "server_killed_mid_profile":

@@ -211,3 +211,21 @@ def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
     assert "up to date" in status, status
     again = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: none" in again and "Running stage" not in again
+
+
+def test_gate_and_report_in_process_then_one_commit_is_what_dvc_would_record(proj):
+    """The scheduled path runs the gate and report stages' commands in its own process and records them
+    with `dvc commit` (evalgate.repro.gate_and_report): DVC then finds both up to date, and the files are
+    the ones their stages write (the verdicts, the summary naming the new ranking metric)."""
+    d, _ = proj
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["report"]["rank_by"] = "request_throughput"
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = sh([sys.executable, "-m", "dvc", "status", "gate", "report"], d).stdout
+    assert "gate" in stale and "report" in stale
+    sh([sys.executable, "-c", "import sys; from evalgate.repro import gate_and_report; sys.exit(gate_and_report())"], d)
+    sh([sys.executable, "-m", "dvc", "commit", "-f", "gate", "report"], d)
+    status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
+    assert "up to date" in status, status
+    assert "(by `request_throughput`)" in (d / "reports/summary.md").read_text()
+    assert json.loads((d / "reports/gate.json").read_text())["variants"]["baseline"]["verdict"] == "accept"

@@ -201,6 +201,25 @@ def bench_kwargs(base_url: str, concurrency: int | None, rate: float | None, bur
 
 
 # VLLM_SERVER_DEV_MODE: the /reset_prefix_cache route (VLLMEndpoint.reset_cache)
+@contextlib.contextmanager
+def quiet_heap():
+    """No garbage collection while a level's client runs: the client (one asyncio loop, in this process)
+    is near its CPU limit at high concurrency, where a full collection of a large heap (lm-eval's in the
+    serial stage, eight profiles' records in the scheduler) stalls it: the measured throughput would
+    depend on how big this process happens to be. Everything alive before the level is frozen (never
+    traversed); collection resumes after it."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 SERVER_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_SERVER_DEV_MODE": "1"}
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
 
@@ -245,12 +264,15 @@ class VLLMEndpoint(Endpoint):
             samples.append(SampleRequest(**spec))
         self._sent += len(requests)   # unique ids: vLLM refuses a request id that is still running
         log = io.StringIO()
-        with contextlib.redirect_stdout(log):   # its result tables go to bench.log, not the stage log
+        with contextlib.redirect_stdout(log), quiet_heap():   # its result tables go to bench.log
+            cpu0 = time.thread_time()
             result = asyncio.run(benchmark(task_type=TaskType.GENERATION, tokenizer=tok, input_requests=samples,
                                            **bench_kwargs(self.base_url, concurrency, rate, burstiness, ignore_eos, warmup)))
+            client_cpu_s = time.thread_time() - cpu0
         with open(self.log_path.with_name("bench.log"), "a") as f:
             f.write(log.getvalue())
         extras = {k: result[k] for k in SPEC_KEYS if k in result}
+        extras["client_cpu_s"] = client_cpu_s
         extras["vllm"] = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return records_from_bench(result, requests), float(result["duration"]), extras
 
@@ -358,6 +380,10 @@ class VLLMEngine(Engine):
 
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("engine.name: 'vllm' is not installed here (GPU host: see gpu/README.md)")
+
+    def warm_imports(self) -> None:
+        with contextlib.suppress(ImportError):
+            import vllm.engine.arg_utils  # noqa: F401 - ≈ 10 s: EngineArgs, for check()
 
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
