@@ -11,8 +11,7 @@ records each and runs the rest.
 Steps 4–5 replace a `dvc repro` (its status check of every stage, two interpreters importing MLflow and
 the report's libraries: ≈ 17 s of a 335 s GPU verdict, H100 2026-11-26); when no variant ran, a plain
 `dvc repro` runs gate and report, as their params or code may have changed. While DVC works out what
-is stale (steps 1–2), a thread imports what preparing the variants needs (lm-eval's task index, the
-engine's own checks: vLLM's EngineArgs).
+is stale (steps 1–2), a thread builds what preparing the variants needs (lm-eval's task index).
 
 DVC 3 runs one stage at a time, so this step sits beside it instead of inside it. DVC still decides
 what is stale (an unchanged variant never runs, a new one runs alone), caches each variant's folder on
@@ -157,7 +156,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     def step(msg: str) -> None:  # with the seconds since the start: where the pipeline's own overhead goes
         print(f"repro: {msg} [+{time.time() - t0:.1f} s]", flush=True)
 
-    warm = threading.Thread(target=_warm_imports, args=(cfg, engine), daemon=True)
+    warm = threading.Thread(target=_warm_imports, args=(cfg,), daemon=True)
     warm.start()
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     hit = changed([*INPUT_STAGES, *stages])
@@ -246,10 +245,9 @@ def gate_and_report() -> int:
     return 0
 
 
-def _warm_imports(cfg: Config, engine) -> None:
-    """What preparing the variants imports (evalgate.runner.prepare), imported while DVC works."""
+def _warm_imports(cfg: Config) -> None:
+    """lm-eval's task index (evalgate.runner.prepare needs it), built while DVC works."""
     with contextlib.suppress(Exception):   # only a head start: prepare reports any real error itself
         from evalgate.evaluate import task_manager
 
         task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))
-        engine.warm_imports()

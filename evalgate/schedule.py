@@ -222,10 +222,14 @@ class Scheduler:
     def run(self) -> dict:
         try:
             return self._run()
-        finally:   # nothing left running, whatever happened (an exception, Ctrl-C, SIGTERM)
-            for s in self.slots:
-                if s.server is not None or s.counted:
-                    self._release(s)
+        finally:   # nothing left running, whatever happened (an exception, Ctrl-C, SIGTERM); side by side,
+            # as each stop waits for its server's processes to exit (≈ 6 s for seven, one after another)
+            left = [s for s in self.slots if s.server is not None or s.counted]
+            stops = [threading.Thread(target=self._release, args=(s,)) for s in left]
+            for t in stops:
+                t.start()
+            for t in stops:
+                t.join()
 
     def _run(self) -> dict:
         t_begin = time.time()

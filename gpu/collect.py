@@ -88,10 +88,11 @@ def main() -> int:
                 write_gz(dst / f"{f}.gz", (d / f).read_bytes())
             elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
-        prof = VariantResults(d).profile()
-        if prof is not None:   # the levels' summaries, without the per-request records
-            (dst / "levels.json").write_text(json.dumps([{k: v for k, v in lv.items() if k != "requests"}
-                                                         for lv in prof["levels"]], indent=1))
+        for sweep in ("", "aa", "alone"):   # the levels' summaries, without the per-request records; the
+            prof = VariantResults(d).profile(sweep)   # baseline's A/A and alone sweeps as measured
+            if prof is not None:
+                (dst / f"levels{'_' + sweep if sweep else ''}.json").write_text(json.dumps(
+                    [{k: v for k, v in lv.items() if k != "requests"} for lv in prof["levels"]], indent=1))
         if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
             lines = (d / "server.log").read_text(errors="replace").splitlines()
             keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]

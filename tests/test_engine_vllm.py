@@ -59,6 +59,29 @@ def test_check_refuses(spec, msg, tmp_path):
         get_engine("vllm", {}).check(ModelSpec(source="local", id=str(tmp_path)), parse_variant("v", spec))
 
 
+def test_engine_args_are_checked_against_vllms_source_without_importing_it(tmp_path, monkeypatch):
+    """EngineArgs' fields come from vLLM's arg_utils.py read as source (its import cost ≈ 10 s before a
+    GPU run): a known key passes without the import, an unknown one is refused with one line."""
+    from evalgate.engines import vllm as adapter
+
+    pkg = tmp_path / "vllm"
+    (pkg / "engine").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('importing vllm is what this avoids')\n")
+    (pkg / "engine" / "arg_utils.py").write_text(
+        "from dataclasses import dataclass\n\n@dataclass\nclass EngineArgs:\n    max_num_seqs: int = 128\n"
+        "    enforce_eager: bool = False\n    def create(self):\n        x: int = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    adapter.engine_arg_names.cache_clear()
+    try:
+        assert adapter.engine_arg_names() == {"max_num_seqs", "enforce_eager"}
+        engine = get_engine("vllm", {"engine_args": {"max_num_seqs": 64}})
+        engine.check(ModelSpec(source="local", id="/m"), parse_variant("v", {"engine_args": {"enforce_eager": True}}))
+        with pytest.raises(VariantUnsupported, match="engine_args.max_seqs is not a vLLM engine argument"):
+            engine.check(ModelSpec(source="local", id="/m"), parse_variant("v", {"engine_args": {"max_seqs": 8}}))
+    finally:
+        adapter.engine_arg_names.cache_clear()
+
+
 def test_memory_share_and_context_flags():
     a = serve_args("/m", None, parse_variant("v", {}), {"seed": 0, "max_model_len": 4096},
                    {"kv_cache_memory_bytes": 4 * 2**30, "gpu_memory_utilization": 0.0912345})

@@ -57,7 +57,7 @@ def scheduled(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(args, 0, out, "")
 
     monkeypatch.setattr(repro, "dvc", dvc)
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_imports=lambda: None)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
     ran = []
@@ -69,7 +69,7 @@ def scheduled(monkeypatch, tmp_path):
         return 0
 
     monkeypatch.setattr(repro, "gate_and_report", gate_and_report)
-    monkeypatch.setattr(repro, "_warm_imports", lambda cfg, engine: None)   # lm-eval's task index: not here
+    monkeypatch.setattr(repro, "_warm_imports", lambda cfg: None)   # lm-eval's task index: not here
     return types.SimpleNamespace(log=log, status=status, ran=ran)
 
 

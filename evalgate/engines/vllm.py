@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -78,6 +79,25 @@ def serve_args(model_path: str, draft_path: str | None, variant: Variant, option
     for k, v in {**options.get("engine_args", {}), **variant.engine_args}.items():
         args += _flag(k, v)
     return args
+
+
+@functools.cache
+def engine_arg_names() -> set[str]:
+    """The field names of vLLM's `EngineArgs`, read from its source (ast) instead of importing it: the
+    import took ≈ 10 s of the 14 s spent preparing seven variants before a scheduled GPU run (H100,
+    2026-11-26), while DVC had long finished. Empty when vLLM or the class is not found (check() then
+    imports it)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "engine" / "arg_utils.py"
+        if path.is_file():
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.ClassDef) and node.name == "EngineArgs":
+                    return {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return set()
 
 
 def _free_port() -> int:
@@ -203,14 +223,13 @@ def bench_kwargs(base_url: str, concurrency: int | None, rate: float | None, bur
 # VLLM_SERVER_DEV_MODE: the /reset_prefix_cache route (VLLMEndpoint.reset_cache)
 @contextlib.contextmanager
 def quiet_heap():
-    """No garbage collection while a level's client runs: the client (one asyncio loop, in this process)
-    is near its CPU limit at high concurrency, where a full collection of a large heap (lm-eval's in the
-    serial stage, eight profiles' records in the scheduler) stalls it: the measured throughput would
-    depend on how big this process happens to be. Everything alive before the level is frozen (never
-    traversed); collection resumes after it."""
+    """No garbage collection while a round's client runs (one asyncio loop, in this process, timing every
+    token): a full collection of a large heap (lm-eval's in the serial stage, several profiles' records
+    in the scheduler) would pause it mid-round. Everything alive before is frozen (never traversed),
+    collection resumes after. No `gc.collect()` first: once per round it cost ≈ 8 s per profile on an
+    H100 (2026-11-26, a 340 s verdict), while the client used ≈ 40 % of a core at c128 (client_cpu_pct)."""
     import gc
 
-    gc.collect()
     gc.freeze()
     gc.disable()
     try:
@@ -381,10 +400,6 @@ class VLLMEngine(Engine):
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("engine.name: 'vllm' is not installed here (GPU host: see gpu/README.md)")
 
-    def warm_imports(self) -> None:
-        with contextlib.suppress(ImportError):
-            import vllm.engine.arg_utils  # noqa: F401 - ≈ 10 s: EngineArgs, for check()
-
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
         if v.quantization["method"] not in QUANT:
@@ -395,12 +410,20 @@ class VLLMEngine(Engine):
                                      f"(supported: {', '.join(KV)})")
         if v.speculative["method"] == "draft" and not model.draft:
             raise VariantUnsupported("engine vllm: speculative.method 'draft' needs model.draft")
-        try:
+        keys = set(self.options.get("engine_args", {})) | set(v.engine_args)
+        names = engine_arg_names()
+        unknown = sorted(keys - names)
+        if not unknown:
+            return
+        try:   # a name the source read did not find: vLLM's own dataclass decides
             from vllm.engine.arg_utils import EngineArgs
+
+            known = {f.name for f in dataclasses.fields(EngineArgs)}
         except ImportError:
-            return  # serve() will not start either; preflight says so
-        known = {f.name for f in dataclasses.fields(EngineArgs)}
-        for k in {**self.options.get("engine_args", {}), **v.engine_args}:
+            if not names:
+                return  # serve() will not start either; preflight says so
+            known = names
+        for k in unknown:
             if k not in known:
                 raise VariantUnsupported(f"engine vllm: engine_args.{k} is not a vLLM engine argument")
 
