@@ -372,6 +372,7 @@ def run_scheduled(cfg, engine, slots: list[Slot], paths: dict) -> dict:
     util: list = []
     stop = threading.Event()
     gpu_utilization_sampler(stop, util)
+    threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
     sch = Scheduler(slots, capacity, start=start,
                     quality=quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800))),
                     profile=lambda s, ep, sweep: runner.profile(s.job, ep, sweep),

@@ -153,6 +153,9 @@ class Engine(abc.ABC):
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
 
+    def warm_client(self) -> None:  # noqa: B027 - an optional hook
+        """Import what the profile's client needs; the scheduler runs it in a thread while servers start."""
+
     def export_model(self, model: ModelSpec, out: Path) -> dict | None:
         """The `gguf` stage: write the model (and its draft) into `out` in the format this engine serves,
         when that is not the HF checkpoint (llama.cpp: GGUF F16 + an Ollama Modelfile), and return what was
