@@ -279,7 +279,8 @@ def profile(job: Job, ep, sweep: str = "") -> dict:
         levels_done.append(level["name"])
         steps.set_postfix_str(f"{level['name']}: {level['summary']['output_throughput']:.1f} tok/s")
         steps.update()
-        prefix = f"{sweep}/{level['name']}" if repeat else level["name"]
+        # the A/A and alone sweeps' own values as `sweep_aa/<level>/…`: `aa/<level>/…` is the difference in %
+        prefix = f"sweep_{sweep}/{level['name']}" if repeat else level["name"]
         _track(job, {f"{prefix}/{k}": v for k, v in level["summary"].items()
                      if k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
                               "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms", "ci_pct")})

@@ -208,7 +208,12 @@ def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
     fast, slower = FakeEndpoint(saturate_at=4), FakeEndpoint(saturate_at=2)   # the A/A finds a lower peak
     for ep in (fast, slower):
         ep.stats = dict
+    logged = []
+    job.tracker = SimpleNamespace(metrics=lambda m, step=None: logged.append(m), phase=lambda name: None)
     peak = runner.profile(job, fast)["summary"]["request_throughput"]
     runner.profile(job, slower, "aa")
     assert slower.calls[-1]["rate"] == pytest.approx(0.5 * peak)
     assert job.out.profile("aa") is not None
+    # the A/A sweep's own values go to MLflow apart from `aa/…`, which finish() fills with the difference in %
+    keys = {k for m in logged for k in m}
+    assert "sweep_aa/c1/output_throughput" in keys and not any(k.startswith("aa/") for k in keys)
