@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,20 @@ def breakdown(results: Path, wall_s: float | None = None) -> dict:
     return out
 
 
+STEP = re.compile(r"^repro: (.+?) \[\+([\d.]+) s\]$")
+DONE = re.compile(r"^repro: done in ([\d.]+) s$")
+
+
+def repro_steps(lines: list[str]) -> list[dict]:
+    """`evalgate repro`'s own step marks (`repro: <step> [+t s]`, then `repro: done in T s`) → each step
+    with the seconds until the next mark: where the time outside the scheduler goes, without reading logs."""
+    marks = [(m.group(1), float(m.group(2))) for line in lines if (m := STEP.match(line.rstrip()))]
+    done = next((float(m.group(1)) for line in lines if (m := DONE.match(line.rstrip()))), None)
+    ends = [t for _, t in marks[1:]] + [done if done is not None else marks[-1][1] if marks else 0.0]
+    first = [{"step": "until the first mark (dvc status)", "at_s": 0.0, "seconds": marks[0][1]}] if marks else []
+    return first + [{"step": step, "at_s": t, "seconds": round(end - t, 1)} for (step, t), end in zip(marks, ends)]
+
+
 def print_table(b: dict) -> None:
     cols = sorted({k for r in b["phases_s"].values() for k in r}, key=lambda k: (k.split("/")[0], k))
     print("| variant | " + " | ".join(cols) + " |")
@@ -86,9 +101,17 @@ def main() -> int:
     fixture_s = time.time() - t0
     t1 = time.time()
     # --no-run-cache: a variant timed again (gpu/session.sh fresh) must run, not come back from DVC's run-cache
-    subprocess.run([*py, "-m", "evalgate", "repro", "--no-run-cache", *(["--serial"] if a.serial else [])], check=True)
+    lines = []
+    with subprocess.Popen([*py, "-m", "evalgate", "repro", "--no-run-cache", *(["--serial"] if a.serial else [])],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as p:
+        for line in p.stdout:   # shown as it comes, and kept for the step marks
+            sys.stdout.write(line)
+            lines.append(line)
+    if p.returncode:
+        raise SystemExit(f"evalgate repro exited with {p.returncode}")
     verdict_s = time.time() - t1
     b = breakdown(Path("results"), verdict_s)
+    b["repro_steps"] = repro_steps(lines)
     b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),
              with_fixture_s=round(fixture_s + verdict_s, 1), mode="serial" if a.serial else "scheduled")
     if "schedule_s" in b:

@@ -2,6 +2,7 @@
 sweep (saturation, rate levels), and the two engines' request paths turned into the same records."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,20 @@ def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
     # the A/A sweep's own values go to MLflow apart from `aa/…`, which finish() fills with the difference in %
     keys = {k for m in logged for k in m}
     assert "sweep_aa/c1/output_throughput" in keys and not any(k.startswith("aa/") for k in keys)
+
+
+def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
+    """bench/gpu_verdict.py: `evalgate repro`'s step marks → seconds per step (the figures of
+    docs/results/h100-2026-11-26-9, read by hand there, from the `-10` log)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_verdict", Path(__file__).parents[1] / "bench" / "gpu_verdict.py")
+    gv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gv)
+    log = ["repro: 1/5 inputs up to date [+3.9 s]\n", "Stage 'x' didn't change\n",
+           "repro: 2/5 stale: baseline, run@fp8 [+3.9 s]\n", "repro: 3/5 running 7 variant(s) side by side [+5.2 s]\n",
+           "repro: 4/5 gate and report [+247.4 s]\n", "repro: 5/5 dvc commit baseline gate report [+250.3 s]\n",
+           "repro: done in 259.0 s\n"]
+    steps = gv.repro_steps(log)
+    assert [s["seconds"] for s in steps] == [3.9, 0.0, 1.3, 242.2, 2.9, 8.7]
+    assert steps[1]["step"] == "1/5 inputs up to date" and steps[-1]["at_s"] == 250.3
