@@ -54,11 +54,12 @@ class Slot:
     job: object                       # evalgate.runner.Job
     need: dict = field(default_factory=dict)
     state: str = "pending"            # pending → starting → healthy → quality → ready → profiling → done | failed
+    #                                   (the baseline: … → profiling → ready_again → profiling … → done)
     server: object = None
     endpoint: object = None
     events: list = field(default_factory=list)   # (phase, start, end) in time.time() seconds
     times: dict = field(default_factory=dict)
-    aa_pending: bool = False
+    again: list = field(default_factory=list)   # the baseline's sweeps still due at the end: "aa", "alone"
     attempts: int = 1                 # tries so far (evalgate.faults)
     retry_at: float = 0.0             # a transient failure's next try starts no earlier
     transient: str | None = None      # the kind of its last failure, when transient
@@ -112,8 +113,7 @@ class Scheduler:
         self.attempts = int((policy or {}).get("attempts", 1))
         self.backoff_s = float((policy or {}).get("backoff_s", 0))
         self.retry_fn = retry or (lambda s: None)
-        self.aa = aa
-        self.alone = alone and aa
+        self.again = (["aa", "alone"] if alone else ["aa"]) if aa else []
         self.capacity = capacity
         self.start_fn, self.quality_fn, self.profile_fn = start, quality, profile
         self.finish_fn, self.fail_fn, self.log, self.poll_s = finish, fail, log, poll_s
@@ -122,7 +122,7 @@ class Scheduler:
         self.profiles: list[tuple[str, float, float]] = []   # (variant, start, end): the exclusivity record
         base = self._base()
         if base is not None:
-            base.aa_pending = aa
+            base.again = list(self.again)
 
     def _base(self) -> Slot | None:
         return next((s for s in self.slots if s.name == BASELINE), None)
@@ -181,11 +181,11 @@ class Scheduler:
             self.log(f"schedule: {s.name} failed during {phase} ({kind}: {error[:200]}); try {s.attempts} of "
                      f"{self.attempts} in {wait:g} s")
             s.state, s.retry_at, s.endpoint = "pending", time.time() + wait, None
-            s.aa_pending = s is self._base() and self.aa
+            s.again = list(self.again) if s is self._base() else []
             self.retry_fn(s)
             return
         self.log(f"schedule: {s.name} failed during {phase}: {error}" + (f" (transient: {kind})" if kind else ""))
-        s.state, s.aa_pending, s.transient = "failed", False, kind
+        s.state, s.again, s.transient = "failed", [], kind
         self.fail_fn(s, phase, error)
 
     def _profile(self, s: Slot, sweep: str = "") -> None:
@@ -208,11 +208,10 @@ class Scheduler:
         s.mark(phase, t0, t1)
         self.profiles.append((s.name, t0, t1))
         s.times["profile_s"] = s.times.get("profile_s", 0.0) + (t1 - t0)
-        if s.name == BASELINE and s.aa_pending and sweep != "alone" and (not sweep or self.alone):
-            s.state = "ready_alone" if sweep else "ready_aa"   # kept up for its next sweep at the end
+        if s.again:
+            s.state = "ready_again"       # kept up for its next sweep at the end
             self.finish_fn(s, False)      # interim: the variants' rate levels scale with its peak
             return
-        s.aa_pending = False
         if s.name == BASELINE or any(x.state == "pending" for x in self.slots):
             self._release(s)   # its memory is wanted; otherwise it idles on, the next profiles' neighbour
         s.state = "done"
@@ -260,12 +259,11 @@ class Scheduler:
                 self._profile(nxt)
                 continue
             others_done = all(s.state in ("done", "failed") for s in self.slots if s is not base)
-            if base is not None and base.state == "ready_aa" and others_done and not busy:
-                self._profile(base, "aa")
-                continue
-            if base is not None and base.state == "ready_alone" and others_done and not busy:
-                self._release_all([s for s in self.slots if s is not base])
-                self._profile(base, "alone")
+            if base is not None and base.state == "ready_again" and others_done and not busy:
+                sweep = base.again.pop(0)
+                if sweep == "alone":
+                    self._release_all([s for s in self.slots if s is not base])
+                self._profile(base, sweep)
                 continue
             # 4. wait for the next event
             try:
@@ -277,7 +275,7 @@ class Scheduler:
             elif kind == "quality_done":
                 if payload:   # stopped early: rejected without a profile
                     self.log(f"schedule: {s.name} stopped early, not profiled: {payload.get('reason', '')[:200]}")
-                    s.aa_pending = False
+                    s.again = []
                     self._release(s)
                     s.state = "done"
                     self.finish_fn(s, True)
