@@ -69,10 +69,12 @@ def repro_steps(lines: list[str]) -> list[dict]:
     """`evalgate repro`'s own step marks (`repro: <step> [+t s]`, then `repro: done in T s`) → each step
     with the seconds until the next mark: where the time outside the scheduler goes, without reading logs."""
     marks = [(m.group(1), float(m.group(2))) for line in lines if (m := STEP.match(line.rstrip()))]
-    done = next((float(m.group(1)) for line in lines if (m := DONE.match(line.rstrip()))), None)
-    ends = [t for _, t in marks[1:]] + [done if done is not None else marks[-1][1] if marks else 0.0]
-    first = [{"step": "until the first mark (dvc status)", "at_s": 0.0, "seconds": marks[0][1]}] if marks else []
-    return first + [{"step": step, "at_s": t, "seconds": round(end - t, 1)} for (step, t), end in zip(marks, ends)]
+    if not marks:
+        return []
+    done = next((float(m.group(1)) for line in lines if (m := DONE.match(line.rstrip()))), marks[-1][1])
+    ends = [t for _, t in marks[1:]] + [done]
+    return [{"step": "until the first mark (dvc status)", "at_s": 0.0, "seconds": marks[0][1]}] + [
+        {"step": step, "at_s": t, "seconds": round(end - t, 1)} for (step, t), end in zip(marks, ends)]
 
 
 def print_table(b: dict) -> None:

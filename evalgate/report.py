@@ -17,6 +17,7 @@ from pathlib import Path
 
 from evalgate.config import BASELINE, Config
 from evalgate.metrics import gate_metric_key
+from evalgate.results import AGAIN
 
 SPEED = [("output_throughput", "peak tok/s", "{:.1f}"), ("c1/median_e2el_per_token_ms", "ms/token c1", "{:.2f}"),
          ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"), ("median_tpot_ms", "TPOT p50 ms", "{:.2f}"),
@@ -55,7 +56,7 @@ def rows(keys: list[str], results: dict, gate: dict) -> list[dict]:
 def levels_of(results: dict) -> list[str]:
     """Every level name measured, ladder first (by concurrency), then the rate levels."""
     names = {k.split("/")[0] for r in results.values() for k in r.get("metrics", {})
-             if k.endswith("/output_throughput") and not k.startswith(("aa/", "alone/"))}
+             if k.endswith("/output_throughput") and k.split("/")[0] not in AGAIN}
     ladder = sorted((n for n in names if n[1:].isdigit()), key=lambda n: int(n[1:]))
     return ladder + sorted(n for n in names if not n[1:].isdigit())
 

@@ -156,8 +156,12 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     def step(msg: str) -> None:  # with the seconds since the start: where the pipeline's own overhead goes
         print(f"repro: {msg} [+{time.time() - t0:.1f} s]", flush=True)
 
-    warm = threading.Thread(target=_warm_imports, args=(cfg,), daemon=True)
-    warm.start()
+    # lm-eval's task index for preparing the variants here, built while DVC works; the serial path
+    # prepares in each stage's own process, so it would only take CPU from those stages
+    warm = None
+    if engine.attachable and not serial:
+        warm = threading.Thread(target=_warm_imports, args=(cfg,), daemon=True)
+        warm.start()
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     hit = changed([*INPUT_STAGES, *stages])
     known = None
@@ -188,7 +192,8 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         return 0
     results = Results(PATHS["results"])
     slots = []
-    warm.join()
+    if warm is not None:
+        warm.join()
     for st in todo:
         name = st.removeprefix("run@")
         job = runner.prepare(

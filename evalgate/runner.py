@@ -25,7 +25,7 @@ from pathlib import Path
 
 from evalgate.config import BASELINE, Config, ConfigError, ModelSpec, Variant
 from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
-from evalgate.results import VariantResults
+from evalgate.results import AGAIN, VariantResults
 from evalgate.tracking import VariantRun, parent_name
 
 
@@ -350,7 +350,7 @@ def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
     if prof is not None:
         metrics.update(prof["summary"])
         metrics.update(prof.get("stats", {}))
-        for sweep in ("aa", "alone"):   # alone: the first sweep (idle neighbours) against one alone
+        for sweep in AGAIN:   # alone: the first sweep (idle neighbours) against one alone
             again = out.profile(sweep)
             if again is not None:
                 metrics.update(aa_floor(prof, again, sweep))

@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
-from evalgate.results import VariantResults  # noqa: E402
+from evalgate.results import AGAIN, VariantResults  # noqa: E402
 
 REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
            "curves.png", "output_lengths.png", "timeline.png")
@@ -88,7 +88,7 @@ def main() -> int:
                 write_gz(dst / f"{f}.gz", (d / f).read_bytes())
             elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
-        for sweep in ("", "aa", "alone"):   # the levels' summaries, without the per-request records; the
+        for sweep in ("", *AGAIN):   # the levels' summaries, without the per-request records; the
             prof = VariantResults(d).profile(sweep)   # baseline's A/A and alone sweeps as measured
             if prof is not None:
                 (dst / f"levels{'_' + sweep if sweep else ''}.json").write_text(json.dumps(

@@ -29,8 +29,11 @@ def cfg():
     return types.SimpleNamespace(engine={"name": "hf"}, variants={"baseline": {}, "int8": {}, "int4": {}})
 
 
-def test_serial_repro_is_plain_dvc_repro(calls):
+def test_serial_repro_is_plain_dvc_repro(calls, monkeypatch):
+    built = []
+    monkeypatch.setattr(repro, "_warm_imports", built.append)   # the serial stages prepare in their own processes
     assert repro._repro(cfg(), serial=True) == 0
+    assert built == []
     assert calls[-1] == ("repro", "--keep-going") and not any("--force" in c for c in calls)
 
 

@@ -220,7 +220,6 @@ def bench_kwargs(base_url: str, concurrency: int | None, rate: float | None, bur
                 extra_headers=None, extra_body={"temperature": 0.0}, ready_check_timeout_sec=0)
 
 
-# VLLM_SERVER_DEV_MODE: the /reset_prefix_cache route (VLLMEndpoint.reset_cache)
 @contextlib.contextmanager
 def quiet_heap():
     """No garbage collection while a round's client runs (one asyncio loop, in this process, timing every
@@ -239,6 +238,7 @@ def quiet_heap():
         gc.unfreeze()
 
 
+# VLLM_SERVER_DEV_MODE: the /reset_prefix_cache route (VLLMEndpoint.reset_cache)
 SERVER_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_SERVER_DEV_MODE": "1"}
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
 
