@@ -462,7 +462,7 @@ class Load(Section):
     warmup: NonNegInt = 0
     waves: PositiveInt = 4
     aa: bool = False
-    alone_check: bool = False   # scheduled runs: the baseline a third time, every other server stopped
+    alone_check: bool = False  # scheduled runs: the baseline a third time, every other server stopped
 
     @field_validator("concurrency")
     @classmethod

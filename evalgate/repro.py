@@ -219,7 +219,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             step(f"4/5 dvc commit {' '.join(done)}")
             dvc("commit", "-f", *done)
         return finish_incomplete(failed, t0)
-    if not done:   # nothing ran: gate and report may still be stale (their params or code)
+    if not done:  # nothing ran: gate and report may still be stale (their params or code)
         step("4/5 dvc repro (gate, report)")
         dvc("repro")
     else:
@@ -243,8 +243,13 @@ def gate_and_report() -> int:
 
     cli.gate(results=Path(PATHS["results"]), out=Path("reports/gate.json"), params=cli.PARAMS)
     try:
-        cli.report(results=Path(PATHS["results"]), gate=Path("reports/gate.json"), out=Path("reports"),
-                   checkpoints=Path(PATHS["checkpoints"]), params=cli.PARAMS)
+        cli.report(
+            results=Path(PATHS["results"]),
+            gate=Path("reports/gate.json"),
+            out=Path("reports"),
+            checkpoints=Path(PATHS["checkpoints"]),
+            params=cli.PARAMS,
+        )
     except typer.Exit as e:
         return int(e.exit_code or 0)
     return 0
@@ -252,7 +257,7 @@ def gate_and_report() -> int:
 
 def _warm_imports(cfg: Config) -> None:
     """lm-eval's task index (evalgate.runner.prepare needs it), built while DVC works."""
-    with contextlib.suppress(Exception):   # only a head start: prepare reports any real error itself
+    with contextlib.suppress(Exception):  # only a head start: prepare reports any real error itself
         from evalgate.evaluate import task_manager
 
         task_manager(cfg.eval["tasks"], cfg.eval.get("include_path"))

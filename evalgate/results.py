@@ -67,7 +67,7 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-AGAIN = ("aa", "alone")   # the baseline's further sweeps: profile_<sweep>.json, `<sweep>/<metric>` in metrics
+AGAIN = ("aa", "alone")  # the baseline's further sweeps: profile_<sweep>.json, `<sweep>/<metric>` in metrics
 
 
 class VariantResults:
