@@ -277,6 +277,10 @@ def profile(job: Job, ep, sweep: str = "") -> dict:
 
     def progress(level: dict) -> None:
         levels_done.append(level["name"])
+        errors = [r.get("error", "?") for r in level["requests"] if not r.get("ok", True)]
+        if errors:   # a failed request is missing load: the level measured less than it was meant to
+            steps.write(f"run {job.variant.name}: {level['name']}{f' ({sweep})' if repeat else ''}: "
+                        f"{len(errors)} of {len(level['requests'])} requests failed; the first: {errors[0]}")
         steps.set_postfix_str(f"{level['name']}: {level['summary']['output_throughput']:.1f} tok/s")
         steps.update()
         # the A/A and alone sweeps' own values as `sweep_aa/<level>/…`: `aa/<level>/…` is the difference in %

@@ -116,7 +116,10 @@ def test_load_levels_lm_eval_fidelity_and_bench(built, tmp_path):
     texts = [f"{a}+{a + 7}={2 * a + 7} copy lam tor=lam tor the red fox sees the old cat ." for a in range(10, 50)]
     with engine.serve(model, parse_variant("baseline", {}), base_dir.path) as ep:
         records, duration, _ = ep.run_requests(reqs, concurrency=2, warmup=1)
-        assert len(records) == 8 and all(r["ok"] for r in records) and duration > 0
+        assert len(records) == 8 and all(r["ok"] for r in records) and duration > 0, [r.get("error") for r in records]
+        many = [r for _ in range(10) for r in ep.run_requests(reqs * 4, concurrency=2)[0]]
+        # llama-server drops kept-alive connections: with them, 28 of 1,280 such requests failed
+        assert not [r["error"] for r in many if not r["ok"]]
         for r in records:
             assert 1 <= r["output_tokens"] <= 6 and r["ttft"] > 0 and len(r["itl"]) == r["output_tokens"] - 1
             assert r["capped"] == (r["output_tokens"] >= 6) and r["e2el"] >= r["ttft"]

@@ -235,3 +235,37 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
     steps = gv.repro_steps(log)
     assert [s["seconds"] for s in steps] == [3.9, 0.0, 1.3, 242.2, 2.9, 8.7]
     assert steps[1]["step"] == "1/5 inputs up to date" and steps[-1]["at_s"] == 250.3
+
+
+def test_failed_requests_are_said_out_loud(tmp_path, capsys):
+    """A level whose requests failed measured less load than meant: the run prints how many and the first
+    error (llama-server's dropped keep-alive connections were only a `c4/failed` metric before)."""
+    from types import SimpleNamespace
+
+    from evalgate import runner
+    from evalgate.results import VariantResults
+
+    class Flaky(FakeEndpoint):
+        def run_requests(self, requests, *a, **k):
+            recs, t, extra = super().run_requests(requests, *a, **k)
+            recs[1] = {**recs[1], "ok": False, "error": "ClientOSError: Can not write request body"}
+            return recs, t, extra
+
+    wl = tmp_path / "workload.jsonl"
+    wl.write_text("".join(json.dumps(r) + "\n" for r in REQS))
+    (tmp_path / "v").mkdir()
+    job = SimpleNamespace(cfg=SimpleNamespace(load={**LOAD, "concurrency": [2], "rates": []}, slo={}, workload={}),
+                          workload=wl, out=VariantResults(tmp_path / "v"), baseline=None, tracker=None,
+                          variant=SimpleNamespace(name="v"))
+    ep = Flaky()
+    ep.stats = dict
+    res = runner.profile(job, ep)
+    lv = res["levels"][0]
+    failed, n = lv["summary"]["failed"], len(lv["requests"])
+    assert failed == lv["summary"]["rounds"] >= 1     # one per round
+    out = capsys.readouterr().out
+    assert f"run v: c2: {failed} of {n} requests failed; the first: ClientOSError: Can not write request body" in out
+    ok = FakeEndpoint()
+    ok.stats = dict
+    runner.profile(job, ok)
+    assert "failed" not in capsys.readouterr().out
