@@ -64,6 +64,29 @@ def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.Com
     return p
 
 
+def commit(targets: list[str]) -> None:
+    """`dvc commit -f <targets>` in one pass, with DVC's own steps (Stage.save, Stage.commit, the lock
+    file's dump_stages, under the repository lock) but the stages collected once and dvc.lock rewritten
+    once. `dvc commit` takes its targets one at a time, and each re-reads dvc.lock (≈ 110 KB for 13
+    variants) with ruamel's pure-Python round-trip parser: 9 stages took 22–23 s that way on the 2-core CPU
+    and 3.4–4.0 s this way, with the same dvc.lock (2026-11-26, README: Performance)."""
+    from dvc.repo import Repo, lock_repo
+
+    with Repo() as repo, lock_repo(repo):
+        by_name = {s.addressing: s for s in repo.index.stages}
+        missing = [t for t in targets if t not in by_name]
+        if missing:
+            raise SystemExit(f"dvc commit: no stage named {', '.join(missing)} in dvc.yaml")
+        files: dict[str, tuple] = {}
+        for t in targets:
+            stage = by_name[t]
+            stage.save()
+            stage.commit(relink=True)
+            files.setdefault(stage.dvcfile.path, (stage.dvcfile, []))[1].append(stage)
+        for dvcfile, stages in files.values():
+            dvcfile.dump_stages(stages, update_pipeline=False)
+
+
 def changed(targets: list[str]) -> set[str]:
     """The stages (`name`, `name@key`) that `dvc status` reports as changed, among `targets` and what
     they depend on."""
@@ -217,7 +240,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     if failed:
         if done:
             step(f"4/5 dvc commit {' '.join(done)}")
-            dvc("commit", "-f", *done)
+            commit(done)
         return finish_incomplete(failed, t0)
     if not done:  # nothing ran: gate and report may still be stale (their params or code)
         step("4/5 dvc repro (gate, report)")
@@ -226,7 +249,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         step("4/5 gate and report")
         code = gate_and_report()
         step(f"5/5 dvc commit {' '.join(done)}{' gate report' if not code else ' gate'}")
-        dvc("commit", "-f", *done, "gate", *(["report"] if not code else []))
+        commit([*done, "gate", *(["report"] if not code else [])])
         if code:
             return code
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)

@@ -215,7 +215,7 @@ def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
 
 def test_gate_and_report_in_process_then_one_commit_is_what_dvc_would_record(proj):
     """The scheduled path runs the gate and report stages' commands in its own process and records them
-    with `dvc commit` (evalgate.repro.gate_and_report): DVC then finds both up to date, and the files are
+    with one DVC commit (evalgate.repro.gate_and_report, commit): DVC then finds both up to date, and the files are
     the ones their stages write (the verdicts, the summary naming the new ranking metric)."""
     d, _ = proj
     params = yaml.safe_load((d / "params.yaml").read_text())
@@ -224,8 +224,14 @@ def test_gate_and_report_in_process_then_one_commit_is_what_dvc_would_record(pro
     stale = sh([sys.executable, "-m", "dvc", "status", "gate", "report"], d).stdout
     assert "gate" in stale and "report" in stale
     sh([sys.executable, "-c", "import sys; from evalgate.repro import gate_and_report; sys.exit(gate_and_report())"], d)
-    sh([sys.executable, "-m", "dvc", "commit", "-f", "gate", "report"], d)
+    sh([sys.executable, "-c", "from evalgate.repro import commit; commit(['gate', 'report'])"], d)
     status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
     assert "up to date" in status, status
+    ours = (d / "dvc.lock").read_text()      # the one-pass commit writes what `dvc commit -f` writes
+    sh([sys.executable, "-m", "dvc", "commit", "-f", "gate", "report"], d)
+    assert (d / "dvc.lock").read_text() == ours
+    bad = sh([sys.executable, "-c", "from evalgate.repro import commit; commit(['gate', 'run@nope'])"], d, check=False)
+    assert bad.returncode and bad.stderr.strip().splitlines()[-1] == "dvc commit: no stage named run@nope in dvc.yaml"
+    assert (d / "dvc.lock").read_text() == ours    # nothing committed
     assert "(by `request_throughput`)" in (d / "reports/summary.md").read_text()
     assert json.loads((d / "reports/gate.json").read_text())["variants"]["baseline"]["verdict"] == "accept"

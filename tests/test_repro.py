@@ -60,6 +60,7 @@ def scheduled(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(args, 0, out, "")
 
     monkeypatch.setattr(repro, "dvc", dvc)
+    monkeypatch.setattr(repro, "commit", lambda targets: log.append(("commit", *targets)))
     engine = types.SimpleNamespace(preflight=lambda: None, attachable=True)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
@@ -89,7 +90,7 @@ def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report
     assert repro._repro(scheduled_cfg()) == 0
     assert scheduled.ran == [1]
     assert scheduled.log == [("status", "--json", *repro.INPUT_STAGES, "baseline", "run@fp8"), ("gate+report",),
-                             ("commit", "-f", "run@fp8", "gate", "report")]
+                             ("commit", "run@fp8", "gate", "report")]
 
 
 def test_scheduled_repro_runs_stale_inputs_first(scheduled):
@@ -97,7 +98,7 @@ def test_scheduled_repro_runs_stale_inputs_first(scheduled):
     assert repro._repro(scheduled_cfg()) == 0
     assert scheduled.log[1] == ("repro", *repro.INPUT_STAGES)
     assert scheduled.log[2] == ("status", "--json", "baseline", "run@fp8")   # asked again, after the inputs ran
-    assert scheduled.log[-1] == ("commit", "-f", "run@fp8", "gate", "report")
+    assert scheduled.log[-1] == ("commit", "run@fp8", "gate", "report")
 
 
 def test_scheduled_repro_with_nothing_stale_leaves_gate_and_report_to_dvc(scheduled):
