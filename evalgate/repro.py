@@ -69,7 +69,7 @@ def commit(targets: list[str]) -> None:
     file's dump_stages, under the repository lock) but the stages collected once and dvc.lock rewritten
     once. `dvc commit` takes its targets one at a time, and each re-reads dvc.lock (≈ 110 KB for 13
     variants) with ruamel's pure-Python round-trip parser: 9 stages took 22–23 s that way on the 2-core CPU
-    and 3.4–4.0 s this way, with the same dvc.lock (2026-11-26, README: Performance)."""
+    and 3.4–4.0 s this way, with the same dvc.lock (2026-11-26; README: Time to verdict)."""
     from dvc.repo import Repo, lock_repo
 
     with Repo() as repo, lock_repo(repo):
