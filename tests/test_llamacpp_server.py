@@ -194,3 +194,26 @@ def test_a_server_that_cannot_start_fails_clearly(built, tmp_path):
     with pytest.raises(RuntimeError, match="llama-server exited"):
         with get_engine("llamacpp", OPTS).serve(bad, parse_variant("v", {}), tmp_path):
             pass
+
+
+def test_build_optimises_ggml_at_O3_and_the_rest_at_O1(tmp_path):
+    """The build's flags, configured (not compiled) on the vendored tree: ggml's kernels keep Release's -O3
+    through cmake's per-project include, everything else gets -O1 (half the compile time, README)."""
+    import shutil
+    import subprocess
+
+    flags = gguf.configure_flags(tmp_path)
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", str(TOOLS.src), "-B", str(tmp_path / "b"), *gen, *flags,
+                    "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"], check=True, capture_output=True)
+    level = {}
+    for c in json.loads((tmp_path / "b" / "compile_commands.json").read_text()):
+        f = Path(c["file"])   # a source file, or one cmake generated (llama's unity-build files)
+        rel = str(f.relative_to(TOOLS.src if f.is_relative_to(TOOLS.src) else tmp_path / "b"))
+        level[rel] = set(re.findall(r" (-O\d)\b", c.get("command") or " ".join(c.get("arguments", []))))
+    ggml = {f: o for f, o in level.items() if f.startswith("ggml/")}
+    rest = {f: o for f, o in level.items() if not f.startswith("ggml/")}
+    assert ggml["ggml/src/ggml-cpu/ops.cpp"] == ggml["ggml/src/ggml-cpu/ggml-cpu.c"] == {"-O3"}
+    assert all(o == {"-O3"} for o in ggml.values())
+    assert rest["src/llama-model.cpp"] == rest["tools/server/server.cpp"] == {"-O1"}
+    assert all(o == {"-O1"} for o in rest.values())
