@@ -6,7 +6,8 @@ whether the *change* under test may merge, by the policy declared in conf/gate/ 
   fail_on    one or more of
                any_rejected        any variant rejected
                required_rejected   a `required` variant rejected or missing
-               no_winner           nothing beats the baseline (the gate's best is none or the baseline)
+               no_winner           nothing beats the baseline beyond the run's noise (the gate's best is none,
+                                   the baseline, or within the noise of the baseline)
                deployed_regressed  the deployed variant — the one holding the MLflow registry alias
                                    (`mlflow.alias`, default `champion`; evalgate.registry) — is rejected
                                    in this run, missing from it, or slower on `report.rank_by` than
@@ -111,6 +112,9 @@ def evaluate(policy: Policy, gate: dict, deployed: Deployed | None = None, metri
         if best is None or best == base:
             out.failures.append(f"(no winner): {'no variant was accepted' if best is None else 'the baseline is still best'}"
                                 f" on {rank_by}")
+        elif base in (gate.get("best_within_noise") or []):
+            out.failures.append(f"(no winner): {best} is best on {rank_by}, but not beyond this run's noise "
+                                f"from the baseline")
         else:
             out.notes.append(f"{best}: best accepted variant on {rank_by}")
     if "deployed_regressed" in policy.fail_on:

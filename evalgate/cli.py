@@ -371,7 +371,11 @@ def gate(
     out.write_text(json.dumps(verdicts, indent=1))
     for name, v in verdicts["variants"].items():
         print(f"gate: {name}: {v['verdict']}: {v['reason']}")
-    print(f"gate: best accepted variant: {verdicts['best']}")
+    tied = verdicts["best_within_noise"]
+    print(
+        f"gate: best accepted variant: {verdicts['best']}"
+        + (f" (no difference from {', '.join(tied)} within the run's noise)" if tied else "")
+    )
 
 
 @app.command()

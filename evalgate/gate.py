@@ -212,7 +212,9 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
     spec = [n for n in cfg.variants if cfg.variants[n].speculative["method"] != "none"
             and "output_throughput" in results.get(n, {}).get("metrics", {})]
     rank_by = cfg.report.get("rank_by", "output_throughput")
-    return {"baseline": base_name, "variants": out, "best": select.best_overall(results, out, rank_by),
+    best = select.best_overall(results, out, rank_by)
+    return {"baseline": base_name, "variants": out, "best": best,
+            "best_within_noise": select.within_noise_of_best(results, out, best, rank_by),
             "best_per_level": select.per_level(results, out), "speculation": select.speculation(results, spec),
             "noise_floor_pct": _headline(base, "aa"),
             "alone_check_pct": _headline(base, "alone"),

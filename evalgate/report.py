@@ -61,12 +61,20 @@ def levels_of(results: dict) -> list[str]:
     return ladder + sorted(n for n in names if not n[1:].isdigit())
 
 
+def best_line(gate: dict, rank_by: str) -> str:
+    """The report's first line: the best accepted variant, and those it does not beat beyond the noise."""
+    if not gate["best"]:
+        return "**No variant was accepted.**"
+    tied = gate.get("best_within_noise") or []
+    return (f"**Best accepted variant (by `{rank_by}`): `{gate['best']}`**"
+            + (f"; no difference from {', '.join(f'`{n}`' for n in tied)} within this run's noise" if tied else ""))
+
+
 def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_times: dict | None = None) -> str:
     q = quality_keys(cfg.thresholds)
     workload = cfg.workload
     lines = [f"# Variant report: {cfg.model.id} on `{cfg.engine['name']}`", "",
-             f"**Best accepted variant (by `{cfg.report.get('rank_by', 'output_throughput')}`): `{gate['best']}`**"
-             if gate["best"] else "**No variant was accepted.**", ""]
+             best_line(gate, cfg.report.get("rank_by", "output_throughput")), ""]
     lines += _per_level(gate)
     head = ["variant", "verdict", *[h for _, h, _ in SPEED], "Δ peak %", *[h for _, h, _ in LENGTH],
             *[k.removeprefix("lmeval/") for k in q], *[h for _, h, _ in FIDELITY]]

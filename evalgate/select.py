@@ -114,3 +114,22 @@ def best_overall(results: dict[str, dict], verdicts: dict[str, dict], rank_by: s
     if not ok:
         return None
     return (min(ok) if lower_is_better(rank_by) else max(ok))[1]
+
+
+def within_noise_of_best(results: dict[str, dict], verdicts: dict[str, dict], best: str | None,
+                         rank_by: str = "output_throughput") -> list[str]:
+    """The other accepted variants that `best` does not beat beyond the run's noise on `rank_by` (the
+    rule of the per-level tables): the headline names them, and a CI gate's `no_winner` fails when the
+    baseline is one of them."""
+    if best is None:
+        return []
+    ok = {n: results[n]["metrics"] for n, v in verdicts.items()
+          if v["verdict"] == "accept" and isinstance(results[n]["metrics"].get(rank_by), (int, float))}
+    aa = {k: v for k, v in results.get(BASELINE, {}).get("metrics", {}).items() if k.startswith("aa/")}
+    top = ok[best][rank_by]
+    out = []
+    for n, m in ok.items():
+        gap = 100 * abs(m[rank_by] - top) / abs(top) if top else 0.0
+        if n != best and gap <= max(_noise(ok[best], rank_by, aa), _noise(m, rank_by, aa)):
+            out.append(n)
+    return out

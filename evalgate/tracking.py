@@ -488,6 +488,7 @@ def _log_report(options, raw, parent_label, names, variant_params, results, gate
     summary = next((p for p in artifacts if p.name == "summary.md"), None)
     tags = {
         "best_variant": gate["best"] or "none",
+        "best_within_noise": ",".join(gate.get("best_within_noise") or [])[:250] or "none",
         REPORT_TAG: report_id,
         "accepted": ",".join(n for n, v in gate["variants"].items() if v["verdict"] == "accept")[:5000],
     }

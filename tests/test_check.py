@@ -57,6 +57,15 @@ def test_no_winner(best, ok):
         assert out.failures[0].startswith("(no winner): ")
 
 
+def test_no_winner_when_the_best_is_within_the_noise_of_the_baseline():
+    g = gate(best="int8")
+    g["best_within_noise"] = ["baseline"]
+    out = evaluate(policy(fail_on="no_winner"), g)
+    assert out.failures == ["(no winner): int8 is best on output_throughput, but not beyond this run's noise from the baseline"]
+    g["best_within_noise"] = ["int4"]          # tied with another variant, beyond the baseline's noise: a winner
+    assert evaluate(policy(fail_on="no_winner"), g).ok
+
+
 def test_deployed_regressed_rejected_missing_accepted_and_none():
     p = policy(fail_on="deployed_regressed")
     rejected = evaluate(p, gate(), Deployed("int4", "registry evalgate@champion, version 3"))

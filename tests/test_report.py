@@ -44,3 +44,14 @@ def test_headline_is_one_short_row_per_variant():
     results = {"baseline": {"metrics": {"output_throughput": 100.0, "mem_peak_mb": 512.3456, KEYS[0]: 0.9}}}
     out = headline([{"variant": "baseline", "verdict": "accept", "speedup_pct": 0.0}], results, [KEYS[0]])
     assert out == {"baseline": {"accepted": 1, "peak_tok_s": 100.0, "speedup_pct": 0.0, "mem_mb": 512.35, "t": 0.9}}
+
+
+def test_headline_names_the_variants_inside_the_noise_of_the_best():
+    from evalgate.report import best_line
+
+    assert best_line({"best": "batch4", "best_within_noise": []}, "output_throughput") == \
+        "**Best accepted variant (by `output_throughput`): `batch4`**"
+    assert best_line({"best": "batch4", "best_within_noise": ["baseline", "int8"]}, "output_throughput") == (
+        "**Best accepted variant (by `output_throughput`): `batch4`**; no difference from `baseline`, `int8` "
+        "within this run's noise")
+    assert best_line({"best": None}, "output_throughput") == "**No variant was accepted.**"

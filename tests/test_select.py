@@ -1,6 +1,6 @@
 """Best variant per load level: a win only beyond the run's noise (A/A floor, level intervals), else
 "no difference"; speculation's break-even level."""
-from evalgate.select import lower_is_better, per_level, speculation
+from evalgate.select import best_overall, lower_is_better, per_level, speculation, within_noise_of_best
 
 
 def result(thr, lat, ci=1.0, goodput=None, **extra):
@@ -56,3 +56,19 @@ def test_speculation_stops_paying_where_it_is_no_faster():
     out = speculation({"baseline": base, "ngram": spec}, ["ngram"])["ngram"]
     assert abs(out["levels"]["c1"]["speedup_pct"] - 60.0) < 1e-9 and out["levels"]["c1"]["acceptance_length"] == 2.4
     assert out["stops_paying_at"] == "c4" and out["identical_output_share"] == 1.0
+
+
+def test_the_headline_best_names_who_it_does_not_beat_beyond_the_noise():
+    """gate.json's `best` is the top on `report.rank_by`; `best_within_noise` lists the accepted variants
+    inside the noise of it (A/A floor 3 %; here the peak level's interval is 1 %)."""
+    results = {"baseline": result(1000, 5.0, **{"aa/output_throughput": 3.0}), "a": result(1020, 4.0),
+               "b": result(1300, 5.05), "rejected": result(1310, 5.0)}
+    verdicts = {**accept("baseline", "a", "b"), "rejected": {"verdict": "reject"}}
+    assert best_overall(results, verdicts) == "b" and within_noise_of_best(results, verdicts, "b") == []
+    results["b"] = result(1025, 5.05)          # +0.5 % over a, +2.5 % over the baseline: both inside 3 %
+    assert within_noise_of_best(results, verdicts, "b") == ["baseline", "a"]
+    results["baseline"]["metrics"]["aa/output_throughput"] = 1.0   # now only a (0.5 %) is inside the noise
+    assert within_noise_of_best(results, verdicts, "b") == ["a"]
+    lat = "c1/median_e2el_per_token_ms"        # lower is better: a's 4.0 against 5.0 is 20 % better
+    assert best_overall(results, verdicts, lat) == "a" and within_noise_of_best(results, verdicts, "a", lat) == []
+    assert within_noise_of_best(results, verdicts, None) == []

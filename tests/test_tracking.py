@@ -29,7 +29,7 @@ def finished(results, name, accuracy):
 
 
 def gate(names):
-    return {"baseline": "baseline", "best": "baseline", "best_per_level": {},
+    return {"baseline": "baseline", "best": "baseline", "best_per_level": {}, "best_within_noise": ["x", "y"],
             "variants": {n: {"verdict": "accept" if n == "baseline" else "reject", "reason": "r",
                              "checks": [{"metric": "lmeval/t/acc/none", "loss": 0.1, "passed": False}]}
                          for n in names}}
@@ -66,6 +66,7 @@ def test_live_runs_and_a_report_that_logs_once(tmp_path, store):
     assert children["a"].data.metrics["gate/t/acc/none/loss"] == 0.1
     done = client.get_run(parent.info.run_id)
     assert done.info.status == "FINISHED" and done.data.tags["mlflow.note.content"] == "# report"
+    assert done.data.tags["best_variant"] == "baseline" and done.data.tags["best_within_noise"] == "x,y"
     table = json.loads(client.download_artifacts(parent.info.run_id, "variants.json", str(tmp_path)) and
                        (tmp_path / "variants.json").read_text())
     assert table["columns"] == ["variant", "verdict"]
