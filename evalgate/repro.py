@@ -7,6 +7,7 @@ records each and runs the rest.
   3. the scheduler runs exactly those        the same phases, files and MLflow runs as `evalgate run`
   4. gate and report, in this process        the same functions as their stages' commands
   5. dvc commit -f <each finished stage> gate report   DVC records them as it would after running them
+     (its steps, in one pass: `commit`)
 
 Steps 4–5 replace a `dvc repro` (its status check of every stage, two interpreters importing MLflow and
 the report's libraries: ≈ 17 s of a 335 s GPU verdict, H100 2026-11-26); when no variant ran, a plain
