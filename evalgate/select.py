@@ -29,14 +29,22 @@ def _rank(values: dict[str, float], metric: str, noise_pct: dict[str, float]) ->
     low = lower_is_better(metric)
     order = sorted(values, key=lambda n: values[n], reverse=not low)
     top = order[0]
-    tied = [top]
-    for n in order[1:]:
-        gap = 100 * abs(values[n] - values[top]) / abs(values[top]) if values[top] else 0.0
-        tol = max(noise_pct.get(top, 0.0), noise_pct.get(n, 0.0))
-        if gap <= tol:
-            tied.append(n)
+    tied = [top, *_inside_noise(values, top, noise_pct, order[1:])]
     return {"metric": metric, "best": top if len(tied) == 1 else None, "no_difference": tied if len(tied) > 1 else [],
             "ranking": order, "values": values, "noise_pct": {n: noise_pct.get(n, 0.0) for n in order}}
+
+
+def _inside_noise(values: dict[str, float], top: str, noise_pct: dict[str, float], names: list[str]) -> list[str]:
+    """Those of `names` whose gap to `top` is no more than the larger noise of the two."""
+    def gap(n: str) -> float:
+        return 100 * abs(values[n] - values[top]) / abs(values[top]) if values[top] else 0.0
+
+    return [n for n in names if gap(n) <= max(noise_pct.get(top, 0.0), noise_pct.get(n, 0.0))]
+
+
+def _aa(results: dict[str, dict]) -> dict[str, float]:
+    """The run's A/A floor per metric (`aa/<metric>`, from the baseline's two sweeps)."""
+    return {k: v for k, v in results.get(BASELINE, {}).get("metrics", {}).items() if k.startswith("aa/")}
 
 
 def _noise(m: dict, metric: str, aa: dict) -> float:
@@ -60,7 +68,7 @@ def per_level(results: dict[str, dict], verdicts: dict[str, dict]) -> dict[str, 
           if verdicts.get(n, {}).get("verdict") == "accept" and "output_throughput" in r.get("metrics", {})}
     if not ok:
         return {}
-    aa = {k: v for k, v in results.get(BASELINE, {}).get("metrics", {}).items() if k.startswith("aa/")}
+    aa = _aa(results)
     out = {}
     first = next(iter(ok.values()))
     ladder = sorted({k.split("/")[0] for m in ok.values() for k in m if k.startswith("c") and "/" in k
@@ -125,11 +133,7 @@ def within_noise_of_best(results: dict[str, dict], verdicts: dict[str, dict], be
         return []
     ok = {n: results[n]["metrics"] for n, v in verdicts.items()
           if v["verdict"] == "accept" and isinstance(results[n]["metrics"].get(rank_by), (int, float))}
-    aa = {k: v for k, v in results.get(BASELINE, {}).get("metrics", {}).items() if k.startswith("aa/")}
-    top = ok[best][rank_by]
-    out = []
-    for n, m in ok.items():
-        gap = 100 * abs(m[rank_by] - top) / abs(top) if top else 0.0
-        if n != best and gap <= max(_noise(ok[best], rank_by, aa), _noise(m, rank_by, aa)):
-            out.append(n)
-    return out
+    aa = _aa(results)
+    values = {n: m[rank_by] for n, m in ok.items()}
+    noise = {n: _noise(m, rank_by, aa) for n, m in ok.items()}
+    return _inside_noise(values, best, noise, [n for n in values if n != best])
