@@ -5,7 +5,8 @@ records each and runs the rest.
   1. dvc status; dvc repro fixture workload gguf quantize   the inputs, by DVC as usual (when stale)
   2. dvc status baseline run                 which variants DVC would run (all, if the baseline is stale)
   3. the scheduler runs exactly those        the same phases, files and MLflow runs as `evalgate run`
-  4. gate and report, in this process        the same functions as their stages' commands
+  4. gate and report, in this process        the same functions as their stages' commands, while
+                                             the servers stop
   5. dvc commit -f <each finished stage> gate report   DVC records them as it would after running them
      (its steps, in one pass: `commit`)
 
@@ -234,10 +235,15 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         if job is not None:
             slots.append(schedule.Slot(job))
     step(f"3/5 running {len(slots)} variant(s) side by side")
-    if slots:
-        schedule.run_scheduled(cfg, engine, slots, PATHS)
-    failed = transient_failures(todo)
-    done = [st for st in todo if st not in failed]
+    code = None
+    # gate and report need no server: they run while the servers stop (the stop's log lines land in
+    # each variant's server.log, a DVC output, so the commit waits for the stops)
+    with schedule.scheduled(cfg, engine, slots, PATHS) if slots else contextlib.nullcontext():
+        failed = transient_failures(todo)
+        done = [st for st in todo if st not in failed]
+        if done and not failed:
+            step("4/5 gate and report (while the servers stop)")
+            code = gate_and_report()
     if failed:
         if done:
             step(f"4/5 dvc commit {' '.join(done)}")
@@ -247,8 +253,6 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         step("4/5 dvc repro (gate, report)")
         dvc("repro")
     else:
-        step("4/5 gate and report")
-        code = gate_and_report()
         step(f"5/5 dvc commit {' '.join(done)}{' gate report' if not code else ' gate'}")
         commit([*done, "gate", *(["report"] if not code else [])])
         if code:

@@ -2,6 +2,7 @@
 are what matters here; tests/test_e2e.py runs the real thing)."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import types
 
@@ -65,7 +66,13 @@ def scheduled(monkeypatch, tmp_path):
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
     ran = []
-    monkeypatch.setattr("evalgate.schedule.run_scheduled", lambda cfg, eng, slots, paths: ran.append(len(slots)))
+    @contextlib.contextmanager
+    def scheduled(cfg, eng, slots, paths):
+        ran.append(len(slots))
+        yield
+        log.append(("servers stopped",))
+
+    monkeypatch.setattr("evalgate.schedule.scheduled", scheduled)
     monkeypatch.setattr("evalgate.schedule.Slot", lambda job: job)
 
     def gate_and_report():
@@ -84,13 +91,13 @@ def scheduled_cfg():
 
 def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report_at_once(scheduled):
     """One `dvc status` decides; with the inputs fresh no `dvc repro` of them runs; after the scheduler,
-    gate and report run in this process and one `dvc commit` records the variants and both stages (the
-    `dvc repro` this replaces cost ≈ 17 s of a 335 s GPU verdict)."""
+    gate and report run in this process while the servers stop, and then one `dvc commit` records the
+    variants and both stages (the `dvc repro` this replaces cost ≈ 17 s of a 335 s GPU verdict)."""
     scheduled.status.update({"run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
     assert scheduled.ran == [1]
     assert scheduled.log == [("status", "--json", *repro.INPUT_STAGES, "baseline", "run@fp8"), ("gate+report",),
-                             ("commit", "run@fp8", "gate", "report")]
+                             ("servers stopped",), ("commit", "run@fp8", "gate", "report")]
 
 
 def test_scheduled_repro_runs_stale_inputs_first(scheduled):

@@ -16,9 +16,9 @@ GIB = 2**30
 
 
 class FakeServer:
-    def __init__(self, name, start_s, fail_start=False, die_in_profile=False, live=None):
+    def __init__(self, name, start_s, fail_start=False, die_in_profile=False, live=None, stop_s=0.0):
         self.name, self.start_s, self.fail_start, self.die = name, start_s, fail_start, die_in_profile
-        self._alive, self.live = True, live
+        self._alive, self.live, self.stop_s = True, live, stop_s
 
     def wait(self):
         time.sleep(self.start_s)
@@ -32,6 +32,7 @@ class FakeServer:
 
     def stop(self):
         self._alive = False
+        time.sleep(self.stop_s)   # a real server's processes take a while to exit
         self.live.discard(self.name)
 
 
@@ -45,8 +46,8 @@ def slot(name, tmp_path, gib=8):
 class Recorder:
     """Fake phases that log (phase, variant, start, end) and track servers alive at once."""
 
-    def __init__(self, starts, quality_s=0.05, profile_s=0.05, early=(), fail_start=(), die=()):
-        self.starts, self.q, self.p = starts, quality_s, profile_s
+    def __init__(self, starts, quality_s=0.05, profile_s=0.05, early=(), fail_start=(), die=(), stop_s=0.0):
+        self.starts, self.q, self.p, self.stop_s = starts, quality_s, profile_s, stop_s
         self.early, self.fail_start, self.die = set(early), set(fail_start), set(die)
         self.log, self.lock, self.live, self.max_live = [], threading.Lock(), set(), 0
         self.finished, self.failed = {}, {}
@@ -60,7 +61,8 @@ class Recorder:
         with self.lock:
             self.live.add(s.name)
             self.max_live = max(self.max_live, len(self.live))
-        srv = FakeServer(s.name, self.starts.get(s.name, 0.05), s.name in self.fail_start, s.name in self.die, self.live)
+        srv = FakeServer(s.name, self.starts.get(s.name, 0.05), s.name in self.fail_start, s.name in self.die, self.live,
+                         self.stop_s)
         t0 = time.time()
         orig = srv.wait
 
@@ -148,6 +150,23 @@ def test_a_failed_start_or_a_dying_server_fails_only_its_variant(tmp_path):
     assert states == {"baseline": "done", "a": "failed", "b": "failed", "c": "done"}
     assert rec.failed["a"][0] == "start" and "healthy" in rec.failed["a"][1]
     assert rec.failed["b"][0] == "profile" and "died during its profile" in rec.failed["b"][1]
+    assert not rec.live
+
+
+def test_work_that_needs_no_server_runs_while_they_stop_and_leaving_waits_for_every_stop(tmp_path):
+    """`Scheduler.running`: the gate and report run while the servers stop (they need none), but nothing
+    is left running once it is left, after an error inside as well."""
+    names = ["baseline", "a", "b"]
+    rec = Recorder(starts={}, stop_s=0.5)
+    with rec.scheduler([slot(n, tmp_path) for n in names]).running() as out:
+        stopping = set(rec.live)
+    assert out["variants"]["a"]["state"] == "done" and stopping == {"a", "b"}   # the idle neighbours, stopping
+    assert not rec.live
+    rec = Recorder(starts={}, stop_s=0.5)
+    with pytest.raises(RuntimeError, match="the gate broke"), rec.scheduler(
+            [slot(n, tmp_path / "err") for n in names]).running():
+        assert rec.live
+        raise RuntimeError("the gate broke")
     assert not rec.live
 
 
