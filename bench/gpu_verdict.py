@@ -63,18 +63,26 @@ def breakdown(results: Path, wall_s: float | None = None) -> dict:
 
 STEP = re.compile(r"^repro: (.+?) \[\+([\d.]+) s\]$")
 DONE = re.compile(r"^repro: done in ([\d.]+) s$")
+UP = re.compile(r"^repro: 0/5 up \(this process started ([\d.]+) s ago\)$")
 
 
-def repro_steps(lines: list[str]) -> list[dict]:
+def repro_steps(lines: list[str], wall_s: float | None = None) -> list[dict]:
     """`evalgate repro`'s own step marks (`repro: <step> [+t s]`, then `repro: done in T s`) → each step
-    with the seconds until the next mark: where the time outside the scheduler goes, without reading logs."""
+    with the seconds until the next mark: where the time outside the scheduler goes, without reading logs.
+    With the process's wall time (`wall_s`) and its `0/5 up` line: its start and its exit too."""
     marks = [(m.group(1), float(m.group(2))) for line in lines if (m := STEP.match(line.rstrip()))]
     if not marks:
         return []
     done = next((float(m.group(1)) for line in lines if (m := DONE.match(line.rstrip()))), marks[-1][1])
+    up = next((float(m.group(1)) for line in lines if (m := UP.match(line.rstrip()))), None)
     ends = [t for _, t in marks[1:]] + [done]
-    return [{"step": "until the first mark (dvc status)", "at_s": 0.0, "seconds": marks[0][1]}] + [
+    out = [{"step": "until the first mark (dvc status)", "at_s": 0.0, "seconds": marks[0][1]}] + [
         {"step": step, "at_s": t, "seconds": round(end - t, 1)} for (step, t), end in zip(marks, ends)]
+    if up is not None:
+        out.insert(0, {"step": "before the marks (interpreter start, config, preflight)", "at_s": -up, "seconds": up})
+        if wall_s is not None:
+            out.append({"step": "after `done` (interpreter exit)", "at_s": done, "seconds": round(wall_s - up - done, 1)})
+    return out
 
 
 def print_table(b: dict) -> None:
@@ -113,7 +121,7 @@ def main() -> int:
         raise SystemExit(f"evalgate repro exited with {p.returncode}")
     verdict_s = time.time() - t1
     b = breakdown(Path("results"), verdict_s)
-    b["repro_steps"] = repro_steps(lines)
+    b["repro_steps"] = repro_steps(lines, verdict_s)
     b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),
              with_fixture_s=round(fixture_s + verdict_s, 1), mode="serial" if a.serial else "scheduled")
     if "schedule_s" in b:

@@ -177,6 +177,10 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     engine = get_engine(cfg.engine["name"], cfg.engine)
     engine.preflight()
     t0 = time.time()
+    with contextlib.suppress(Exception):  # what the interpreter, the config and the preflight took
+        import psutil
+
+        print(f"repro: 0/5 up (this process started {t0 - psutil.Process().create_time():.1f} s ago)", flush=True)
 
     def step(msg: str) -> None:  # with the seconds since the start: where the pipeline's own overhead goes
         print(f"repro: {msg} [+{time.time() - t0:.1f} s]", flush=True)
@@ -244,6 +248,8 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         if done and not failed:
             step("4/5 gate and report (while the servers stop)")
             code = gate_and_report()
+            if slots:
+                step("4/5 waiting for the servers to stop")
     if failed:
         if done:
             step(f"4/5 dvc commit {' '.join(done)}")

@@ -354,6 +354,15 @@ def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 
     return t
 
 
+def _track_all(runner, slots: list[Slot]) -> None:
+    """Open each variant's MLflow run (one thread: the first opens the parent run the others find)."""
+    for s in slots:
+        try:
+            runner.track(s.job)
+        except Exception as e:  # noqa: BLE001 - MLflow errors are never fatal (tracking); a file error is said
+            print(f"schedule: {s.name}: opening its MLflow run failed: {type(e).__name__}: {e}", flush=True)
+
+
 @contextlib.contextmanager
 def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     """The prepared variants (`runner.prepare`) through the Scheduler with the real phases: servers from
@@ -389,18 +398,27 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     def start(s: Slot):
         return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
 
-    for s in slots:   # every server starts now: every variant's MLflow run opens now
-        runner.track(s.job)
+    # every variant's MLflow run opens while the servers start (seven runs: ≈ 2 s before the first server
+    # started, H100 2026-11-26); whatever reports to a run (a quality worker reads its tracking.json) waits
+    tracked = threading.Thread(target=_track_all, args=(runner, slots), daemon=True)
+
+    def tracking(fn: Callable) -> Callable:
+        def wrapped(*args):
+            tracked.join()
+            return fn(*args)
+        return wrapped
+
     util: list = []
     stop = threading.Event()
     gpu_utilization_sampler(stop, util)
     threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
     sch = Scheduler(slots, capacity, start=start,
-                    quality=quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800))),
-                    profile=lambda s, ep, sweep: runner.profile(s.job, ep, sweep),
-                    finish=finish, fail=fail, aa=bool(cfg.load.get("aa")), alone=bool(cfg.load.get("alone_check")),
-                    policy=cfg.faults,
+                    quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)))),
+                    profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
+                    finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
+                    alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,
                     retry=lambda s: s.job.out.clear_phases())
+    tracked.start()
     with sch.running() as out:
         stop.set()
         out["gpu_utilization"] = util

@@ -235,6 +235,10 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
     steps = gv.repro_steps(log)
     assert [s["seconds"] for s in steps] == [3.9, 0.0, 1.3, 242.2, 2.9, 8.7]
     assert steps[1]["step"] == "1/5 inputs up to date" and steps[-1]["at_s"] == 250.3
+    # with the process's own start (`0/5 up`) and its wall time: the interpreter's start and exit
+    steps = gv.repro_steps(["repro: 0/5 up (this process started 0.8 s ago)\n", *log], wall_s=261.9)
+    assert steps[0]["seconds"] == 0.8 and steps[-1]["step"].startswith("after `done`")
+    assert steps[-1]["seconds"] == 2.1   # 261.9 - 0.8 - 259.0
 
 
 def test_failed_requests_are_said_out_loud(tmp_path, capsys):
