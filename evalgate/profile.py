@@ -149,6 +149,7 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     n = min(n, hi)
     records, rounds, spent, extras, sent = [], [], 0.0, [], 0
     ep.reset_cache()   # every level from an empty prefix cache: the same start for both A/A sweeps
+    host0 = _host_cpu()
     while True:
         batch = requests[sent:sent + n]
         recs, duration, extra = ep.run_requests(batch, concurrency=concurrency, rate=rate,
@@ -175,8 +176,29 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     cpu = [e["client_cpu_s"] for e in extras if "client_cpu_s" in e]
     if cpu and spent:   # the load generator's own CPU share: near 100 % it, not the server, sets the pace
         s["client_cpu_pct"] = 100 * sum(cpu) / spent
+    s.update(_host_share(host0, _host_cpu()))
     return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency,
             "rate": rate, "summary": s, "requests": records}
+
+
+def _host_cpu():
+    import psutil
+
+    return psutil.cpu_times()
+
+
+def _host_share(a, b) -> dict:
+    """The whole machine's CPU over a level, as a share of all its cores: busy (the servers, the client and
+    anything else) and stolen by the hypervisor (`steal`, Linux). Small models on vLLM are CPU-bound
+    (≈ 2 ms a token at c1), so an A/A difference with high steal is the host's, not the engine's."""
+    total = sum(b) - sum(a)
+    if total <= 0:
+        return {}
+    idle = (b.idle - a.idle) + (getattr(b, "iowait", 0) - getattr(a, "iowait", 0))
+    out = {"host_cpu_pct": 100 * (total - idle) / total}
+    if hasattr(b, "steal"):
+        out["host_steal_pct"] = 100 * (b.steal - a.steal) / total
+    return out
 
 
 def _merge_extras(extras: list[dict]) -> dict:

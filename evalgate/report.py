@@ -28,7 +28,8 @@ FIDELITY = [("fidelity/kl_mean", "KL", "{:.2g}"), ("fidelity/top1_agreement", "t
 LEVEL_COLS = [("output_throughput", "tok/s", "{:.1f}"), ("request_goodput", "goodput", "{:.2f}"),
               ("median_ttft_ms", "TTFT p50", "{:.1f}"), ("median_tpot_ms", "TPOT p50", "{:.2f}"),
               ("p99_e2el_ms", "E2EL p99", "{:.0f}"), ("ci_pct", "±% (95 %)", "{:.1f}"),
-              ("client_cpu_pct", "client CPU %", "{:.0f}")]
+              ("client_cpu_pct", "client CPU %", "{:.0f}"), ("host_cpu_pct", "host CPU %", "{:.0f}"),
+              ("host_steal_pct", "steal %", "{:.1f}")]
 
 
 def _fmt(v, f: str) -> str:

@@ -273,3 +273,16 @@ def test_failed_requests_are_said_out_loud(tmp_path, capsys):
     ok.stats = dict
     runner.profile(job, ok)
     assert "failed" not in capsys.readouterr().out
+
+
+def test_host_share_is_busy_and_stolen_cpu_over_all_cores():
+    """A level's host CPU: (busy, steal) as a share of every core's time, from two psutil.cpu_times()."""
+    from collections import namedtuple
+
+    from evalgate.profile import _host_share
+
+    T = namedtuple("T", "user system idle iowait steal")
+    a, b = T(100, 50, 800, 10, 5), T(130, 60, 850, 10, 15)   # 100 core-seconds: 50 busy (10 of them stolen), 50 idle
+    out = _host_share(a, b)
+    assert out == {"host_cpu_pct": 50.0, "host_steal_pct": 10.0}
+    assert _host_share(a, a) == {}
