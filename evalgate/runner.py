@@ -358,6 +358,9 @@ def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
             again = out.profile(sweep)
             if again is not None:
                 metrics.update(aa_floor(prof, again, sweep))
+                # the host's steal in that sweep too: the report names the levels a shared host disturbed
+                metrics.update({f"sweep_{sweep}/{k}": v for k, v in again["summary"].items()
+                                if k.endswith("/host_steal_pct")})
     metrics.update({f"time/{k}": v for k, v in {**q["times"], **times}.items()})
     out.write_metrics(metrics)
     out.succeed(q.get("early"))

@@ -218,6 +218,11 @@ def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
     # the A/A sweep's own values go to MLflow apart from `aa/…`, which finish() fills with the difference in %
     keys = {k for m in logged for k in m}
     assert "sweep_aa/c1/output_throughput" in keys and not any(k.startswith("aa/") for k in keys)
+    # finish(): the difference in % per metric, and the A/A sweep's host steal per level (the report's note)
+    job.tracker = None
+    metrics = runner.finish(job, {})
+    assert "aa/c1/output_throughput" in metrics
+    assert "c1/host_steal_pct" in metrics and "sweep_aa/c1/host_steal_pct" in metrics
 
 
 def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():

@@ -55,3 +55,18 @@ def test_headline_names_the_variants_inside_the_noise_of_the_best():
         "**Best accepted variant (by `output_throughput`): `batch4`**; no difference from `baseline`, `int8` "
         "within this run's noise")
     assert best_line({"best": None}, "output_throughput") == "**No variant was accepted.**"
+
+
+def test_levels_the_host_disturbed_are_named_beside_the_noise_floor():
+    """A level whose either baseline sweep lost ≥ 0.5 % of the host's CPU to the hypervisor is named (the
+    H100 runs of 2026-11-26: the slow sweep of an A/A pair was the one with steal); quiet levels are not."""
+    from evalgate.report import _host_steal
+
+    results = {"baseline": {"metrics": {"c1/host_steal_pct": 2.36, "sweep_aa/c1/host_steal_pct": 0.02,
+                                        "c16/host_steal_pct": 0.06, "sweep_aa/c16/host_steal_pct": 0.74,
+                                        "c128/host_steal_pct": 0.05, "sweep_aa/c128/host_steal_pct": 0.01}}}
+    text = "\n".join(_host_steal(results))
+    assert "c1 (first 2.36 %, aa 0.02 %)" in text and "c16 (first 0.06 %, aa 0.74 %)" in text
+    assert "c128" not in text
+    quiet = {"baseline": {"metrics": {"c1/host_steal_pct": 0.1, "sweep_aa/c1/host_steal_pct": 0.2}}}
+    assert _host_steal(quiet) == [] and _host_steal({}) == []
