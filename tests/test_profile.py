@@ -193,12 +193,18 @@ def test_workload_rows_to_vllm_bench_inputs():
     assert open_loop["ignore_eos"] is True
 
 
-def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path):
+def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path, monkeypatch):
     """The baseline's second (A/A) sweep runs its rate levels at the first sweep's peak, not its own."""
+    from collections import namedtuple
     from types import SimpleNamespace
 
-    from evalgate import runner
+    from evalgate import profile, runner
     from evalgate.results import VariantResults
+
+    # the host's CPU times as a clock that always moves (a fake level can end inside one real clock tick)
+    ticks = iter(range(1, 10**6))
+    T = namedtuple("T", "user system idle iowait steal")
+    monkeypatch.setattr(profile, "_host_cpu", lambda: (lambda t: T(t, 0, t, 0, t))(next(ticks)))
 
     wl = tmp_path / "workload.jsonl"
     wl.write_text("".join(json.dumps(r) + "\n" for r in REQS))
