@@ -151,7 +151,7 @@ def _host_steal(results: dict) -> list[str]:
     m = results.get(BASELINE, {}).get("metrics", {})
     hit = []
     for k, first in m.items():
-        if "/" not in k or not k.endswith("/host_steal_pct") or k.startswith("sweep_"):
+        if not k.endswith("/host_steal_pct") or k.startswith("sweep_"):
             continue
         level = k.split("/")[0]
         again = {s: m.get(f"sweep_{s}/{k}") for s in AGAIN if f"sweep_{s}/{k}" in m}
