@@ -161,3 +161,24 @@ def test_every_variant_family_is_accepted_side_by_side(model, tmp_path):
     finally:
         for srv in servers.values():
             srv.stop()
+
+
+def test_prompt_logprobs_under_draft_speculation_are_the_plain_servers(served, model, tmp_path):
+    """Greedy speculation is lossless and prompt log-probs come from the target alone, so a draft server
+    must return the plain server's. vLLM 0.24.0 did not always (vllm#53488: the drafter overwrote the
+    target's hidden states first; gpu/patch_vllm.py backports the fix, bench/spec_logprobs.py measures it):
+    one prompt at a time, where the corruption showed, up to the CUDA-graph limit and past it."""
+    from transformers import AutoTokenizer
+
+    from bench.spec_logprobs import differences, prompt_texts
+    from evalgate.config import parse_variant
+
+    engine, plain, _ = served
+    spec, _ = model
+    texts = prompt_texts(AutoTokenizer.from_pretrained(spec.id), 24, longest=900)
+    with engine.serve(spec, parse_variant("draft", {"speculative": {"method": "draft", "num_tokens": 3}}),
+                      tmp_path) as draft:
+        ref = [plain.prompt_logprobs([t], 1)[0]["top_logprobs"][:, 0] for t in texts]
+        got = [draft.prompt_logprobs([t], 1)[0]["top_logprobs"][:, 0] for t in texts]
+    diff = differences(ref, got)
+    assert (diff <= 0.1).all(), f"{int((diff > 0.1).sum())} of {len(texts)} prompts differ, by up to {diff.max():.2f} nats"

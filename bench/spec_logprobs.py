@@ -1,0 +1,178 @@
+"""Do a draft-speculative vLLM server's prompt log-probs equal the plain server's? (vLLM #53488)
+
+Greedy speculation is lossless, and prompt log-probs come from the target model alone, so a `draft`
+server must return the baseline's prompt log-probs (up to bf16 batch noise). vLLM 0.24.0 does not always:
+its padded drafter can overwrite the target's hidden states before prompt log-probs are read from them
+(gpu/patch_vllm.py says how, and backports the fix). This serves one model three ways side by side — plain,
+draft-speculative with the backport, and (`--unpatched`) draft-speculative on vLLM's own code — sends every
+server the same prompts (16 to 1,500 tokens) at concurrency 1, 16 and 64, and counts the prompts whose
+log-probs differ from the plain server's first round by more than `--tol` nats at any position. The plain
+server's own later rounds are the noise floor.
+
+    python3 bench/spec_logprobs.py [--unpatched] [--model DIR --draft DIR] [--out FILE.json]
+
+On the GPU host with the bundle installed (gpu/README.md). Without --model it builds a random-weight
+target and draft of the GPU fixture's shapes with the toy tokenizer (the fault does not depend on weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpu.patch_vllm import FILE as RUNNER  # noqa: E402
+from gpu.patch_vllm import reverted  # noqa: E402
+
+OPTS = {"seed": 0, "kv_cache_memory_gb": 2, "server_overhead_gb": 3, "max_model_len": 4096, "start_timeout_s": 900,
+        "engine_args": {"max_num_seqs": 256}}
+DRAFT = {"speculative": {"method": "draft", "num_tokens": 4}}
+HELDOUT = {"add": 0, "copy": 0, "recall": 0, "sentence": 0}
+
+
+def unpatched_site(vllm_dir: Path, dest: Path) -> Path:
+    """A site folder whose `vllm` is the installed one with vLLM's own model runner: symlinks to every
+    file but the patched one, which is written back as vLLM shipped it. Put first on PYTHONPATH."""
+    target = Path(RUNNER)
+    parts = target.parts[1:]          # below vllm/
+    src, out = vllm_dir, dest / "vllm"
+    for i, part in enumerate(parts):
+        out.mkdir(parents=True, exist_ok=True)
+        for entry in src.iterdir():
+            if entry.name != part and not (out / entry.name).exists():
+                (out / entry.name).symlink_to(entry.resolve())
+        if i == len(parts) - 1:
+            (out / part).write_text(reverted((src / part).read_text()))
+        src, out = src / part, out / part
+    return dest
+
+
+def prompt_texts(tok, n: int, seed: int = 0, longest: int = 1500) -> list[str]:
+    """n texts of the toy corpus's lines, from 16 to `longest` tokens (the CUDA-graph capture limit is
+    512: prompts below it run in graphs, those above eagerly)."""
+    from evalgate.toymodel.corpus import Corpus
+
+    lines = Corpus(seed, HELDOUT, add_digits=[1, 3, 1], copy_words=[3, 12], recall_pairs=[2, 4]).tokenizer_text(20000)
+    rng = np.random.default_rng(seed)
+    lengths = np.geomspace(16, longest, n).astype(int)
+    texts, j = [], 0
+    for want in rng.permutation(lengths):
+        text = ""
+        while len(tok(text)["input_ids"]) < want:
+            text += lines[j % len(lines)] + "\n"
+            j += 1
+        texts.append(text)
+    return texts
+
+
+def differences(ref: list[np.ndarray], got: list[np.ndarray]) -> np.ndarray:
+    """Per prompt: the largest |difference| of the top-1 log-prob over its positions (inf: lengths differ)."""
+    return np.array([float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else float("inf")
+                     for a, b in zip(ref, got)])
+
+
+def summary(diff: np.ndarray, lengths: list[int], tol: float) -> dict:
+    bad = diff > tol
+    return {"prompts": int(diff.size), "differ": int(bad.sum()), "max_diff": float(diff.max()),
+            "p50_diff": float(np.median(diff)),
+            "differ_at_most_512_tokens": int(sum(b for b, n in zip(bad, lengths) if n <= 512)),
+            "differ_over_512_tokens": int(sum(b for b, n in zip(bad, lengths) if n > 512))}
+
+
+def random_models(d: Path) -> tuple[str, str]:
+    """A random target and draft with the GPU fixture's shapes (conf/fixture/gpu.yaml) and the toy tokenizer."""
+    import torch
+    import yaml
+
+    from evalgate.toymodel.corpus import Corpus
+    from evalgate.toymodel.tokenizer import train_tokenizer
+    from evalgate.toymodel.train import new_model
+
+    fx = yaml.safe_load((ROOT / "conf/fixture/gpu.yaml").read_text())
+    c = Corpus(0, HELDOUT, add_digits=[1, 3, 1], copy_words=[3, 12], recall_pairs=[2, 4])
+    tok = train_tokenizer(c.tokenizer_text(4000), fx["tokenizer"]["vocab_size"])
+    for name in ("target", "draft"):
+        torch.manual_seed(0)
+        m = new_model(fx[name], tok, name).to(torch.bfloat16)
+        m.save_pretrained(d / name)
+        tok.save_pretrained(d / name)
+    return str(d / "target"), str(d / "draft")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model"), ap.add_argument("--draft")
+    ap.add_argument("--unpatched", action="store_true", help="also serve draft speculation on vLLM's own model runner")
+    ap.add_argument("--prompts", type=int, default=192)
+    ap.add_argument("--tol", type=float, default=0.1, help="nats; bf16 batch noise is far below")
+    ap.add_argument("--out", default="spec_logprobs.json")
+    a = ap.parse_args()
+    import vllm
+    from transformers import AutoTokenizer
+
+    from evalgate.config import ModelSpec, parse_variant
+    from evalgate.engines import get_engine
+    from evalgate.schedule import memory_shares
+
+    work = Path(tempfile.mkdtemp(prefix="spec_logprobs_"))
+    model, draft = (a.model, a.draft) if a.model else random_models(work)
+    spec = ModelSpec(source="local", id=model, draft=draft, dtype="bfloat16")
+    tok = AutoTokenizer.from_pretrained(model)
+    texts = prompt_texts(tok, a.prompts)
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    variants = {"plain": parse_variant("baseline", {}), "draft": parse_variant("draft", DRAFT)}
+    env = {}
+    if a.unpatched:
+        variants["draft_unpatched"] = parse_variant("draft", DRAFT)
+        site = unpatched_site(Path(vllm.__file__).parent, work / "unpatched-site")
+        env["draft_unpatched"] = f"{site}:{os.environ.get('PYTHONPATH', '')}"
+    engine = get_engine("vllm", OPTS)
+    _, total = engine.device_memory()
+    shares = memory_shares({n: engine.memory_need(spec, v) for n, v in variants.items()}, total)
+    servers, t0 = {}, time.perf_counter()
+    saved = os.environ.get("PYTHONPATH", "")
+    try:
+        for n, v in variants.items():
+            (work / n).mkdir()
+            os.environ["PYTHONPATH"] = env.get(n, saved)
+            servers[n] = engine.start(spec, v, work / n, shares[n])
+        os.environ["PYTHONPATH"] = saved
+        eps = {n: s.wait() for n, s in servers.items()}
+        print(f"{len(eps)} servers up in {time.perf_counter() - t0:.0f} s", flush=True)
+
+        def top1(ep, conc: int, subset: list[int]) -> list[np.ndarray]:
+            with ThreadPoolExecutor(conc) as pool:
+                recs = list(pool.map(lambda i: ep.prompt_logprobs([texts[i]], 1)[0], subset))
+            return [r["top_logprobs"][:, 0] for r in recs]
+
+        everything = list(range(len(texts)))
+        rounds = [("c1", 1, everything[::3]), ("c16", 16, everything), ("c64", 64, everything), ("c16_again", 16, everything)]
+        ref = dict(enumerate(top1(eps["plain"], 16, everything)))
+        out = {"vllm": vllm.__version__, "tol_nats": a.tol, "prompt_tokens": lengths, "rounds": {}}
+        for name, conc, subset in rounds:
+            with ThreadPoolExecutor(len(eps)) as pool:   # every server at once: they share the GPU, not the result
+                got = dict(zip(eps, pool.map(top1, eps.values(), [conc] * len(eps), [subset] * len(eps))))
+            sub_len = [lengths[i] for i in subset]
+            out["rounds"][name] = {n: summary(differences([ref[i] for i in subset], g), sub_len, a.tol) for n, g in got.items()}
+            print(name, json.dumps(out["rounds"][name]), flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    for n in servers:   # beside the figures: what each server said (warnings, the speculation's acceptance)
+        shutil.copy(work / n / "server.log", Path(a.out).with_name(f"{Path(a.out).stem}-{n}.log"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
