@@ -9,7 +9,7 @@ server the same prompts (16 to 1,500 tokens) at concurrency 1, 16 and 64, and co
 log-probs differ from the plain server's first round by more than `--tol` nats at any position. The plain
 server's own later rounds are the noise floor.
 
-    python3 bench/spec_logprobs.py [--unpatched] [--model DIR --draft DIR] [--out FILE.json]
+    python3 bench/spec_logprobs.py [--unpatched] [--model DIR --draft DIR [--tasks DIR]] [--out FILE.json]
 
 On the GPU host with the bundle installed (gpu/README.md). Without --model it builds a random-weight
 target and draft of the GPU fixture's shapes with the toy tokenizer (the fault does not depend on weights).
@@ -89,6 +89,41 @@ def summary(diff: np.ndarray, lengths: list[int], tol: float) -> dict:
             "differ_over_512_tokens": int(sum(b for b, n in zip(bad, lengths) if n > 512))}
 
 
+def lm_eval_rounds(eps: dict, tasks_dir: str, rounds: int, tol: float,
+                   tasks=("fx_ppl", "fx_add", "fx_copy", "fx_count")) -> dict:
+    """The path where the faults were seen: lm-eval through each server (every server at once, `rounds`
+    times) against the plain server's first round, per doc: fx_ppl's log-likelihood (a difference over
+    `tol` nats counts) and the greedy answers of the generate tasks (any change counts: greedy speculation
+    is lossless, so a changed answer is the speculation's or the batch numerics')."""
+    from evalgate.evaluate import doc_counts, evaluate_docs, task_manager
+
+    tm = task_manager(list(tasks), tasks_dir)
+    docs = {t: list(range(n)) for t, n in doc_counts(tm, list(tasks)).items()}
+
+    def values(ep) -> dict:
+        rows = evaluate_docs(ep.lm_eval_model(), docs, tm)
+        return {(t, r["doc_id"]): (float(r["word_perplexity"][0]) if "word_perplexity" in r
+                                   else json.dumps(r["filtered_resps"])) for t in rows for r in rows[t]}
+
+    def differs(x, y) -> bool:
+        return abs(x - y) > tol if isinstance(x, float) and isinstance(y, float) else x != y
+
+    ref, out = values(eps["plain"]), {}
+    for k in range(rounds):
+        with ThreadPoolExecutor(len(eps)) as pool:
+            got = dict(zip(eps, pool.map(values, eps.values())))
+        for n, g in got.items():
+            row = {}
+            for t in tasks:
+                keys = [d for d in ref if d[0] == t]
+                bad = [d[1] for d in keys if d not in g or differs(ref[d], g[d])]
+                row[t] = {"docs": len(keys), "differ": len(bad), "first_docs": bad[:5]}
+            out.setdefault(n, []).append(row)
+        print(f"lm-eval round {k}", json.dumps({n: {t: v[-1][t]["differ"] for t in tasks} for n, v in out.items()}),
+              flush=True)
+    return out
+
+
 def random_models(d: Path) -> tuple[str, str]:
     """A random target and draft with the GPU fixture's shapes (conf/fixture/gpu.yaml) and the toy tokenizer."""
     import torch
@@ -116,6 +151,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=192)
     ap.add_argument("--tol", type=float, default=0.1, help="nats; bf16 batch noise is far below")
     ap.add_argument("--out", default="spec_logprobs.json")
+    ap.add_argument("--tasks", help="the fixture's lm-eval tasks (fixtures/tasks): fx_ppl through lm-eval too")
+    ap.add_argument("--lm-eval-rounds", type=int, default=4)
+    ap.add_argument("--doc-tol", type=float, default=0.5, help="nats per document (a sum over its tokens)")
     a = ap.parse_args()
     import vllm
     from transformers import AutoTokenizer
@@ -143,9 +181,9 @@ def main() -> int:
     saved = os.environ.get("PYTHONPATH", "")
     try:
         for n, v in variants.items():
-            (work / n).mkdir()
+            (work / "servers" / n).mkdir(parents=True)
             os.environ["PYTHONPATH"] = env.get(n, saved)
-            servers[n] = engine.start(spec, v, work / n, shares[n])
+            servers[n] = engine.start(spec, v, work / "servers" / n, shares[n])
         os.environ["PYTHONPATH"] = saved
         eps = {n: s.wait() for n, s in servers.items()}
         print(f"{len(eps)} servers up in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -165,12 +203,14 @@ def main() -> int:
             sub_len = [lengths[i] for i in subset]
             out["rounds"][name] = {n: summary(differences([ref[i] for i in subset], g), sub_len, a.tol) for n, g in got.items()}
             print(name, json.dumps(out["rounds"][name]), flush=True)
+        if a.tasks:
+            out["lm_eval"] = lm_eval_rounds(eps, a.tasks, a.lm_eval_rounds, a.doc_tol)
     finally:
         for s in servers.values():
             s.stop()
     Path(a.out).write_text(json.dumps(out, indent=1))
     for n in servers:   # beside the figures: what each server said (warnings, the speculation's acceptance)
-        shutil.copy(work / n / "server.log", Path(a.out).with_name(f"{Path(a.out).stem}-{n}.log"))
+        shutil.copy(work / "servers" / n / "server.log", Path(a.out).with_name(f"{Path(a.out).stem}-{n}.log"))
     return 0
 
 

@@ -460,6 +460,7 @@ class Load(Section):
     burstiness: PositiveFloat = 1.0
     saturation_gain_pct: NonNegFloat = 5.0
     warmup: NonNegInt = 0
+    warmup_each_level: bool = False  # every concurrency level warms with max(warmup, concurrency) requests first
     waves: PositiveInt = 4
     aa: bool = False
     alone_check: bool = False  # scheduled runs: the baseline a third time, every other server stopped

@@ -130,6 +130,26 @@ def test_sweep_climbs_to_saturation_then_rates_at_the_baseline_peak():
     assert "text" in res["levels"][0]["requests"][0] and "text" not in res["levels"][1]["requests"][0]
 
 
+def test_warmup_before_the_first_level_or_a_wave_before_every_level():
+    """`warmup` warms the first level only; `warmup_each_level` sends at least one wave at each level's
+    concurrency before it (its first round only; rate levels have no concurrency to fill)."""
+    def warmups(load):
+        ep = FakeEndpoint(saturate_at=16)
+        P.sweep(ep, REQS, load, {}, False)
+        return [(c["concurrency"] or f"r{c['rate']:.2f}", c["warmup"]) for c in ep.calls if c != "reset"]
+
+    plain = warmups({**LOAD, "warmup": 3})
+    assert [w for _, w in plain] == [3] + [0] * (len(plain) - 1)
+    each = warmups({**LOAD, "warmup": 3, "warmup_each_level": True})
+    firsts = {}
+    for level, w in each:
+        firsts.setdefault(level, w)
+        if firsts[level] != w:
+            assert w == 0   # later rounds of a level: no warm-up
+    assert {k: v for k, v in firsts.items() if isinstance(k, int)} == {1: 3, 2: 3, 4: 4, 8: 8, 16: 16}
+    assert all(v == 0 for k, v in firsts.items() if isinstance(k, str))
+
+
 def test_no_rate_levels_without_a_load_generator():
     ep = FakeEndpoint()
     ep.supports_rate = False
