@@ -211,29 +211,6 @@ time.sleep(3600)
             assert 1 <= took < 5                                  # killed after the grace time
 
 
-def test_the_bundled_vllm_backport_applies_once_reverts_and_refuses_other_source(tmp_path):
-    """gpu/patch_vllm.py (run by install-bundle.sh): vLLM 0.24.0's model runner → bookkeeping reads a copy
-    of the hidden states; applying twice changes nothing; --revert gives vLLM's text back; a source
-    without the anchors (another vLLM) is refused with one line, nothing written."""
-    from gpu.patch_vllm import EDITS, FILE, MARK, main
-
-    source = ("import torch\n\n    def sample_tokens(self):\n" + EDITS[0][0] + "        x = 1\n"
-              "            ) = self._bookkeeping_sync(\n                scheduler_output,\n                sampler_output,\n"
-              + EDITS[1][0] + "            )\n")
-    f = tmp_path / FILE
-    f.parent.mkdir(parents=True)
-    f.write_text(source)
-    assert main([str(tmp_path)]) == 0
-    once = f.read_text()
-    assert MARK in once and once.count("prompt_hidden_states,\n") == 1 and ".clone()" in once
-    assert "                hidden_states,\n" not in once
-    assert main([str(tmp_path)]) == 0 and f.read_text() == once
-    assert main([str(tmp_path), "--revert"]) == 0 and f.read_text() == source
-    f.write_text("import torch\n")
-    assert main([str(tmp_path)]) == 1 and f.read_text() == "import torch\n"
-    assert main([str(tmp_path / "nowhere")]) == 1
-
-
 def test_draft_server_prompt_logprobs_compared_per_prompt():
     """bench/spec_logprobs.py's measure: the largest top-1 log-prob difference per prompt; a prompt
     whose positions differ in number is a difference outright."""

@@ -21,3 +21,29 @@ def test_tracked_tree_fits_beside_a_bundle_part():
     assert size + part <= CARRY_LIMIT, (
         f"tracked files {size / 2**20:.1f} MiB + a {part / 2**20:.1f} MiB bundle part exceed 64 MiB: "
         "gzip logs in docs/results (gpu/collect.py does) or lower PART_BYTES and rebuild the bundle")
+
+
+def test_collect_keeps_the_samples_of_a_variant_a_look_stopped(tmp_path, monkeypatch):
+    """gpu/collect.py: a variant stopped at a sequential look keeps the docs that look evaluated (gzipped),
+    so an odd stop can be checked doc by doc; a variant evaluated in full keeps its metrics only."""
+    import gzip
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "gpu"))
+    import collect
+
+    from evalgate.results import VariantResults
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(collect, "mlflow_runs", lambda: [])
+    row = {"doc_id": 0, "word_perplexity": [-16.5, 11]}
+    for name, early in (("baseline", None), ("draft", {"kind": "sequential", "look": 1})):
+        store = VariantResults(tmp_path / "results" / name)
+        store.write_quality({"metrics": {}, "times": {}, "early": early})
+        store.write_samples({"fx_ppl": [row]})
+    monkeypatch.setattr(sys, "argv", ["collect.py", "--seconds", "1", "--command", "test", "--out", str(tmp_path / "out")])
+    assert collect.main() == 0
+    got = tmp_path / "out/variants"
+    assert json.loads(gzip.decompress((got / "draft/samples_fx_ppl.jsonl.gz").read_bytes())) == row
+    assert not list((got / "baseline").glob("samples_*"))
