@@ -232,7 +232,8 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
 
         seq = sequential.evaluate_in_looks(
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
-            base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed)
+            base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed,
+            repeat=lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed))   # a stop is re-asked, uncached
         if not seq["stopped"]:
             quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
             return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
@@ -240,7 +241,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     total = sum(counts.values())
     base_eval = baseline()["metrics"].get("time/eval_s")
     early = {k: seq[k] for k in ("reason", "check", "look", "looks", "fraction", "alpha_per_look",
-                                 "docs_evaluated", "eval_s")}
+                                 "docs_evaluated", "eval_s", "repeat") if k in seq}
     early.update(kind="sequential", docs_total=total, docs_saved=total - seq["docs_evaluated"],
                  eval_s_saved=None if base_eval is None else max(0.0, base_eval - seq["eval_s"]))
     quality = {"sequential/stopped": 1.0, "sequential/look": float(seq["look"]),

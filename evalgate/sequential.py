@@ -70,12 +70,15 @@ def interim_check(thresholds: tuple[Threshold, ...], base: dict, base_rows: dict
 
 def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
                       baseline: Callable[[], tuple[dict, dict[str, list[dict] | None]] | None],
-                      thresholds: tuple[Threshold, ...], looks: list[float], alpha: float = 0.01, seed: int = 0) -> dict:
+                      thresholds: tuple[Threshold, ...], looks: list[float], alpha: float = 0.01, seed: int = 0,
+                      repeat: Callable[[dict[str, list[int]]], dict[str, list[dict]]] | None = None) -> dict:
     """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
     just those docs; `baseline()` returns the baseline's result and samples (evalgate.results), or None
     (nothing to compare with: no look stops); it is called once, after the first look's docs are
     evaluated, so that evaluation need not wait for the baseline's. `alpha` is split over the looks.
-    Returns the outcome (`stopped`, counts, timings, and `rows`: every logged sample)."""
+    `repeat` (like `evaluate_docs`, bypassing any request cache): a stop's task is evaluated again on the
+    same docs first (`repeat_check`). Returns the outcome (`stopped`, counts, timings, `rows`: every logged
+    sample, a repeat's under `<task>.repeat`)."""
     looks = list(looks)
     alpha = alpha / len(looks)
     rows: dict[str, list[dict]] = {t: [] for t in n_docs}
@@ -95,7 +98,48 @@ def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, 
         out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,
                "eval_s": time.perf_counter() - t0, "rows": rows}
         if check:
-            return {**out, "stopped": True, "check": check,
-                    "reason": f"stopped early at look {k} of {len(looks)} ({frac:.0%} of the docs, "
-                              f"α = {alpha:g} per look): {check['reason']}"}
+            reason = (f"stopped early at look {k} of {len(looks)} ({frac:.0%} of the docs, α = {alpha:g} per look): "
+                      f"{check['reason']}")
+            again = None
+            if repeat is not None:
+                again = repeat_check(repeat, check, rows, thresholds, base, base_rows, alpha, seed)
+                rows[f"{again['task']}.repeat"] = again.pop("rows")
+                out["eval_s"] = time.perf_counter() - t0
+                if not again["reproduced"]:
+                    reason += (f"; not reproducible: the same {again['docs']} docs evaluated again scored "
+                               f"{again['changed_docs']} differently ({again['outcome']}), so the engine's results "
+                               f"vary between identical greedy requests")
+            return {**out, "stopped": True, "check": check, "reason": reason, **({"repeat": again} if again else {})}
     return {**out, "stopped": False}
+
+
+def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thresholds: tuple[Threshold, ...],
+                 base: dict, base_rows: dict, alpha: float, seed: int) -> dict:
+    """The stop's task evaluated once more on the same docs, and the look's check on those results.
+    Greedy evaluation of identical requests must give identical results (up to float noise); where it does
+    not, the stop rests on an engine that is not reproducible, and the reason says so (seen on an H100 with
+    vLLM draft speculation: fx_ppl 2.4 worse at a look while every other run of the variant matched the
+    baseline to every digit, docs/results/h100-2026-11-26-18). A repeat costs one task's docs, on a stop only."""
+    task = check["metric"].split("/")[1]
+    docs = sorted(r["doc_id"] for r in rows.get(task, []))
+    again = repeat({task: docs}).get(task, [])
+    metric, flt = (check["metric"].split("/") + ["none"])[2:4]
+    first, then = ({r["doc_id"]: r.get(metric) for r in got if r.get("filter", "none") == flt}
+                   for got in (rows.get(task, []), again))
+    changed = sum(d not in then or not _same(v, then[d]) for d, v in first.items())
+    recheck = interim_check(thresholds, base, base_rows, {**rows, task: again}, alpha, seed)
+    reproduced = recheck is not None and recheck["metric"] == check["metric"]
+    outcome = ("inferior again: " + recheck["reason"]) if reproduced else (
+        "then " + (recheck["reason"] if recheck else "not inferior"))
+    return {"task": task, "docs": len(docs), "changed_docs": changed, "reproduced": reproduced, "outcome": outcome,
+            "rows": again}
+
+
+def _same(a, b, tol: float = 1e-6) -> bool:
+    """One logged per-sample value against another: equal, or floats (also inside lists, e.g. perplexity's
+    [log-likelihood, words]) within a relative `tol`."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol * (1 + abs(a))
+    return a == b

@@ -351,3 +351,55 @@ def test_no_baseline_to_compare_with_means_no_stop(tmp_path):
     out = sequential.evaluate_in_looks(lambda docs: {t: rows(np.zeros(N, bool))[:len(ids)] for t, ids in docs.items()},
                                        {"t": N}, lambda: None, cfg().thresholds, LOOKS, ALPHA, 0)
     assert not out["stopped"] and out["look"] == len(LOOKS)
+
+
+def test_a_stop_is_evaluated_again_and_stands_when_it_reproduces(tmp_path):
+    """A stop's task is evaluated once more on the same docs (uncached); the same results → the stop
+    stands as it was, the repeat's samples kept beside the look's."""
+    rng = np.random.default_rng(0)
+    base = rng.random(N) < 0.9
+    write_baseline(tmp_path, base)
+    served, asked_again = rows(np.zeros(N, bool)), []
+
+    def again(docs):
+        asked_again.append(docs)
+        return {t: [served[i] for i in ids] for t, ids in docs.items()}
+
+    c = cfg()
+    store = VariantResults(tmp_path)
+    plain, _ = simulate(cfg(), tmp_path / "plain", base, np.zeros(N, bool))
+    out = sequential.evaluate_in_looks(lambda docs: {t: [served[i] for i in ids] for t, ids in docs.items()}, {"t": N},
+                                       lambda: (store.load(), {"t": store.samples("t")}), c.thresholds, LOOKS, ALPHA,
+                                       c.seed, repeat=again)
+    assert out["stopped"] and out["look"] == 1 and out["reason"] == plain["reason"]
+    assert asked_again == [{"t": sorted(r["doc_id"] for r in out["rows"]["t"])}]
+    rep = out["repeat"]
+    assert (rep["task"], rep["docs"], rep["changed_docs"], rep["reproduced"]) == ("t", N // 4, 0, True)
+    assert rep["outcome"].startswith("inferior again: ") and "rows" not in rep
+    assert out["rows"]["t.repeat"] == out["rows"]["t"]
+
+
+def test_a_stop_that_does_not_reproduce_says_the_engine_is_not_reproducible(tmp_path):
+    """The look's results were wrong (an engine fault: the same greedy requests scored differently the
+    second time, as vLLM draft speculation did on an H100): still rejected, but the reason names it, with
+    the number of docs that changed."""
+    rng = np.random.default_rng(0)
+    base = rng.random(N) < 0.9
+    write_baseline(tmp_path, base)
+    wrong, right = rows(np.zeros(N, bool)), rows(base)
+    c = cfg()
+    store = VariantResults(tmp_path)
+    out = sequential.evaluate_in_looks(lambda docs: {t: [wrong[i] for i in ids] for t, ids in docs.items()}, {"t": N},
+                                       lambda: (store.load(), {"t": store.samples("t")}), c.thresholds, LOOKS, ALPHA,
+                                       c.seed, repeat=lambda docs: {t: [right[i] for i in ids] for t, ids in docs.items()})
+    rep = out["repeat"]
+    look_docs = [r["doc_id"] for r in out["rows"]["t"]]
+    assert out["stopped"] and rep["reproduced"] is False and rep["outcome"] == "then not inferior"
+    assert rep["changed_docs"] == int(base[look_docs].sum()) > 0      # every doc the baseline got right
+    assert f"; not reproducible: the same {N // 4} docs evaluated again scored {rep['changed_docs']} differently" in out["reason"]
+
+
+def test_same_compares_logged_values_with_float_tolerance():
+    assert sequential._same([-16.5, 11], [-16.5 + 1e-9, 11]) and not sequential._same([-16.5, 11], [-14.0, 11])
+    assert sequential._same(1.0, 1) and not sequential._same(1.0, 0.0) and sequential._same("a", "a")
+    assert not sequential._same([1.0], [1.0, 2.0]) and not sequential._same(None, 1.0)
