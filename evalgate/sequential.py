@@ -121,7 +121,7 @@ def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thr
     vLLM draft speculation: fx_ppl 2.4 worse at a look while every other run of the variant matched the
     baseline to every digit, docs/results/h100-2026-11-26-18). A repeat costs one task's docs, on a stop only."""
     task = check["metric"].split("/")[1]
-    docs = sorted(r["doc_id"] for r in rows.get(task, []))
+    docs = sorted({r["doc_id"] for r in rows.get(task, [])})   # one row per filter: each doc once
     again = repeat({task: docs}).get(task, [])
     metric, flt = (check["metric"].split("/") + ["none"])[2:4]
     first, then = ({r["doc_id"]: r.get(metric) for r in got if r.get("filter", "none") == flt}

@@ -403,3 +403,24 @@ def test_same_compares_logged_values_with_float_tolerance():
     assert sequential._same([-16.5, 11], [-16.5 + 1e-9, 11]) and not sequential._same([-16.5, 11], [-14.0, 11])
     assert sequential._same(1.0, 1) and not sequential._same(1.0, 0.0) and sequential._same("a", "a")
     assert not sequential._same([1.0], [1.0, 2.0]) and not sequential._same(None, 1.0)
+
+
+def test_repeat_asks_each_doc_once_and_compares_the_checked_filter(tmp_path):
+    """A generate task logs one row per filter: the repeat asks for each doc once, and counts changes on
+    the filter the stop's metric names only."""
+    rng = np.random.default_rng(0)
+    base = rng.random(N) < 0.9
+    write_baseline(tmp_path, base)
+    store = VariantResults(tmp_path)
+    look = [{**r, "filter": f} for r in rows(np.zeros(8, bool)) for f in ("none", "other")]
+    asked = []
+
+    def repeat(docs):
+        asked.append(docs)
+        return {"t": [{**r, "acc": 1.0 if r["filter"] == "other" else r["acc"]} for r in look]}
+
+    check = {"metric": KEY}
+    c = cfg()
+    out = sequential.repeat_check(repeat, check, {"t": look}, c.thresholds, store.load(), {"t": store.samples("t")},
+                                  ALPHA, c.seed)
+    assert asked == [{"t": list(range(8))}] and out["changed_docs"] == 0 and out["docs"] == 8
