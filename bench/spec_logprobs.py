@@ -37,12 +37,17 @@ DRAFT = {"speculative": {"method": "draft", "num_tokens": 4}}
 HELDOUT = {"add": 0, "copy": 0, "recall": 0, "sentence": 0}
 
 
+def _corpus(seed: int = 0):
+    """The toy corpus (no held-out items: only its lines are wanted)."""
+    from evalgate.toymodel.corpus import Corpus
+
+    return Corpus(seed, HELDOUT, add_digits=[1, 3, 1], copy_words=[3, 12], recall_pairs=[2, 4])
+
+
 def prompt_texts(tok, n: int, seed: int = 0, longest: int = 1500) -> list[str]:
     """n texts of the toy corpus's lines, from 16 to `longest` tokens (the CUDA-graph capture limit is
     512: prompts below it run in graphs, those above eagerly)."""
-    from evalgate.toymodel.corpus import Corpus
-
-    lines = Corpus(seed, HELDOUT, add_digits=[1, 3, 1], copy_words=[3, 12], recall_pairs=[2, 4]).tokenizer_text(20000)
+    lines = _corpus(seed).tokenizer_text(20000)
     rng = np.random.default_rng(seed)
     lengths = np.geomspace(16, longest, n).astype(int)
     texts, j = [], 0
@@ -109,13 +114,11 @@ def random_models(d: Path) -> tuple[str, str]:
     import torch
     import yaml
 
-    from evalgate.toymodel.corpus import Corpus
     from evalgate.toymodel.tokenizer import train_tokenizer
     from evalgate.toymodel.train import new_model
 
     fx = yaml.safe_load((ROOT / "conf/fixture/gpu.yaml").read_text())
-    c = Corpus(0, HELDOUT, add_digits=[1, 3, 1], copy_words=[3, 12], recall_pairs=[2, 4])
-    tok = train_tokenizer(c.tokenizer_text(4000), fx["tokenizer"]["vocab_size"])
+    tok = train_tokenizer(_corpus().tokenizer_text(4000), fx["tokenizer"]["vocab_size"])
     for name in ("target", "draft"):
         torch.manual_seed(0)
         m = new_model(fx[name], tok, name).to(torch.bfloat16)

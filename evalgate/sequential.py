@@ -24,6 +24,7 @@ import numpy as np
 from evalgate import gate
 from evalgate.config import Threshold
 from evalgate.metrics import gate_metric_key
+from evalgate.results import sample_values
 
 
 def enabled(sequential: dict | None) -> bool:
@@ -124,8 +125,7 @@ def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thr
     docs = sorted({r["doc_id"] for r in rows.get(task, [])})   # one row per filter: each doc once
     again = repeat({task: docs}).get(task, [])
     metric, flt = (check["metric"].split("/") + ["none"])[2:4]
-    first, then = ({r["doc_id"]: r.get(metric) for r in got if r.get("filter", "none") == flt}
-                   for got in (rows.get(task, []), again))
+    first, then = sample_values(rows.get(task, []), metric, flt), sample_values(again, metric, flt)
     changed = sum(d not in then or not _same(v, then[d]) for d, v in first.items())
     recheck = interim_check(thresholds, base, base_rows, {**rows, task: again}, alpha, seed)
     reproduced = recheck is not None and recheck["metric"] == check["metric"]

@@ -90,13 +90,14 @@ def main() -> int:
                 write_gz(dst / f"{f}.gz", (d / f).read_bytes())
             elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
-        if ((VariantResults(d).quality() or {}).get("early") or {}).get("kind") == "sequential":
+        store = VariantResults(d)
+        if ((store.quality() or {}).get("early") or {}).get("kind") == "sequential":
             # a look stopped it: the docs it evaluated, per sample, to recompute or inspect the stop (small:
             # a look is a quarter or half of the docs; a full evaluation's samples stay on the host)
             for f in sorted(d.glob("samples_*.jsonl")):
                 write_gz(dst / f"{f.name}.gz", f.read_bytes())
         for sweep in ("", *AGAIN):   # the levels' summaries, without the per-request records; the
-            prof = VariantResults(d).profile(sweep)   # baseline's A/A and alone sweeps as measured
+            prof = store.profile(sweep)   # baseline's A/A and alone sweeps as measured
             if prof is not None:
                 (dst / f"levels{'_' + sweep if sweep else ''}.json").write_text(json.dumps(
                     [{k: v for k, v in lv.items() if k != "requests"} for lv in prof["levels"]], indent=1))
