@@ -9,6 +9,7 @@ batch builder, kernel launches) shows a low busy share, one bound by attention s
 
     python bench/fixture_train.py [--fixture conf/fixture/gpu.yaml] [--model target] [--steps 60] [--out F.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,27 @@ def main(argv: list[str] | None = None) -> int:
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     top = sorted(events, key=lambda e: getattr(e, key, 0) or 0, reverse=True)
     busy_us = sum(getattr(e, key, 0) or 0 for e in events if device.type != "cuda" or e.device_type.name == "CUDA")
-    rows = [{"op": e.key[:70], "ms_per_step": round((getattr(e, key, 0) or 0) / 1e3 / a.profile_steps, 2),
-             "calls_per_step": round(e.count / a.profile_steps, 1)} for e in top[:20]]
+    rows = [
+        {
+            "op": e.key[:70],
+            "ms_per_step": round((getattr(e, key, 0) or 0) / 1e3 / a.profile_steps, 2),
+            "calls_per_step": round(e.count / a.profile_steps, 1),
+        }
+        for e in top[:20]
+    ]
     tokens = mcfg["batch_size"] * mcfg["seq_len"]
-    result = {"fixture": a.fixture, "model": a.model, "device": torch.cuda.get_device_name() if device.type == "cuda"
-              else "cpu", "bf16": bf16, "steps": a.steps, "s_per_step": round(wall / a.steps, 4),
-              "tokens_per_step": tokens, "profiled_s_per_step": round(prof_wall / a.profile_steps, 4),
-              "device_busy_share": round(busy_us / 1e6 / prof_wall, 3) if device.type == "cuda" else None,
-              "top_ops": rows}
+    result = {
+        "fixture": a.fixture,
+        "model": a.model,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "bf16": bf16,
+        "steps": a.steps,
+        "s_per_step": round(wall / a.steps, 4),
+        "tokens_per_step": tokens,
+        "profiled_s_per_step": round(prof_wall / a.profile_steps, 4),
+        "device_busy_share": round(busy_us / 1e6 / prof_wall, 3) if device.type == "cuda" else None,
+        "top_ops": rows,
+    }
     print(json.dumps({k: v for k, v in result.items() if k != "top_ops"}))
     for r in rows:
         print(f"  {r['ms_per_step']:9.2f} ms/step  {r['calls_per_step']:7.1f} calls  {r['op']}")
