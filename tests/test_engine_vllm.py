@@ -44,6 +44,18 @@ def test_speculative_configs():
         "method": "draft_model", "model": "/d", "num_speculative_tokens": 3}
 
 
+def test_engine_args_speculative_config_is_merged_into_the_one_flag():
+    a = args_of({"speculative": {"method": "draft", "num_tokens": 4},
+                 "engine_args": {"speculative_config": {"disable_padded_drafter_batch": True}, "max_num_seqs": 8}})
+    assert a.count("--speculative-config") == 1
+    assert json.loads(a[a.index("--speculative-config") + 1]) == {
+        "method": "draft_model", "model": "/d", "num_speculative_tokens": 4, "disable_padded_drafter_batch": True}
+    assert a[a.index("--max-num-seqs") + 1] == "8"
+    # without a speculative method it is the user's own speculative config, passed as given
+    a = args_of({"engine_args": {"speculative_config": {"method": "ngram", "num_speculative_tokens": 2}}})
+    assert json.loads(a[a.index("--speculative-config") + 1]) == {"method": "ngram", "num_speculative_tokens": 2}
+
+
 def test_prequantized_checkpoints_add_no_flag():
     for m in ("w4a16", "w8a8", "checkpoint"):
         q = {"method": m, **({"path": "/ckpt"} if m == "checkpoint" else {})}  # a checkpoint needs its path

@@ -68,15 +68,20 @@ def serve_args(model_path: str, draft_path: str | None, variant: Variant, option
     if variant.dtype:
         args += ["--dtype", variant.dtype]
     args += QUANT[variant.quantization["method"]] + KV[variant.kv_cache["dtype"]]
+    extra = {**options.get("engine_args", {}), **variant.engine_args}
+    # engine_args' speculative_config: vLLM's own keys (disable_padded_drafter_batch…), merged into the
+    # one --speculative-config this builds rather than passed as a second flag that would replace it
+    spec = dict(extra.pop("speculative_config", None) or {})
     sp = variant.speculative
     if sp["method"] == "ngram":
         spec = {"method": "ngram", "num_speculative_tokens": sp["num_tokens"],
-                "prompt_lookup_max": sp.get("lookup_max", sp["num_tokens"]), "prompt_lookup_min": sp.get("lookup_min", 1)}
-        args += ["--speculative-config", json.dumps(spec)]
+                "prompt_lookup_max": sp.get("lookup_max", sp["num_tokens"]),
+                "prompt_lookup_min": sp.get("lookup_min", 1), **spec}
     elif sp["method"] == "draft":
-        args += ["--speculative-config", json.dumps({"method": "draft_model", "model": draft_path,
-                                                     "num_speculative_tokens": sp["num_tokens"]})]
-    for k, v in {**options.get("engine_args", {}), **variant.engine_args}.items():
+        spec = {"method": "draft_model", "model": draft_path, "num_speculative_tokens": sp["num_tokens"], **spec}
+    if spec:
+        args += ["--speculative-config", json.dumps(spec)]
+    for k, v in extra.items():
         args += _flag(k, v)
     return args
 
