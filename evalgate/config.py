@@ -355,6 +355,9 @@ class Sequential(Section):
     enabled: bool = False
     looks: list[Fraction] = []
     alpha: Alpha = 0.01
+    # a stop whose repeat (the same docs asked again) is not inferior: evaluate on (the check uses the
+    # repeat, the full evaluation runs uncached, the verdict carries a warning), or reject the variant
+    on_unreproducible: Literal["evaluate_on", "reject"] = "evaluate_on"
 
     @field_validator("looks")
     @classmethod

@@ -233,15 +233,24 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
         seq = sequential.evaluate_in_looks(
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
             base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed,
-            repeat=lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed))   # a stop is re-asked, uncached
+            repeat=lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),   # a stop is re-asked, uncached
+            on_unreproducible=looks.get("on_unreproducible", "evaluate_on"))
+        unreproducible = seq.get("unreproducible") or []
+        if unreproducible:   # identical requests answered differently: both answers kept for a reviewer
+            out.write_samples({t: r for t, r in seq["rows"].items() if t.endswith(".unreproduced")})
+            out.write("unreproducible.json", unreproducible)
         if not seq["stopped"]:
-            quality = evaluate(lm, tasks, tasks_index, out, use_cache=cache, **full)
-            return {**quality, "sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}, None
+            # the request cache holds the looks' answers, which the engine did not reproduce: ask afresh
+            quality = evaluate(lm, tasks, tasks_index, out, use_cache=None if unreproducible else cache, **full)
+            extra = {"sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}
+            if unreproducible:
+                extra["sequential/unreproducible_docs"] = float(sum(u["changed_docs"] for u in unreproducible))
+            return {**quality, **extra}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())
     base_eval = baseline()["metrics"].get("time/eval_s")
     early = {k: seq[k] for k in ("reason", "check", "look", "looks", "fraction", "alpha_per_look",
-                                 "docs_evaluated", "eval_s", "repeat") if k in seq}
+                                 "docs_evaluated", "eval_s", "repeat", "unreproducible") if seq.get(k)}
     early.update(kind="sequential", docs_total=total, docs_saved=total - seq["docs_evaluated"],
                  eval_s_saved=None if base_eval is None else max(0.0, base_eval - seq["eval_s"]))
     quality = {"sequential/stopped": 1.0, "sequential/look": float(seq["look"]),

@@ -72,16 +72,22 @@ def interim_check(thresholds: tuple[Threshold, ...], base: dict, base_rows: dict
 def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, list[dict]]], n_docs: dict[str, int],
                       baseline: Callable[[], tuple[dict, dict[str, list[dict] | None]] | None],
                       thresholds: tuple[Threshold, ...], looks: list[float], alpha: float = 0.01, seed: int = 0,
-                      repeat: Callable[[dict[str, list[int]]], dict[str, list[dict]]] | None = None) -> dict:
+                      repeat: Callable[[dict[str, list[int]]], dict[str, list[dict]]] | None = None,
+                      on_unreproducible: str = "evaluate_on") -> dict:
     """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
     just those docs; `baseline()` returns the baseline's result and samples (evalgate.results), or None
     (nothing to compare with: no look stops); it is called once, after the first look's docs are
     evaluated, so that evaluation need not wait for the baseline's. `alpha` is split over the looks.
     `repeat` (like `evaluate_docs`, bypassing any request cache): a stop's task is evaluated again on the
-    same docs first (`repeat_check`). Returns the outcome (`stopped`, counts, timings, `rows`: every logged
-    sample, a repeat's under `<task>.repeat`)."""
+    same docs first (`repeat_check`). A stop the repeat reproduces stands. One it does not is an engine
+    that answers identical greedy requests differently: with `on_unreproducible` "evaluate_on" the look
+    is checked on the repeat and the looks go on (`unreproducible` lists each such look; the first answers
+    are kept under `<task>.unreproduced`), with "reject" the stop stands and its reason says it was not
+    reproducible. Returns the outcome (`stopped`, counts, timings, `unreproducible`, `rows`: every logged
+    sample, a reproduced stop's repeat under `<task>.repeat`)."""
     looks = list(looks)
     alpha = alpha / len(looks)
+    unreproducible: list[dict] = []   # looks whose stop the repeat did not reproduce (on_unreproducible)
     rows: dict[str, list[dict]] = {t: [] for t in n_docs}
     seen: dict[str, set] = {t: set() for t in n_docs}
     t0 = time.perf_counter()
@@ -98,14 +104,29 @@ def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, 
         used = sum(len(s) for s in seen.values())
         out = {"look": k, "looks": len(looks), "fraction": frac, "alpha_per_look": alpha, "docs_evaluated": used,
                "eval_s": time.perf_counter() - t0, "rows": rows}
+        repeated: set[str] = set()   # a task is asked again at most once per look
+        again = None
+        while check and repeat is not None and check["metric"].split("/")[1] not in repeated:
+            again = repeat_check(repeat, check, rows, thresholds, base, base_rows, alpha, seed)
+            repeated.add(again["task"])
+            out["eval_s"] = time.perf_counter() - t0
+            if again["reproduced"] or on_unreproducible == "reject":
+                break
+            # not reproducible: the first answers are not the engine's reproducible ones, so the look's
+            # check uses the repeat's and the evaluation goes on (evalgate.runner then evaluates uncached)
+            task, kept = again["task"], rows.get(f"{again['task']}.unreproduced", [])
+            done = {r["doc_id"] for r in kept}   # an earlier look's first answers stay; this look's join them
+            rows[f"{task}.unreproduced"] = kept + [r for r in rows[task] if r["doc_id"] not in done]
+            rows[task] = again.pop("rows")
+            unreproducible.append({"look": k, **{x: again[x] for x in ("task", "docs", "changed_docs", "outcome")}})
+            again = None
+            check = interim_check(thresholds, base, base_rows, rows, alpha, seed)
+        out["unreproducible"] = unreproducible
         if check:
             reason = (f"stopped early at look {k} of {len(looks)} ({frac:.0%} of the docs, α = {alpha:g} per look): "
                       f"{check['reason']}")
-            again = None
-            if repeat is not None:
-                again = repeat_check(repeat, check, rows, thresholds, base, base_rows, alpha, seed)
+            if again is not None:
                 rows[f"{again['task']}.repeat"] = again.pop("rows")
-                out["eval_s"] = time.perf_counter() - t0
                 if not again["reproduced"]:
                     reason += (f"; not reproducible: the same {again['docs']} docs evaluated again scored "
                                f"{again['changed_docs']} differently ({again['outcome']}), so the engine's results "

@@ -24,7 +24,7 @@ from evalgate.results import AGAIN, VariantResults  # noqa: E402
 REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
            "curves.png", "output_lengths.png", "timeline.png")
 PER_VARIANT = ("status.json", "metrics.json", "server_cmd.json", "timeline.json", "quality.json", "schedule.json",
-               "error.log", "quality.log")
+               "error.log", "quality.log", "unreproducible.json")
 
 
 def write_gz(path: Path, data: bytes) -> None:
@@ -96,6 +96,8 @@ def main() -> int:
             # a look is a quarter or half of the docs; a full evaluation's samples stay on the host)
             for f in sorted(d.glob("samples_*.jsonl")):
                 write_gz(dst / f"{f.name}.gz", f.read_bytes())
+        for f in sorted(d.glob("samples_*.unreproduced.jsonl")):   # a look's answers its repeat did not bear out
+            write_gz(dst / f"{f.name}.gz", f.read_bytes())
         for sweep in ("", *AGAIN):   # the levels' summaries, without the per-request records; the
             prof = store.profile(sweep)   # baseline's A/A and alone sweeps as measured
             if prof is not None:

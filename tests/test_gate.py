@@ -305,6 +305,20 @@ def test_early_rejection_is_a_rejection_with_its_check():
     assert g["statistics"] == {"alpha": 0.1} and g["best"] == "b"
 
 
+def test_a_variant_whose_look_was_not_reproducible_carries_a_warning_and_keeps_its_verdict():
+    """gate.sequential.on_unreproducible evaluate_on: the verdict is the checks' on the fresh evaluation;
+    the docs that scored differently when asked again are named in a warning (and in the reason)."""
+    g = decide(cfg(), {"baseline": res(0.9, 10), "a": res(0.9, 10, **{"sequential/unreproducible_docs": 21.0}),
+                       "b": res(0.85, 10, **{"sequential/unreproducible_docs": 3.0})})
+    a, b = g["variants"]["a"], g["variants"]["b"]
+    assert a["verdict"] == "accept" and b["verdict"] == "reject"
+    assert a["warnings"] == ["not reproducible: 21 docs scored differently when a look's docs were asked again "
+                             "(results/<variant>/unreproducible.json); its quality is from a fresh evaluation"]
+    assert a["reason"] == "all checks passed; warning: " + a["warnings"][0]
+    assert b["reason"].startswith("lmeval/t/acc/none") and "warning: not reproducible: 3 docs" in b["reason"]
+    assert "warnings" not in g["variants"]["baseline"]
+
+
 def test_best_variant_ranking():
     results = {"baseline": res(0.9, 10, thr=100), "a": res(0.9, 10, thr=150), "b": res(0.9, 10, thr=120)}
     assert decide(cfg(), results)["best"] == "a"

@@ -42,8 +42,15 @@ def test_collect_keeps_the_samples_of_a_variant_a_look_stopped(tmp_path, monkeyp
         store = VariantResults(tmp_path / "results" / name)
         store.write_quality({"metrics": {}, "times": {}, "early": early})
         store.write_samples({"fx_ppl": [row]})
+    evaluated_on = VariantResults(tmp_path / "results" / "draft_eager")   # a look not reproduced, then evaluated on
+    evaluated_on.write_quality({"metrics": {}, "times": {}, "early": None})
+    evaluated_on.write_samples({"fx_ppl": [row], "fx_ppl.unreproduced": [row]})
+    evaluated_on.write("unreproducible.json", [{"look": 1, "task": "fx_ppl", "docs": 50, "changed_docs": 9}])
     monkeypatch.setattr(sys, "argv", ["collect.py", "--seconds", "1", "--command", "test", "--out", str(tmp_path / "out")])
     assert collect.main() == 0
     got = tmp_path / "out/variants"
     assert json.loads(gzip.decompress((got / "draft/samples_fx_ppl.jsonl.gz").read_bytes())) == row
     assert not list((got / "baseline").glob("samples_*"))
+    kept = got / "draft_eager"
+    assert [f.name for f in kept.glob("samples_*")] == ["samples_fx_ppl.unreproduced.jsonl.gz"]
+    assert json.loads((kept / "unreproducible.json").read_text())[0]["changed_docs"] == 9

@@ -122,7 +122,7 @@ def test_each_look_asks_only_for_new_docs(tmp_path):
     out, asked = simulate(cfg(), tmp_path, base, base.copy())
     assert not out["stopped"] and out["docs_evaluated"] == N // 2 and out["look"] == 2
     assert set(out) == {"look", "looks", "fraction", "alpha_per_look", "docs_evaluated", "eval_s", "rows",
-                        "stopped"}
+                        "stopped", "unreproducible"} and out["unreproducible"] == []
     assert [len(a["t"]) for a in asked] == [N // 4, N // 4] and not set(asked[0]["t"]) & set(asked[1]["t"])
     assert len(out["rows"]["t"]) == N // 2
 
@@ -379,22 +379,49 @@ def test_a_stop_is_evaluated_again_and_stands_when_it_reproduces(tmp_path):
     assert out["rows"]["t.repeat"] == out["rows"]["t"]
 
 
-def test_a_stop_that_does_not_reproduce_says_the_engine_is_not_reproducible(tmp_path):
-    """The look's results were wrong (an engine fault: the same greedy requests scored differently the
-    second time, as vLLM draft speculation did on an H100): still rejected, but the reason names it, with
-    the number of docs that changed."""
+def _wrong_first(tmp_path, on_unreproducible):
+    """A variant whose engine answers the looks wrongly the first time and rightly when asked again."""
     rng = np.random.default_rng(0)
     base = rng.random(N) < 0.9
     write_baseline(tmp_path, base)
     wrong, right = rows(np.zeros(N, bool)), rows(base)
+    asked: set[int] = set()
+
+    def first_wrong(docs):   # an engine fault: a doc's first answer wrong, every later one right
+        out = {t: [right[i] if i in asked else wrong[i] for i in ids] for t, ids in docs.items()}
+        asked.update(i for ids in docs.values() for i in ids)
+        return out
+
     c = cfg()
     store = VariantResults(tmp_path)
-    out = sequential.evaluate_in_looks(lambda docs: {t: [wrong[i] for i in ids] for t, ids in docs.items()}, {"t": N},
-                                       lambda: (store.load(), {"t": store.samples("t")}), c.thresholds, LOOKS, ALPHA,
-                                       c.seed, repeat=lambda docs: {t: [right[i] for i in ids] for t, ids in docs.items()})
+    out = sequential.evaluate_in_looks(first_wrong, {"t": N}, lambda: (store.load(), {"t": store.samples("t")}),
+                                       c.thresholds, LOOKS, ALPHA, c.seed, repeat=first_wrong,
+                                       on_unreproducible=on_unreproducible)
+    return out, base
+
+
+def test_a_stop_that_does_not_reproduce_is_not_upheld_and_the_looks_go_on(tmp_path):
+    """The look's results were wrong (an engine fault: the same greedy requests scored differently the
+    second time, as vLLM draft speculation did on an H100, docs/results/h100-2026-11-26-23): by default the
+    look is checked on the repeat and the evaluation goes on, each such look recorded with the count of
+    docs that changed; the first answers are kept."""
+    out, base = _wrong_first(tmp_path, "evaluate_on")
+    assert not out["stopped"] and out["look"] == len(LOOKS)
+    first = out["unreproducible"]
+    assert [u["look"] for u in first] == [1, 2] and {u["task"] for u in first} == {"t"}
+    look1 = sequential.schedule({"t": N}, LOOKS, cfg().seed)[0]["t"]
+    assert first[0]["docs"] == N // 4 and first[0]["changed_docs"] == int(base[look1].sum()) > 0
+    assert first[0]["outcome"] == "then not inferior"
+    assert all(r["acc"] == float(base[r["doc_id"]]) for r in out["rows"]["t"])   # the looks now hold the repeats'
+
+
+def test_a_stop_that_does_not_reproduce_rejects_when_asked_to(tmp_path):
+    """gate.sequential.on_unreproducible: reject keeps the stop, and its reason names the fault with the
+    number of docs that changed."""
+    out, base = _wrong_first(tmp_path, "reject")
     rep = out["repeat"]
     look_docs = [r["doc_id"] for r in out["rows"]["t"]]
-    assert out["stopped"] and rep["reproduced"] is False and rep["outcome"] == "then not inferior"
+    assert out["stopped"] and out["look"] == 1 and rep["reproduced"] is False and out["unreproducible"] == []
     assert rep["changed_docs"] == int(base[look_docs].sum()) > 0      # every doc the baseline got right
     assert f"; not reproducible: the same {N // 4} docs evaluated again scored {rep['changed_docs']} differently" in out["reason"]
 
@@ -424,3 +451,48 @@ def test_repeat_asks_each_doc_once_and_compares_the_checked_filter(tmp_path):
     out = sequential.repeat_check(repeat, check, {"t": look}, c.thresholds, store.load(), {"t": store.samples("t")},
                                   ALPHA, c.seed)
     assert asked == [{"t": list(range(8))}] and out["changed_docs"] == 0 and out["docs"] == 8
+
+
+@pytest.mark.parametrize("policy", ["evaluate_on", "reject"])
+def test_the_variants_run_evaluates_afresh_after_an_unreproduced_look(tmp_path, monkeypatch, policy):
+    """evalgate.runner with gate.sequential.on_unreproducible: evaluate_on → the full evaluation without the
+    request cache (it holds the answers the engine did not reproduce), the count in the quality metrics
+    and each such look in unreproducible.json, the first answers in samples_t.unreproduced.jsonl; reject →
+    the stop stands, its reason names the fault."""
+    from types import SimpleNamespace
+
+    import evalgate.evaluate as ev
+    from evalgate import runner
+
+    rng = np.random.default_rng(0)
+    base = rng.random(N) < 0.9
+    write_baseline(tmp_path / "baseline", base)
+    wrong, right = rows(np.zeros(N, bool)), rows(base)
+    asked: set[int] = set()
+    full_eval = []
+
+    def evaluate_docs(lm, docs, tasks_index, seed=0, use_cache=None):
+        out = {t: [right[i] if i in asked else wrong[i] for i in ids] for t, ids in docs.items()}
+        asked.update(i for ids in docs.values() for i in ids)
+        return out
+
+    monkeypatch.setattr(ev, "evaluate_docs", evaluate_docs)
+    monkeypatch.setattr(ev, "doc_counts", lambda tasks_index, tasks, limit: {t: N for t in tasks})
+    monkeypatch.setattr(ev, "evaluate", lambda lm, tasks, tasks_index, out, use_cache=None, **kw:
+                        full_eval.append(use_cache) or {KEY: float(base.mean())})
+    monkeypatch.setattr(runner, "skipped_tasks", lambda *a: {})
+    c = cfg(on_unreproducible=policy)
+    store = VariantResults(tmp_path / "baseline")
+    out = VariantResults(tmp_path / "v")
+    job = SimpleNamespace(cfg=c, out=out, task_manager=None, baseline=store, variant=SimpleNamespace(name="v"))
+    ep = SimpleNamespace(lm_eval_model=lambda: "lm", skipped_output_types=(), request_cache=True)
+    metrics, early = runner._evaluate(job, ep, store.load)
+    if policy == "reject":
+        assert early is not None and "not reproducible: the same" in early["reason"] and full_eval == []
+        return
+    assert early is None and full_eval == [None]          # asked afresh, not from the looks' cache
+    record = out.read("unreproducible.json")
+    assert [u["look"] for u in record] == [1, 2] and metrics["sequential/unreproducible_docs"] == sum(
+        u["changed_docs"] for u in record) > 0
+    first = out.samples("t.unreproduced")   # each doc's first answer: the looks' docs, every one wrong
+    assert len(first) == N // 2 and first == sorted((wrong[r["doc_id"]] for r in first), key=lambda r: r["doc_id"])
