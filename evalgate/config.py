@@ -355,9 +355,10 @@ class Sequential(Section):
     enabled: bool = False
     looks: list[Fraction] = []
     alpha: Alpha = 0.01
-    # a stop whose repeat (the same docs asked again) is not inferior: evaluate on (the check uses the
-    # repeat, the full evaluation runs uncached, the verdict carries a warning), or reject the variant
-    on_unreproducible: Literal["evaluate_on", "reject"] = "evaluate_on"
+    # a stop whose repeat (the same docs asked again) is not inferior: reject the variant (the reason says
+    # it was not reproducible), or evaluate on (the check uses the repeat, the full evaluation runs
+    # uncached, the verdict carries a warning)
+    on_unreproducible: Literal["reject", "evaluate_on"] = "reject"
 
     @field_validator("looks")
     @classmethod

@@ -234,7 +234,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
             base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed,
             repeat=lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),   # a stop is re-asked, uncached
-            on_unreproducible=looks.get("on_unreproducible", "evaluate_on"))
+            on_unreproducible=looks.get("on_unreproducible", "reject"))
         unreproducible = seq.get("unreproducible") or []
         if unreproducible:   # identical requests answered differently: both answers kept for a reviewer
             out.write_samples({t: r for t, r in seq["rows"].items() if t.endswith(".unreproduced")})

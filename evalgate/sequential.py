@@ -73,17 +73,17 @@ def evaluate_in_looks(evaluate_docs: Callable[[dict[str, list[int]]], dict[str, 
                       baseline: Callable[[], tuple[dict, dict[str, list[dict] | None]] | None],
                       thresholds: tuple[Threshold, ...], looks: list[float], alpha: float = 0.01, seed: int = 0,
                       repeat: Callable[[dict[str, list[int]]], dict[str, list[dict]]] | None = None,
-                      on_unreproducible: str = "evaluate_on") -> dict:
+                      on_unreproducible: str = "reject") -> dict:
     """Evaluate the looks in turn; `evaluate_docs({task: doc_ids})` returns lm-eval's logged samples of
     just those docs; `baseline()` returns the baseline's result and samples (evalgate.results), or None
     (nothing to compare with: no look stops); it is called once, after the first look's docs are
     evaluated, so that evaluation need not wait for the baseline's. `alpha` is split over the looks.
     `repeat` (like `evaluate_docs`, bypassing any request cache): a stop's task is evaluated again on the
     same docs first (`repeat_check`). A stop the repeat reproduces stands. One it does not is an engine
-    that answers identical greedy requests differently: with `on_unreproducible` "evaluate_on" the look
-    is checked on the repeat and the looks go on (`unreproducible` lists each such look; the first answers
-    are kept under `<task>.unreproduced`), with "reject" the stop stands and its reason says it was not
-    reproducible. Returns the outcome (`stopped`, counts, timings, `unreproducible`, `rows`: every logged
+    that answers identical greedy requests differently: with `on_unreproducible` "reject" the stop stands
+    and its reason says it was not reproducible; with "evaluate_on" the look is checked on the repeat and
+    the looks go on (`unreproducible` lists each such look; the first answers are kept under
+    `<task>.unreproduced`). Returns the outcome (`stopped`, counts, timings, `unreproducible`, `rows`: every logged
     sample, a reproduced stop's repeat under `<task>.repeat`)."""
     looks = list(looks)
     alpha = alpha / len(looks)

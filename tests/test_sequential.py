@@ -394,17 +394,17 @@ def _wrong_first(tmp_path, on_unreproducible):
 
     c = cfg()
     store = VariantResults(tmp_path)
+    policy = {} if on_unreproducible is None else {"on_unreproducible": on_unreproducible}
     out = sequential.evaluate_in_looks(first_wrong, {"t": N}, lambda: (store.load(), {"t": store.samples("t")}),
-                                       c.thresholds, LOOKS, ALPHA, c.seed, repeat=first_wrong,
-                                       on_unreproducible=on_unreproducible)
+                                       c.thresholds, LOOKS, ALPHA, c.seed, repeat=first_wrong, **policy)
     return out, base
 
 
-def test_a_stop_that_does_not_reproduce_is_not_upheld_and_the_looks_go_on(tmp_path):
+def test_evaluate_on_checks_an_unreproduced_look_on_its_repeat_and_goes_on(tmp_path):
     """The look's results were wrong (an engine fault: the same greedy requests scored differently the
-    second time, as vLLM draft speculation did on an H100, docs/results/h100-2026-11-26-23): by default the
-    look is checked on the repeat and the evaluation goes on, each such look recorded with the count of
-    docs that changed; the first answers are kept."""
+    second time, as vLLM draft speculation did on an H100, docs/results/h100-2026-11-26-23): with
+    on_unreproducible evaluate_on the look is checked on the repeat and the evaluation goes on, each such
+    look recorded with the count of docs that changed; the first answers are kept."""
     out, base = _wrong_first(tmp_path, "evaluate_on")
     assert not out["stopped"] and out["look"] == len(LOOKS)
     first = out["unreproducible"]
@@ -415,10 +415,10 @@ def test_a_stop_that_does_not_reproduce_is_not_upheld_and_the_looks_go_on(tmp_pa
     assert all(r["acc"] == float(base[r["doc_id"]]) for r in out["rows"]["t"])   # the looks now hold the repeats'
 
 
-def test_a_stop_that_does_not_reproduce_rejects_when_asked_to(tmp_path):
-    """gate.sequential.on_unreproducible: reject keeps the stop, and its reason names the fault with the
-    number of docs that changed."""
-    out, base = _wrong_first(tmp_path, "reject")
+def test_a_stop_that_does_not_reproduce_still_rejects_by_default(tmp_path):
+    """gate.sequential.on_unreproducible: reject (the default) keeps the stop, and its reason names the
+    fault with the number of docs that changed."""
+    out, base = _wrong_first(tmp_path, None)
     rep = out["repeat"]
     look_docs = [r["doc_id"] for r in out["rows"]["t"]]
     assert out["stopped"] and out["look"] == 1 and rep["reproduced"] is False and out["unreproducible"] == []
@@ -453,12 +453,12 @@ def test_repeat_asks_each_doc_once_and_compares_the_checked_filter(tmp_path):
     assert asked == [{"t": list(range(8))}] and out["changed_docs"] == 0 and out["docs"] == 8
 
 
-@pytest.mark.parametrize("policy", ["evaluate_on", "reject"])
+@pytest.mark.parametrize("policy", ["evaluate_on", None])
 def test_the_variants_run_evaluates_afresh_after_an_unreproduced_look(tmp_path, monkeypatch, policy):
     """evalgate.runner with gate.sequential.on_unreproducible: evaluate_on → the full evaluation without the
     request cache (it holds the answers the engine did not reproduce), the count in the quality metrics
-    and each such look in unreproducible.json, the first answers in samples_t.unreproduced.jsonl; reject →
-    the stop stands, its reason names the fault."""
+    and each such look in unreproducible.json, the first answers in samples_t.unreproduced.jsonl; the
+    default (reject) → the stop stands, its reason names the fault."""
     from types import SimpleNamespace
 
     import evalgate.evaluate as ev
@@ -481,13 +481,14 @@ def test_the_variants_run_evaluates_afresh_after_an_unreproduced_look(tmp_path, 
     monkeypatch.setattr(ev, "evaluate", lambda lm, tasks, tasks_index, out, use_cache=None, **kw:
                         full_eval.append(use_cache) or {KEY: float(base.mean())})
     monkeypatch.setattr(runner, "skipped_tasks", lambda *a: {})
-    c = cfg(on_unreproducible=policy)
+    c = cfg(**({} if policy is None else {"on_unreproducible": policy}))
+    assert c.gate["sequential"].get("on_unreproducible", "reject") == (policy or "reject")
     store = VariantResults(tmp_path / "baseline")
     out = VariantResults(tmp_path / "v")
     job = SimpleNamespace(cfg=c, out=out, task_manager=None, baseline=store, variant=SimpleNamespace(name="v"))
     ep = SimpleNamespace(lm_eval_model=lambda: "lm", skipped_output_types=(), request_cache=True)
     metrics, early = runner._evaluate(job, ep, store.load)
-    if policy == "reject":
+    if policy is None:
         assert early is not None and "not reproducible: the same" in early["reason"] and full_eval == []
         return
     assert early is None and full_eval == [None]          # asked afresh, not from the looks' cache
