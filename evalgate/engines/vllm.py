@@ -14,6 +14,7 @@ pass vLLM's start check). Variant mapping (engine-neutral field → `vllm serve`
   quantization.method checkpoint → serve the pre-quantized checkpoint (AWQ, GPTQ, compressed-tensors…)
   kv_cache.dtype fp8             → --kv-cache-dtype fp8
   speculative ngram / draft      → --speculative-config {"method": "ngram"|"draft_model", …}
+  engine_args.speculative_config → merged into that --speculative-config (vLLM's own keys)
   engine_args                    → --<flag> for every key (max_num_seqs, enable_prefix_caching,
                                    enforce_eager, max_num_batched_tokens, gpu_memory_utilization…),
                                    checked against vLLM's EngineArgs when vLLM is installed
