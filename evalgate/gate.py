@@ -209,11 +209,16 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
         verdict = "accept" if not failed else "reject"
         reason = "; ".join(failed) if failed else ("reference" if name == base_name else "all checks passed")
         out[name] = {"verdict": verdict, "reason": reason, "checks": checks}
+        moved, asked = (var.get("metrics", {}).get(f"recheck/{k}") for k in ("changed_docs", "docs"))
+        if verdict == "reject" and moved:   # evalgate.runner asked the docs behind a failing check again
+            out[name]["reason"] = (f"{reason}; not reproducible: {moved:.0f} of the {asked:.0f} docs where it "
+                                   "differs from the baseline answered differently when asked again, so the "
+                                   "engine's results vary between identical greedy requests")
         unreproduced = var.get("metrics", {}).get("sequential/unreproducible_docs")
         if unreproduced:   # gate.sequential.on_unreproducible evaluate_on: a look's stop the repeat did not bear out
             warning = (f"not reproducible: {unreproduced:.0f} docs scored differently when a look's docs were asked "
                        "again (results/<variant>/unreproducible.json); its quality is from a fresh evaluation")
-            out[name].update(warnings=[warning], reason=f"{reason}; warning: {warning}")
+            out[name].update(warnings=[warning], reason=f"{out[name]['reason']}; warning: {warning}")
     spec = [n for n in cfg.variants if cfg.variants[n].speculative["method"] != "none"
             and "output_throughput" in results.get(n, {}).get("metrics", {})]
     rank_by = cfg.report.get("rank_by", "output_throughput")

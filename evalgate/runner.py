@@ -219,9 +219,10 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     looks = cfg.gate.get("sequential") or {}
     gated = sequential.gated_tasks(cfg.thresholds)
     if baseline is None or not sequential.enabled(looks) or not gated:
-        if baseline is not None:
-            baseline()   # the fidelity screen before the whole evaluation
-        return evaluate(lm, tasks, tasks_index, out, **full), None
+        base = baseline() if baseline is not None else None   # the fidelity screen before the whole evaluation
+        quality = evaluate(lm, tasks, tasks_index, out, **full)
+        return {**quality, **_reask_failing(job, lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),
+                                            base, quality, tasks)}, None
     counts = doc_counts(tasks_index, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
@@ -245,6 +246,8 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
             extra = {"sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}
             if unreproducible:
                 extra["sequential/unreproducible_docs"] = float(sum(u["changed_docs"] for u in unreproducible))
+            extra.update(_reask_failing(job, lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),
+                                        baseline(), quality, tasks))
             return {**quality, **extra}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())
@@ -259,6 +262,46 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     if early["eval_s_saved"] is not None:
         quality["sequential/eval_s_saved"] = early["eval_s_saved"]
     return quality, early
+
+
+def _reask_failing(job: Job, evaluate_docs, base: dict | None, quality: dict, tasks: list[str]) -> dict:
+    """For each gated lm-eval check the full evaluation fails, the docs where the variant's answer differs
+    from the baseline's are asked once more, uncached (`evaluate_docs`): a lossy variant answers them the
+    same way again, an engine that does not reproduce its own greedy results does not (seen on an H100:
+    vLLM draft speculation flipped 4 of 400 fx_add answers in one scheduled run, the baseline's in every
+    other, docs/results/h100-2026-11-26-27). The verdict stays the gate's; the gate's reason names the
+    changed docs. Returns `recheck/docs` and `recheck/changed_docs` (none when no check fails); each task
+    asked again goes to unreproducible.json with the phase "gate". Costs only the differing docs of a
+    failing check."""
+    from evalgate import gate
+    from evalgate.results import sample_values
+    from evalgate.sequential import same_value
+
+    if base is None or job.baseline is None:
+        return {}
+    cfg, out = job.cfg, job.out
+    var = {**out.load(), "metrics": quality, "status": {"ok": True}}
+    failing = [c["metric"] for c in gate.check_quality(cfg.thresholds, cfg.gate.get("statistics", {}), cfg.seed,
+                                                       base, var) if not c["passed"]]
+    asked, changed, record = 0, 0, []
+    for key in dict.fromkeys(failing):   # the checks' keys: lmeval/<task>/<metric>/<filter>
+        parts = key.split("/")
+        if parts[0] != "lmeval" or parts[1] not in tasks:
+            continue
+        task, metric, flt = parts[1], parts[2], (parts[3:] or ["none"])[0]
+        mine = sample_values(out.samples(task) or [], metric, flt)
+        theirs = sample_values(job.baseline.samples(task) or [], metric, flt)
+        differ = sorted(d for d, v in mine.items() if d in theirs and not same_value(v, theirs[d]))
+        if not differ:
+            continue
+        again = sample_values(evaluate_docs({task: differ}).get(task, []), metric, flt)
+        moved = [d for d in differ if d not in again or not same_value(mine[d], again[d])]
+        asked, changed = asked + len(differ), changed + len(moved)
+        record.append({"phase": "gate", "task": task, "metric": key, "docs": len(differ),
+                       "changed_docs": len(moved), "changed": moved[:50]})
+    if record and changed:
+        out.write("unreproducible.json", (out.read("unreproducible.json") or []) + record)
+    return {"recheck/docs": float(asked), "recheck/changed_docs": float(changed)} if record else {}
 
 
 def profile(job: Job, ep, sweep: str = "") -> dict:

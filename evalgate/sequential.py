@@ -147,7 +147,7 @@ def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thr
     again = repeat({task: docs}).get(task, [])
     metric, flt = (check["metric"].split("/") + ["none"])[2:4]
     first, then = sample_values(rows.get(task, []), metric, flt), sample_values(again, metric, flt)
-    changed = sum(d not in then or not _same(v, then[d]) for d, v in first.items())
+    changed = sum(d not in then or not same_value(v, then[d]) for d, v in first.items())
     recheck = interim_check(thresholds, base, base_rows, {**rows, task: again}, alpha, seed)
     reproduced = recheck is not None and recheck["metric"] == check["metric"]
     outcome = ("inferior again: " + recheck["reason"]) if reproduced else (
@@ -156,11 +156,11 @@ def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thr
             "rows": again}
 
 
-def _same(a, b, tol: float = 1e-6) -> bool:
+def same_value(a, b, tol: float = 1e-6) -> bool:
     """One logged per-sample value against another: equal, or floats (also inside lists, e.g. perplexity's
     [log-likelihood, words]) within a relative `tol`."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y, tol) for x, y in zip(a, b))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= tol * (1 + abs(a))
     return a == b

@@ -427,9 +427,9 @@ def test_a_stop_that_does_not_reproduce_still_rejects_by_default(tmp_path):
 
 
 def test_same_compares_logged_values_with_float_tolerance():
-    assert sequential._same([-16.5, 11], [-16.5 + 1e-9, 11]) and not sequential._same([-16.5, 11], [-14.0, 11])
-    assert sequential._same(1.0, 1) and not sequential._same(1.0, 0.0) and sequential._same("a", "a")
-    assert not sequential._same([1.0], [1.0, 2.0]) and not sequential._same(None, 1.0)
+    assert sequential.same_value([-16.5, 11], [-16.5 + 1e-9, 11]) and not sequential.same_value([-16.5, 11], [-14.0, 11])
+    assert sequential.same_value(1.0, 1) and not sequential.same_value(1.0, 0.0) and sequential.same_value("a", "a")
+    assert not sequential.same_value([1.0], [1.0, 2.0]) and not sequential.same_value(None, 1.0)
 
 
 def test_repeat_asks_each_doc_once_and_compares_the_checked_filter(tmp_path):
@@ -497,3 +497,52 @@ def test_the_variants_run_evaluates_afresh_after_an_unreproduced_look(tmp_path, 
         u["changed_docs"] for u in record) > 0
     first = out.samples("t.unreproduced")   # each doc's first answer: the looks' docs, every one wrong
     assert len(first) == N // 2 and first == sorted((wrong[r["doc_id"]] for r in first), key=lambda r: r["doc_id"])
+
+
+@pytest.mark.parametrize("engine_reproduces", [True, False])
+def test_a_failing_check_has_its_differing_docs_asked_again(tmp_path, engine_reproduces):
+    """evalgate.runner._reask_failing: after the full evaluation, a gated check that fails has the docs where
+    the variant differs from the baseline asked once more (only those). A lossy variant answers them the
+    same way (recorded, nothing changed); a flaky engine does not (the changed docs in unreproducible.json
+    and `recheck/changed_docs`, which the gate's reason names)."""
+    from types import SimpleNamespace
+
+    from evalgate import runner
+    from evalgate.gate import decide
+
+    base = np.ones(N, bool)
+    write_baseline(tmp_path / "baseline", base)
+    var = base.copy()
+    var[:40] = False                                   # 10 points lost: the check fails
+    out = VariantResults(tmp_path / "v")
+    out.write_samples({"t": rows(var)})
+    out.write_lm_eval({"higher_is_better": {"t": {"acc": True}}})
+    asked = []
+
+    def evaluate_docs(docs):
+        asked.append(docs)
+        again = var if engine_reproduces else base
+        return {t: [rows(again)[i] for i in ids] for t, ids in docs.items()}
+
+    c = cfg()
+    store = VariantResults(tmp_path / "baseline")
+    job = SimpleNamespace(cfg=c, out=out, baseline=store, variant=SimpleNamespace(name="v"))
+    quality = {KEY: float(var.mean())}
+    got = runner._reask_failing(job, evaluate_docs, store.load(), quality, ["t", "u"])
+    assert asked == [{"t": list(range(40))}]           # only the docs that differ from the baseline's
+    assert got == {"recheck/docs": 40.0, "recheck/changed_docs": 0.0 if engine_reproduces else 40.0}
+    record = out.read("unreproducible.json")
+    if engine_reproduces:
+        assert record is None
+    else:
+        assert record == [{"phase": "gate", "task": "t", "metric": KEY, "docs": 40, "changed_docs": 40,
+                           "changed": list(range(40))}]
+    c2 = parse({**c.raw, "variants": {"v": {}}})
+    verdict = decide(c2, {"baseline": store.load(), "v": {**out.load(), "status": {"ok": True},
+                                                          "metrics": {**quality, **got}}})["variants"]["v"]
+    assert verdict["verdict"] == "reject"
+    assert ("not reproducible: 40 of the 40 docs" in verdict["reason"]) is (not engine_reproduces)
+    # a variant that passes is not asked again
+    asked.clear()
+    out.write_samples({"t": rows(base)})
+    assert runner._reask_failing(job, evaluate_docs, store.load(), {KEY: 1.0}, ["t"]) == {} and asked == []
