@@ -35,16 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from torch.profiler import ProfilerActivity, profile
 
-    from evalgate.toymodel import CORPUS_KEYS, CORPUS_OPTIONAL
-    from evalgate.toymodel.corpus import Corpus
-    from evalgate.toymodel.tokenizer import train_tokenizer
+    from evalgate.toymodel import corpus_and_tokenizer
     from evalgate.toymodel.train import new_model, resolve_bf16, resolve_device, train
 
     cfg = yaml.safe_load(open(a.fixture))
     device = resolve_device(cfg["device"])
     bf16 = resolve_bf16(cfg["bf16"], device)
-    corpus = Corpus(cfg["seed"], **{k: cfg["corpus"][k] for k in CORPUS_KEYS + CORPUS_OPTIONAL if k in cfg["corpus"]})
-    tok = train_tokenizer(corpus.tokenizer_text(cfg["tokenizer"]["lines"]), cfg["tokenizer"]["vocab_size"])
+    corpus, tok = corpus_and_tokenizer(cfg)
     mcfg = dict(cfg[a.model], steps=a.steps)
     torch.manual_seed(cfg["seed"])
     model = new_model(mcfg, tok, a.model)

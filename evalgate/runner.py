@@ -218,11 +218,14 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
     full = dict(limit=limit, bootstrap_iters=cfg.eval.get("bootstrap_iters", 1000), seed=cfg.seed)
     looks = cfg.gate.get("sequential") or {}
     gated = sequential.gated_tasks(cfg.thresholds)
+
+    def ask_again(docs):   # the same docs once more, bypassing any request cache
+        return evaluate_docs(lm, docs, tasks_index, cfg.seed)
+
     if baseline is None or not sequential.enabled(looks) or not gated:
         base = baseline() if baseline is not None else None   # the fidelity screen before the whole evaluation
         quality = evaluate(lm, tasks, tasks_index, out, **full)
-        return {**quality, **_reask_failing(job, lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),
-                                            base, quality, tasks)}, None
+        return {**quality, **_reask_failing(job, ask_again, base, quality, tasks)}, None
     counts = doc_counts(tasks_index, tasks, limit)
     with tempfile.TemporaryDirectory() as tmp:
         # lm-eval's request cache, shared by the looks and the full eval, where the endpoint allows it
@@ -234,7 +237,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
         seq = sequential.evaluate_in_looks(
             lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed, cache), {t: counts[t] for t in gated},
             base_and_rows, cfg.thresholds, looks["looks"], looks.get("alpha", 0.01), cfg.seed,
-            repeat=lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),   # a stop is re-asked, uncached
+            repeat=ask_again,   # a stop is re-asked, uncached
             on_unreproducible=looks.get("on_unreproducible", "reject"))
         unreproducible = seq.get("unreproducible") or []
         if unreproducible:   # identical requests answered differently: both answers kept for a reviewer
@@ -246,8 +249,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
             extra = {"sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}
             if unreproducible:
                 extra["sequential/unreproducible_docs"] = float(sum(u["changed_docs"] for u in unreproducible))
-            extra.update(_reask_failing(job, lambda docs: evaluate_docs(lm, docs, tasks_index, cfg.seed),
-                                        baseline(), quality, tasks))
+            extra.update(_reask_failing(job, ask_again, baseline(), quality, tasks))
             return {**quality, **extra}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop
     total = sum(counts.values())
@@ -275,7 +277,7 @@ def _reask_failing(job: Job, evaluate_docs, base: dict | None, quality: dict, ta
     failing check."""
     from evalgate import gate
     from evalgate.results import sample_values
-    from evalgate.sequential import same_value
+    from evalgate.sequential import differing
 
     if base is None or job.baseline is None:
         return {}
@@ -284,18 +286,17 @@ def _reask_failing(job: Job, evaluate_docs, base: dict | None, quality: dict, ta
     failing = [c["metric"] for c in gate.check_quality(cfg.thresholds, cfg.gate.get("statistics", {}), cfg.seed,
                                                        base, var) if not c["passed"]]
     asked, changed, record = 0, 0, []
-    for key in dict.fromkeys(failing):   # the checks' keys: lmeval/<task>/<metric>/<filter>
-        parts = key.split("/")
-        if parts[0] != "lmeval" or parts[1] not in tasks:
+    for key in dict.fromkeys(k for k in failing if k.startswith("lmeval/")):   # lmeval/<task>/<metric>/<filter>
+        _, task, metric, flt = key.split("/")
+        if task not in tasks:
             continue
-        task, metric, flt = parts[1], parts[2], (parts[3:] or ["none"])[0]
         mine = sample_values(out.samples(task) or [], metric, flt)
         theirs = sample_values(job.baseline.samples(task) or [], metric, flt)
-        differ = sorted(d for d, v in mine.items() if d in theirs and not same_value(v, theirs[d]))
+        differ = sorted(differing({d: v for d, v in mine.items() if d in theirs}, theirs))
         if not differ:
             continue
         again = sample_values(evaluate_docs({task: differ}).get(task, []), metric, flt)
-        moved = [d for d in differ if d not in again or not same_value(mine[d], again[d])]
+        moved = differing({d: mine[d] for d in differ}, again)
         asked, changed = asked + len(differ), changed + len(moved)
         record.append({"phase": "gate", "task": task, "metric": key, "docs": len(differ),
                        "changed_docs": len(moved), "changed": moved[:50]})

@@ -147,13 +147,18 @@ def repeat_check(repeat: Callable, check: dict, rows: dict[str, list[dict]], thr
     again = repeat({task: docs}).get(task, [])
     metric, flt = (check["metric"].split("/") + ["none"])[2:4]
     first, then = sample_values(rows.get(task, []), metric, flt), sample_values(again, metric, flt)
-    changed = sum(d not in then or not same_value(v, then[d]) for d, v in first.items())
+    changed = len(differing(first, then))
     recheck = interim_check(thresholds, base, base_rows, {**rows, task: again}, alpha, seed)
     reproduced = recheck is not None and recheck["metric"] == check["metric"]
     outcome = ("inferior again: " + recheck["reason"]) if reproduced else (
         "then " + (recheck["reason"] if recheck else "not inferior"))
     return {"task": task, "docs": len(docs), "changed_docs": changed, "reproduced": reproduced, "outcome": outcome,
             "rows": again}
+
+
+def differing(first: dict, then: dict) -> list:
+    """The docs of `first` (doc_id → logged value) that `then` lacks or scores otherwise (`same_value`)."""
+    return [d for d, v in first.items() if d not in then or not same_value(v, then[d])]
 
 
 def same_value(a, b, tol: float = 1e-6) -> bool:

@@ -91,12 +91,11 @@ def main() -> int:
             elif (d / f).exists():
                 shutil.copy(d / f, dst / f)
         store = VariantResults(d)
-        if ((store.quality() or {}).get("early") or {}).get("kind") == "sequential":
-            # a look stopped it: the docs it evaluated, per sample, to recompute or inspect the stop (small:
-            # a look is a quarter or half of the docs; a full evaluation's samples stay on the host)
-            for f in sorted(d.glob("samples_*.jsonl")):
-                write_gz(dst / f"{f.name}.gz", f.read_bytes())
-        for f in sorted(d.glob("samples_*.unreproduced.jsonl")):   # a look's answers its repeat did not bear out
+        # a look stopped it: the docs it evaluated, per sample, to recompute or inspect the stop (small: a look
+        # is a quarter or half of the docs; a full evaluation's samples stay on the host); otherwise only a
+        # look's answers its repeat did not bear out
+        stopped = ((store.quality() or {}).get("early") or {}).get("kind") == "sequential"
+        for f in sorted(d.glob("samples_*.jsonl" if stopped else "samples_*.unreproduced.jsonl")):
             write_gz(dst / f"{f.name}.gz", f.read_bytes())
         for sweep in ("", *AGAIN):   # the levels' summaries, without the per-request records; the
             prof = store.profile(sweep)   # baseline's A/A and alone sweeps as measured
