@@ -468,6 +468,8 @@ class Load(Section):
     waves: PositiveInt = 4
     aa: bool = False
     alone_check: bool = False  # scheduled runs: the baseline a third time, every other server stopped
+    pin_cpus: bool = False  # scheduled runs: during a profile the profiled server, the client and the rest get
+    # their own CPU cores (evalgate.schedule.cpu_split)
 
     @field_validator("concurrency")
     @classmethod
@@ -586,6 +588,8 @@ class Faults(Section):
     variant_timeout_s: PositiveFloat | None = 7200  # a variant running longer is stopped (a timeout: transient)
     memory_limit_mb: PositiveInt | None = None  # the variant process's address space (RLIMIT_AS): an out-of-memory
     # error instead of the machine's OOM killer
+    retry_unreproducible: bool = True  # an evaluation whose identical requests were answered differently runs once
+    # more, with the device to itself (evalgate.runner.retry_alone)
 
 
 # -- the whole of params.yaml --------------------------------------------------------------------------------

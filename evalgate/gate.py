@@ -214,11 +214,18 @@ def decide(cfg: Config, results: dict[str, dict]) -> dict:
             out[name]["reason"] = (f"{reason}; not reproducible: {moved:.0f} of the {asked:.0f} docs where it "
                                    "differs from the baseline answered differently when asked again, so the "
                                    "engine's results vary between identical greedy requests")
+        warnings = []
         unreproduced = var.get("metrics", {}).get("sequential/unreproducible_docs")
         if unreproduced:   # gate.sequential.on_unreproducible evaluate_on: a look's stop the repeat did not bear out
-            warning = (f"not reproducible: {unreproduced:.0f} docs scored differently when a look's docs were asked "
-                       "again (results/<variant>/unreproducible.json); its quality is from a fresh evaluation")
-            out[name].update(warnings=[warning], reason=f"{out[name]['reason']}; warning: {warning}")
+            warnings.append(f"not reproducible: {unreproduced:.0f} docs scored differently when a look's docs were "
+                            "asked again (results/<variant>/unreproducible.json); its quality is from a fresh evaluation")
+        first = var.get("metrics", {}).get("retry/first_unreproducible_docs")
+        if first is not None:   # faults.retry_unreproducible: this verdict is the second evaluation's
+            warnings.append(f"its first evaluation was not reproducible ({first:.0f} docs scored differently between "
+                            "identical requests: results/<variant>/unreproducible.first.json); the verdict is from a "
+                            "second evaluation with the device to itself")
+        if warnings:
+            out[name].update(warnings=warnings, reason="; ".join([out[name]["reason"], *(f"warning: {w}" for w in warnings)]))
     spec = [n for n in cfg.variants if cfg.variants[n].speculative["method"] != "none"
             and "output_throughput" in results.get(n, {}).get("metrics", {})]
     rank_by = cfg.report.get("rank_by", "output_throughput")

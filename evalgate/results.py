@@ -104,6 +104,22 @@ class VariantResults:
             if f.name not in self.KEEP_ON_RETRY and f.is_file():
                 f.unlink()
 
+    # the quality phase's own files (its server's log and command stay): what a second evaluation rewrites
+    QUALITY_FILES = ("quality.json", "lm_eval.json", "fidelity.npz", "unreproducible.json")
+
+    def set_aside_quality(self) -> int:
+        """Before the quality phase runs again (faults.retry_unreproducible): the first evaluation's record
+        of what did not reproduce is kept as unreproducible.first.json, its other files go. Returns how
+        many docs changed between identical requests the first time."""
+        first = self.read("unreproducible.json") or []
+        self.write("unreproducible.first.json", first)
+        for f in self.path.iterdir():
+            if f.name.startswith("samples_") and f.is_file():  # for a reviewer: what the first evaluation said
+                f.rename(f.with_name(f"first.{f.name}"))
+            elif f.name in self.QUALITY_FILES:
+                f.unlink()
+        return changed_docs(first)
+
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> dict:
         try:
@@ -253,3 +269,8 @@ def samples(result: dict, task: str) -> list[dict] | None:
 def sample_values(rows, metric: str, flt: str) -> dict:
     """doc_id → per-sample value of `metric` under filter `flt`, from lm-eval's logged samples."""
     return {r["doc_id"]: r[metric] for r in rows if r.get("filter", flt) == flt and metric in r}
+
+
+def changed_docs(unreproducible: list[dict]) -> int:
+    """Docs that scored differently between identical requests, over unreproducible.json's records."""
+    return int(sum(r.get("changed_docs", 0) for r in unreproducible or []))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from evalgate.config import BASELINE, Config, ConfigError, ModelSpec, Variant
 from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
-from evalgate.results import AGAIN, VariantResults
+from evalgate.results import AGAIN, VariantResults, changed_docs
 from evalgate.tracking import VariantRun, parent_name
 
 
@@ -173,6 +173,9 @@ def quality(job: Job, ep) -> dict:
                 raise _Stopped(early)
         return base
 
+    first = out.read("unreproducible.first.json")
+    if first is not None:   # this is the second evaluation (faults.retry_unreproducible): the gate warns
+        metrics["retry/first_unreproducible_docs"] = float(changed_docs(first))
     t = time.perf_counter()
     try:
         lm_metrics, early = _evaluate(job, ep, baseline if job.baseline is not None else None)
@@ -185,6 +188,24 @@ def quality(job: Job, ep) -> dict:
         early = gate.fidelity_screen(cfg.thresholds, metrics)
     _track(job, {**metrics, **{f"time/{k}": v for k, v in times.items()}})
     return _done(job, metrics, times, early)
+
+
+def unreproduced(out: VariantResults) -> bool:
+    """Whether the quality phase just run met results the engine did not reproduce (identical greedy
+    requests answered differently: unreproducible.json, from a look's repeat or the gate's re-ask)."""
+    return bool(out.read("unreproducible.json"))
+
+
+def retry_alone(cfg: Config, out: VariantResults) -> bool:
+    """faults.retry_unreproducible: an evaluation the engine did not reproduce is run once more, with
+    the device to itself, on the same server; the verdict is the second one's (which, not reproducible
+    either, is rejected as before). Why: on an H100, vLLM 0.24.0's draft-model speculation returned
+    wrong prompt log-probs for a fifth of one look's requests in 5 of 22 scheduled runs and 0 of 2
+    serial ones (docs/results/h100-2026-11-26-23, -27): a fault of the engine under one evaluation,
+    not a quality the variant has. The first evaluation's record stays (unreproducible.first.json,
+    first.samples_*), and the gate warns. False when the phase was reproducible or this was the retry."""
+    return (bool(cfg.faults.get("retry_unreproducible", True)) and unreproduced(out)
+            and out.read("unreproducible.first.json") is None)
 
 
 def _track(job: Job, metrics: dict, step: int | None = None) -> None:
@@ -242,6 +263,11 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
         unreproducible = seq.get("unreproducible") or []
         if unreproducible:   # identical requests answered differently: both answers kept for a reviewer
             out.write_samples({t: r for t, r in seq["rows"].items() if t.endswith(".unreproduced")})
+        rep = seq.get("repeat") if seq["stopped"] else None
+        if rep and not rep["reproduced"]:   # a stop its repeat did not bear out (on_unreproducible reject)
+            unreproducible = [*unreproducible, {"phase": "look", "look": seq["look"],
+                                                **{x: rep[x] for x in ("task", "docs", "changed_docs", "outcome")}}]
+        if unreproducible:
             out.write("unreproducible.json", unreproducible)
         if not seq["stopped"]:
             # the request cache holds the looks' answers, which the engine did not reproduce: ask afresh
@@ -481,6 +507,12 @@ def run_serial(job: Job, engine) -> int:
             phases.update()
             q = quality(job, ep)
             mark("quality", t0)
+            if retry_alone(job.cfg, job.out):   # serially it already had the device to itself
+                print(f"run {name}: its evaluation was not reproducible ({job.out.set_aside_quality()} docs "
+                      "changed between identical requests): evaluating once more", flush=True)
+                t0 = time.time()
+                q = quality(job, ep)
+                mark("quality_again", t0)
             phases.update()
             if not q["early"]:
                 phases.set_postfix_str("profile")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class Slot:
     retry_at: float = 0.0             # a transient failure's next try starts no earlier
     transient: str | None = None      # the kind of its last failure, when transient
     counted: bool = False             # its memory counted in the scheduler's `used`
+    alone: bool = False               # its quality phase runs again with the device to itself (deferred → quality)
 
     @property
     def name(self) -> str:
@@ -96,6 +98,60 @@ def memory_shares(needs: dict[str, dict], total: int) -> dict[str, dict]:
                 "gpu_memory_utilization": min(0.95, 1.05 * need["total"] / total)} for n, need in needs.items()}
 
 
+def cpu_split(cpus: list[int]) -> tuple[set[int], set[int], set[int]] | None:
+    """CPU cores for a profile with `load.pin_cpus`: (the profiled server's processes, the client — this
+    process, which runs `vllm bench serve`'s loop —, everything else: the idle servers). Why: a 206 M model
+    at concurrency 1 is bound by the server's CPU side (scheduling, detokenizing: 1.7–2.4 ms a token), and
+    the baseline's two sweeps of one run differed by up to 20 % with every process free to share every core
+    (H100, docs/results/h100-2026-11-26-23). 3/8, 1/8 and 1/2 of the cores (16: 6, 2, 8); None below 8."""
+    if len(cpus) < 8:
+        return None
+    cpus = sorted(cpus)
+    n_server, n_client = 3 * len(cpus) // 8, max(1, len(cpus) // 8)
+    return (set(cpus[:n_server]), set(cpus[n_server:n_server + n_client]), set(cpus[n_server + n_client:]))
+
+
+def pin_tasks(pids: list[int], cpus: set[int]) -> int:
+    """Every thread of these processes onto `cpus` (sched_setaffinity moves one thread, so each task of
+    /proc/<pid>/task; threads started later inherit it). Processes or threads gone meanwhile are skipped.
+    Returns how many threads were moved."""
+    moved = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+                moved += 1
+    return moved
+
+
+@contextlib.contextmanager
+def pinned(slots: list[Slot], profiled: Slot, split: tuple[set[int], set[int], set[int]] | None):
+    """The profile's CPU split (cpu_split) while inside; afterwards every process gets all of them back
+    (quality phases and server starts use every core). Servers say which processes are theirs (`pids()`)."""
+    if split is None:
+        yield
+        return
+    server_cpus, client_cpus, rest = split
+    everything = server_cpus | client_cpus | rest
+
+    def servers():
+        return [(s, s.server.pids()) for s in slots if s.server is not None and hasattr(s.server, "pids")]
+
+    for s, pids in servers():
+        pin_tasks(pids, server_cpus if s is profiled else rest)
+    pin_tasks([os.getpid()], client_cpus)
+    try:
+        yield
+    finally:
+        for _, pids in servers():
+            pin_tasks(pids, everything)
+        pin_tasks([os.getpid()], everything)
+
+
 class Scheduler:
     """Runs `slots` (the baseline first) with the phases injected, so tests drive it with fake servers.
 
@@ -104,13 +160,18 @@ class Scheduler:
     on the scheduler's thread; sweep "" first, "aa" the baseline's A/A, "alone" its third);
     finish(slot, final) writes metrics/status; fail(slot, phase, error) records a final failure
     (`slot.transient`: its kind when transient); retry(slot) clears a failed try's files.
-    `policy`: params `faults` (`attempts`, `backoff_s`); without it nothing is retried."""
+    `policy`: params `faults` (`attempts`, `backoff_s`); without it nothing is retried.
+    again_alone(slot) → True when the quality phase just run must run once more with the device to itself
+    (evalgate.runner.retry_alone; it sets the first try's files aside): the slot waits, its server up, until
+    no other server starts, evaluates or is profiled, then runs its quality phase again alone."""
 
     def __init__(self, slots: list[Slot], capacity: int | None, *, start: Callable, quality: Callable,
                  profile: Callable, finish: Callable, fail: Callable, aa: bool = True, alone: bool = False,
                  log: Callable = print,
-                 poll_s: float = 0.2, policy: dict | None = None, retry: Callable | None = None):
+                 poll_s: float = 0.2, policy: dict | None = None, retry: Callable | None = None,
+                 again_alone: Callable | None = None):
         self.slots = slots
+        self.again_alone = again_alone or (lambda s: False)
         self.attempts = int((policy or {}).get("attempts", 1))
         self.backoff_s = float((policy or {}).get("backoff_s", 0))
         self.retry_fn = retry or (lambda s: None)
@@ -263,7 +324,8 @@ class Scheduler:
             ready = [s for s in self.slots if s.state == "ready"]
             base = self._base()
             # 1. start servers, a wave at a time: only when nothing waits for its profile
-            if not ready and not any(st == "profiling" for st in states):
+            if not ready and not any(st == "profiling" for st in states) and not any(
+                    s.alone and s.state == "quality" for s in self.slots):
                 for s in self.slots:
                     if s.state == "pending" and s.retry_at <= time.time() and (
                             self.capacity is None or not self.used or self.used + s.need.get("total", 0) <= self.capacity):
@@ -277,6 +339,12 @@ class Scheduler:
             if ready and not busy:
                 nxt = next((s for s in ready if s is base), ready[0])
                 self._profile(nxt)
+                continue
+            # 3b. a quality phase to run again alone: once no other server starts, evaluates or is profiled
+            deferred = next((s for s in self.slots if s.state == "deferred"), None)
+            if deferred is not None and not busy and not ready and "profiling" not in states:
+                self.log(f"schedule: evaluating {deferred.name} again, alone")
+                self._run_quality(deferred)
                 continue
             others_done = all(s.state in ("done", "failed") for s in self.slots if s is not base)
             if base is not None and base.state == "ready_again" and others_done and not busy:
@@ -293,7 +361,10 @@ class Scheduler:
             if kind == "healthy":
                 s.state, s.endpoint = "healthy", payload
             elif kind == "quality_done":
-                if payload:   # stopped early: rejected without a profile
+                if not s.alone and self.again_alone(s):   # not reproducible: once more, alone
+                    self.log(f"schedule: {s.name}'s evaluation was not reproducible; it runs again alone")
+                    s.alone, s.state = True, "deferred"
+                elif payload:   # stopped early: rejected without a profile
                     self.log(f"schedule: {s.name} stopped early, not profiled: {payload.get('reason', '')[:200]}")
                     s.again = []
                     self._release(s)
@@ -395,6 +466,21 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
         s.job.out.write_timeline(s.name, s.events, s.times)
         runner.fail(s.job, phase, error, transient=s.transient)
 
+    split = cpu_split(sorted(os.sched_getaffinity(0))) if cfg.load.get("pin_cpus") else None
+    if split:
+        print("schedule: profiles pinned to CPU cores: server " + ",".join(map(str, sorted(split[0]))) + ", client "
+              + ",".join(map(str, sorted(split[1]))) + ", the rest " + ",".join(map(str, sorted(split[2]))), flush=True)
+
+    def profile(s: Slot, ep, sweep: str):
+        with pinned(slots, s, split):
+            return runner.profile(s.job, ep, sweep)
+
+    def again_alone(s: Slot) -> bool:
+        if not runner.retry_alone(cfg, s.job.out):
+            return False
+        s.times["unreproducible_first_docs"] = s.job.out.set_aside_quality()
+        return True
+
     def start(s: Slot):
         return engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
 
@@ -414,10 +500,10 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
     sch = Scheduler(slots, capacity, start=start,
                     quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)))),
-                    profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
+                    profile=tracking(profile),
                     finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
                     alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,
-                    retry=lambda s: s.job.out.clear_phases())
+                    retry=lambda s: s.job.out.clear_phases(), again_alone=again_alone)
     tracked.start()
     with sch.running() as out:
         stop.set()

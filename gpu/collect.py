@@ -24,7 +24,7 @@ from evalgate.results import AGAIN, VariantResults  # noqa: E402
 REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
            "curves.png", "output_lengths.png", "timeline.png")
 PER_VARIANT = ("status.json", "metrics.json", "server_cmd.json", "timeline.json", "quality.json", "schedule.json",
-               "error.log", "quality.log", "unreproducible.json")
+               "error.log", "quality.log", "unreproducible.json", "unreproducible.first.json")
 
 
 def write_gz(path: Path, data: bytes) -> None:
@@ -97,6 +97,10 @@ def main() -> int:
         stopped = ((store.quality() or {}).get("early") or {}).get("kind") == "sequential"
         for f in sorted(d.glob("samples_*.jsonl" if stopped else "samples_*.unreproduced.jsonl")):
             write_gz(dst / f"{f.name}.gz", f.read_bytes())
+        # faults.retry_unreproducible ran it again: the first evaluation's samples of the tasks it did not reproduce
+        for task in sorted({r["task"] for r in store.read("unreproducible.first.json") or []}):
+            for f in sorted(d.glob(f"first.samples_{task}*.jsonl")):
+                write_gz(dst / f"{f.name}.gz", f.read_bytes())
         for sweep in ("", *AGAIN):   # the levels' summaries, without the per-request records; the
             prof = store.profile(sweep)   # baseline's A/A and alone sweeps as measured
             if prof is not None:

@@ -46,6 +46,12 @@ def test_collect_keeps_the_samples_of_a_variant_a_look_stopped(tmp_path, monkeyp
     evaluated_on.write_quality({"metrics": {}, "times": {}, "early": None})
     evaluated_on.write_samples({"fx_ppl": [row], "fx_ppl.unreproduced": [row]})
     evaluated_on.write("unreproducible.json", [{"look": 1, "task": "fx_ppl", "docs": 50, "changed_docs": 9}])
+    retried = VariantResults(tmp_path / "results" / "draft_retried")   # evaluated again alone (retry_unreproducible)
+    retried.write_quality({"metrics": {}, "times": {}, "early": None})
+    retried.write_samples({"fx_ppl": [row], "fx_ppl.repeat": [row], "fx_add": [row]})
+    retried.write("unreproducible.json", [{"phase": "look", "look": 2, "task": "fx_ppl", "docs": 100, "changed_docs": 26}])
+    assert retried.set_aside_quality() == 26
+    retried.write_samples({"fx_ppl": [row]})
     monkeypatch.setattr(sys, "argv", ["collect.py", "--seconds", "1", "--command", "test", "--out", str(tmp_path / "out")])
     assert collect.main() == 0
     got = tmp_path / "out/variants"
@@ -54,3 +60,7 @@ def test_collect_keeps_the_samples_of_a_variant_a_look_stopped(tmp_path, monkeyp
     kept = got / "draft_eager"
     assert [f.name for f in kept.glob("samples_*")] == ["samples_fx_ppl.unreproduced.jsonl.gz"]
     assert json.loads((kept / "unreproducible.json").read_text())[0]["changed_docs"] == 9
+    kept = got / "draft_retried"
+    assert sorted(f.name for f in kept.glob("*samples_*")) == ["first.samples_fx_ppl.jsonl.gz",
+                                                               "first.samples_fx_ppl.repeat.jsonl.gz"]
+    assert json.loads((kept / "unreproducible.first.json").read_text())[0]["changed_docs"] == 26

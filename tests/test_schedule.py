@@ -2,6 +2,7 @@
 work on the device, the baseline first and last (A/A), variants' quality after the baseline's, a
 failure fails only its variant, early-rejected variants are never profiled, memory in waves."""
 import json
+import os
 import sys
 import threading
 import time
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from evalgate.results import VariantResults
-from evalgate.schedule import Scheduler, Slot, memory_shares, plan_memory, quality_worker
+from evalgate.schedule import Scheduler, Slot, cpu_split, memory_shares, pinned, plan_memory, quality_worker
 
 GIB = 2**30
 
@@ -177,6 +178,33 @@ def test_early_rejected_variants_are_never_profiled(tmp_path):
     assert rec.finished["a"] is True and "a" not in rec.failed
 
 
+def test_an_unreproducible_evaluation_runs_again_alone_on_its_server(tmp_path):
+    """faults.retry_unreproducible: `a`'s first quality phase met results its engine did not reproduce; its
+    second runs once nothing else starts, evaluates or is profiled, on the same server (no new start), and
+    only once: a second unreproducible one stands."""
+    rec = Recorder(starts={"b": 0.3}, quality_s=0.1)
+    asked = []
+
+    def again_alone(s):
+        asked.append(s.name)
+        return s.name == "a"   # `a` is unreproducible every time
+
+    slots = [slot(n, tmp_path) for n in ["baseline", "a", "b", "c"]]
+    sch = Scheduler(slots, None, start=rec.start, quality=rec.quality, profile=rec.profile, finish=rec.finish,
+                    fail=rec.fail, log=lambda *a: None, poll_s=0.01, again_alone=again_alone)
+    out = sch.run()
+    a_q = [e for e in rec.log if e[0] == "quality" and e[1] == "a"]
+    assert len(a_q) == 2 and asked.count("a") == 1   # asked after its first phase only
+    second = a_q[1]
+    for other in rec.log:   # the second one alone on the device
+        if other is not second and not (other[0] == "quality" and other[1] == "a" and other is a_q[0]):
+            assert not overlaps(second, other), (second, other)
+    assert [e for e in rec.log if e[0] == "start" and e[1] == "a"].__len__() == 1   # its server stayed up
+    profiles = [e[1] for e in rec.log if e[0].startswith("profile")]
+    assert profiles.count("a") == 1 and profiles[-1] == "baseline"   # then profiled; the A/A sweep still last
+    assert all(v["state"] == "done" for v in out["variants"].values()) and not rec.live
+
+
 def test_memory_waves_bound_the_servers_alive_at_once(tmp_path):
     needs = {n: {"total": 8 * GIB, "kv_cache_memory_bytes": 4 * GIB} for n in ["baseline", "a", "b", "c", "d"]}
     assert plan_memory(needs, 20 * GIB) == [["baseline", "a"], ["b", "c"], ["d"]]
@@ -223,3 +251,41 @@ def test_a_transient_failure_gets_its_server_started_again_a_permanent_one_does_
     assert retried == ["b", "c", "c"] and by["b"].attempts == 2 and by["c"].attempts == 3 and by["a"].attempts == 1
     assert by["c"].transient == "server_died" and by["a"].transient is None and set(rec.failed) == {"a", "c"}
     assert not rec.live
+
+
+def test_cpu_split_gives_the_profiled_server_the_client_and_the_rest_their_own_cores():
+    server, client, rest = cpu_split(list(range(16)))
+    assert (server, client, rest) == (set(range(6)), {6, 7}, set(range(8, 16)))
+    assert not (server & client or server & rest or client & rest)
+    assert cpu_split([0, 1]) is None and cpu_split(list(range(7))) is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
+def test_a_profile_pins_every_thread_of_its_server_and_the_client_then_gives_all_cores_back(tmp_path):
+    import subprocess
+
+    everything = os.sched_getaffinity(0)
+    a, b = sorted(everything)[:2]
+    procs = [subprocess.Popen([sys.executable, "-c", "import threading, time; "
+                               "[threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; time.sleep(30)"])
+             for _ in range(2)]
+    try:
+        time.sleep(1.0)   # the threads are up
+        slots = [slot(n, tmp_path) for n in ("baseline", "a")]
+        for s, p in zip(slots, procs):
+            s.server = SimpleNamespace(pids=lambda p=p: [p.pid])
+
+        def affinities(pid):
+            return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+
+        with pinned(slots, slots[0], ({a}, {b}, {a})):
+            assert affinities(procs[0].pid) == {frozenset({a})}      # the profiled server: every thread
+            assert affinities(procs[1].pid) == {frozenset({a})}      # an idle neighbour: the rest
+            assert os.sched_getaffinity(0) == {b}                    # the client
+        assert affinities(procs[0].pid) == affinities(procs[1].pid) == {frozenset({a, b})}
+        assert os.sched_getaffinity(0) == {a, b}
+    finally:
+        os.sched_setaffinity(0, everything)
+        for p in procs:
+            p.kill()
+            p.wait()

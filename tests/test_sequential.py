@@ -490,6 +490,17 @@ def test_the_variants_run_evaluates_afresh_after_an_unreproduced_look(tmp_path, 
     metrics, early = runner._evaluate(job, ep, store.load)
     if policy is None:
         assert early is not None and "not reproducible: the same" in early["reason"] and full_eval == []
+        # faults.retry_unreproducible: the stop's record says the engine did not reproduce; the phase runs
+        # once more (evalgate.schedule / runner.run_serial), its first evaluation set aside
+        record = out.read("unreproducible.json")
+        assert [(u["phase"], u["look"]) for u in record] == [("look", early["look"])] and record[0]["changed_docs"] > 0
+        out.write_samples({"t": wrong[:4]})
+        assert runner.retry_alone(c, out) and not runner.retry_alone(SimpleNamespace(
+            faults={"retry_unreproducible": False}), out)
+        assert out.set_aside_quality() == record[0]["changed_docs"]
+        assert out.read("unreproducible.json") is None and out.samples("t") is None
+        assert out.read("unreproducible.first.json") == record and (out.path / "first.samples_t.jsonl").exists()
+        assert not runner.unreproduced(out) and not runner.retry_alone(c, out)   # once only
         return
     assert early is None and full_eval == [None]          # asked afresh, not from the looks' cache
     record = out.read("unreproducible.json")
@@ -546,3 +557,8 @@ def test_a_failing_check_has_its_differing_docs_asked_again(tmp_path, engine_rep
     asked.clear()
     out.write_samples({"t": rows(base)})
     assert runner._reask_failing(job, evaluate_docs, store.load(), {KEY: 1.0}, ["t"]) == {} and asked == []
+    # the second evaluation of faults.retry_unreproducible passes: accepted, with the first one's warning
+    ok = decide(c2, {"baseline": store.load(), "v": {**out.load(), "status": {"ok": True}, "metrics": {
+        KEY: 1.0, "retry/first_unreproducible_docs": 26.0}}})["variants"]["v"]
+    assert ok["verdict"] == "accept" and ok["warnings"] == [ok["warnings"][0]]
+    assert "first evaluation was not reproducible (26 docs" in ok["reason"]
