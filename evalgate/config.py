@@ -468,8 +468,6 @@ class Load(Section):
     waves: PositiveInt = 4
     aa: bool = False
     alone_check: bool = False  # scheduled runs: the baseline a third time, every other server stopped
-    pin_cpus: bool = False  # scheduled runs: during a profile the profiled server, the client and the rest get
-    # their own CPU cores (evalgate.schedule.cpu_split)
 
     @field_validator("concurrency")
     @classmethod

@@ -99,9 +99,14 @@ class VariantResults:
     KEEP_ON_RETRY = ("variant.json", "tracking.json")
 
     def clear_phases(self) -> None:
-        """A failed try's files gone (the variant's fields and its MLflow run kept) before the next try."""
+        """A failed try's files gone (the variant's fields and its MLflow run kept) before the next try; its
+        server log stays as server.try<N>.log, where a crash's cause is (an H100 run lost two of kv_fp8's
+        engine-core crashes this way: docs/results/h100-2026-11-26-28)."""
+        if (self.path / "server.log").is_file():
+            tries = len(list(self.path.glob("server.try*.log")))
+            (self.path / "server.log").rename(self.path / f"server.try{tries + 1}.log")
         for f in self.path.iterdir() if self.path.is_dir() else []:
-            if f.name not in self.KEEP_ON_RETRY and f.is_file():
+            if f.name not in self.KEEP_ON_RETRY and f.is_file() and not f.name.startswith("server.try"):
                 f.unlink()
 
     # the quality phase's own files (its server's log and command stay): what a second evaluation rewrites

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -96,60 +95,6 @@ def memory_shares(needs: dict[str, dict], total: int) -> dict[str, dict]:
     start that this much is free; the KV cache itself is sized by the bytes, not the fraction)."""
     return {n: {"kv_cache_memory_bytes": need["kv_cache_memory_bytes"],
                 "gpu_memory_utilization": min(0.95, 1.05 * need["total"] / total)} for n, need in needs.items()}
-
-
-def cpu_split(cpus: list[int]) -> tuple[set[int], set[int], set[int]] | None:
-    """CPU cores for a profile with `load.pin_cpus`: (the profiled server's processes, the client — this
-    process, which runs `vllm bench serve`'s loop —, everything else: the idle servers). Why: a 206 M model
-    at concurrency 1 is bound by the server's CPU side (scheduling, detokenizing: 1.7–2.4 ms a token), and
-    the baseline's two sweeps of one run differed by up to 20 % with every process free to share every core
-    (H100, docs/results/h100-2026-11-26-23). 3/8, 1/8 and 1/2 of the cores (16: 6, 2, 8); None below 8."""
-    if len(cpus) < 8:
-        return None
-    cpus = sorted(cpus)
-    n_server, n_client = 3 * len(cpus) // 8, max(1, len(cpus) // 8)
-    return (set(cpus[:n_server]), set(cpus[n_server:n_server + n_client]), set(cpus[n_server + n_client:]))
-
-
-def pin_tasks(pids: list[int], cpus: set[int]) -> int:
-    """Every thread of these processes onto `cpus` (sched_setaffinity moves one thread, so each task of
-    /proc/<pid>/task; threads started later inherit it). Processes or threads gone meanwhile are skipped.
-    Returns how many threads were moved."""
-    moved = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), cpus)
-                moved += 1
-    return moved
-
-
-@contextlib.contextmanager
-def pinned(slots: list[Slot], profiled: Slot, split: tuple[set[int], set[int], set[int]] | None):
-    """The profile's CPU split (cpu_split) while inside; afterwards every process gets all of them back
-    (quality phases and server starts use every core). Servers say which processes are theirs (`pids()`)."""
-    if split is None:
-        yield
-        return
-    server_cpus, client_cpus, rest = split
-    everything = server_cpus | client_cpus | rest
-
-    def servers():
-        return [(s, s.server.pids()) for s in slots if s.server is not None and hasattr(s.server, "pids")]
-
-    for s, pids in servers():
-        pin_tasks(pids, server_cpus if s is profiled else rest)
-    pin_tasks([os.getpid()], client_cpus)
-    try:
-        yield
-    finally:
-        for _, pids in servers():
-            pin_tasks(pids, everything)
-        pin_tasks([os.getpid()], everything)
 
 
 class Scheduler:
@@ -466,15 +411,6 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
         s.job.out.write_timeline(s.name, s.events, s.times)
         runner.fail(s.job, phase, error, transient=s.transient)
 
-    split = cpu_split(sorted(os.sched_getaffinity(0))) if cfg.load.get("pin_cpus") else None
-    if split:
-        print("schedule: profiles pinned to CPU cores: server " + ",".join(map(str, sorted(split[0]))) + ", client "
-              + ",".join(map(str, sorted(split[1]))) + ", the rest " + ",".join(map(str, sorted(split[2]))), flush=True)
-
-    def profile(s: Slot, ep, sweep: str):
-        with pinned(slots, s, split):
-            return runner.profile(s.job, ep, sweep)
-
     def again_alone(s: Slot) -> bool:
         if not runner.retry_alone(cfg, s.job.out):
             return False
@@ -500,7 +436,7 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
     sch = Scheduler(slots, capacity, start=start,
                     quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)))),
-                    profile=tracking(profile),
+                    profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
                     finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
                     alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,
                     retry=lambda s: s.job.out.clear_phases(), again_alone=again_alone)

@@ -106,10 +106,11 @@ def main() -> int:
             if prof is not None:
                 (dst / f"levels{'_' + sweep if sweep else ''}.json").write_text(json.dumps(
                     [{k: v for k, v in lv.items() if k != "requests"} for lv in prof["levels"]], indent=1))
-        if (d / "server.log").exists():  # the head holds the start-up facts, the tail any error
-            lines = (d / "server.log").read_text(errors="replace").splitlines()
-            keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
-            write_gz(dst / "server.log.gz", ("\n".join(keep) + "\n").encode())
+        for log in [d / "server.log", *sorted(d.glob("server.try*.log"))]:   # a failed try's log: its crash
+            if log.exists():  # the head holds the start-up facts, the tail any error
+                lines = log.read_text(errors="replace").splitlines()
+                keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
+                write_gz(dst / f"{log.name}.gz", ("\n".join(keep) + "\n").encode())
     versions = {}
     for pkg in ("vllm", "torch", "transformers", "lm_eval", "mlflow", "dvc", "hydra-core", "compressed-tensors"):
         try:

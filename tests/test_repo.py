@@ -16,7 +16,10 @@ def test_tracked_tree_fits_beside_a_bundle_part():
         files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the tracked tree cannot be listed")
-    size = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+    # each file counted in whole 4 KiB blocks, as the device counts a tree (2026-11-26: 15.7 MB of 2,292 files
+    # beside a 50 MB part was refused as over 64 MiB; in blocks that is 20.8 MiB + 47.7 MiB)
+    size = sum(-(-(ROOT / f).stat().st_size // 4096) * 4096
+               for f in files.decode().split("\0") if f and (ROOT / f).is_file())
     part = int(re.search(r"PART_BYTES:-(\d+)", (ROOT / "gpu/build-bundle.sh").read_text()).group(1))
     assert size + part <= CARRY_LIMIT, (
         f"tracked files {size / 2**20:.1f} MiB + a {part / 2**20:.1f} MiB bundle part exceed 64 MiB: "

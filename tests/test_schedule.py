@@ -2,7 +2,6 @@
 work on the device, the baseline first and last (A/A), variants' quality after the baseline's, a
 failure fails only its variant, early-rejected variants are never profiled, memory in waves."""
 import json
-import os
 import sys
 import threading
 import time
@@ -11,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from evalgate.results import VariantResults
-from evalgate.schedule import Scheduler, Slot, cpu_split, memory_shares, pinned, plan_memory, quality_worker
+from evalgate.schedule import Scheduler, Slot, memory_shares, plan_memory, quality_worker
 
 GIB = 2**30
 
@@ -253,39 +252,17 @@ def test_a_transient_failure_gets_its_server_started_again_a_permanent_one_does_
     assert not rec.live
 
 
-def test_cpu_split_gives_the_profiled_server_the_client_and_the_rest_their_own_cores():
-    server, client, rest = cpu_split(list(range(16)))
-    assert (server, client, rest) == (set(range(6)), {6, 7}, set(range(8, 16)))
-    assert not (server & client or server & rest or client & rest)
-    assert cpu_split([0, 1]) is None and cpu_split(list(range(7))) is None
 
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
-def test_a_profile_pins_every_thread_of_its_server_and_the_client_then_gives_all_cores_back(tmp_path):
-    import subprocess
-
-    everything = os.sched_getaffinity(0)
-    a, b = sorted(everything)[:2]
-    procs = [subprocess.Popen([sys.executable, "-c", "import threading, time; "
-                               "[threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; time.sleep(30)"])
-             for _ in range(2)]
-    try:
-        time.sleep(1.0)   # the threads are up
-        slots = [slot(n, tmp_path) for n in ("baseline", "a")]
-        for s, p in zip(slots, procs):
-            s.server = SimpleNamespace(pids=lambda p=p: [p.pid])
-
-        def affinities(pid):
-            return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
-
-        with pinned(slots, slots[0], ({a}, {b}, {a})):
-            assert affinities(procs[0].pid) == {frozenset({a})}      # the profiled server: every thread
-            assert affinities(procs[1].pid) == {frozenset({a})}      # an idle neighbour: the rest
-            assert os.sched_getaffinity(0) == {b}                    # the client
-        assert affinities(procs[0].pid) == affinities(procs[1].pid) == {frozenset({a, b})}
-        assert os.sched_getaffinity(0) == {a, b}
-    finally:
-        os.sched_setaffinity(0, everything)
-        for p in procs:
-            p.kill()
-            p.wait()
+def test_a_retry_clears_the_failed_try_but_keeps_its_server_log(tmp_path):
+    """VariantResults.clear_phases (the scheduler's `retry`): the next try starts clean, the variant's fields
+    and MLflow run stay, and each failed try's server log stays as server.try<N>.log (where its crash is)."""
+    out = VariantResults(tmp_path / "kv_fp8")
+    for n in (1, 2):
+        out.write("variant.json", {"name": "kv_fp8"})
+        out.write("tracking.json", {"run_id": "r"})
+        out.write_quality({"metrics": {}, "times": {}, "early": None})
+        (out.path / "server.log").write_text(f"EngineDeadError in try {n}\n")
+        out.clear_phases()
+        assert sorted(f.name for f in out.path.iterdir()) == sorted(
+            ["variant.json", "tracking.json", *(f"server.try{i}.log" for i in range(1, n + 1))])
+    assert (out.path / "server.try2.log").read_text() == "EngineDeadError in try 2\n"

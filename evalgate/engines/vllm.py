@@ -391,12 +391,6 @@ class VLLMServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def pids(self) -> list[int]:
-        """The server's processes: `vllm serve` and what it started (the engine core)."""
-        from evalgate.faults import descendants
-
-        return [self.proc.pid, *(p.pid for p in descendants(self.proc.pid))] if self.alive() else []
-
     def stop(self) -> None:
         self.sampler.stop()
         stop_process_group(self.proc)
