@@ -17,6 +17,10 @@ processes (the scheduler's quality workers) and a failure in one keeps the rest:
   timeline.json       the phases' start and end times
   tracking.json       the variant's MLflow run (its id), for the report and the quality worker
   server.json         (scheduler) a running server's record, for the quality worker to attach to
+  unreproducible.json identical requests answered differently (a look's repeat, the gate's re-ask); after
+                      faults.retry_unreproducible's second evaluation the first one's is
+                      unreproducible.first.json, its samples first.samples_<task>.jsonl
+  server.try<N>.log   a failed try's server log (a transient failure's retry keeps it)
   error.log           a failure's traceback
   engine files        server.log, server_cmd.json, bench.log, …: the engine's own, in the same folder
 

@@ -266,3 +266,44 @@ def test_a_retry_clears_the_failed_try_but_keeps_its_server_log(tmp_path):
         assert sorted(f.name for f in out.path.iterdir()) == sorted(
             ["variant.json", "tracking.json", *(f"server.try{i}.log" for i in range(1, n + 1))])
     assert (out.path / "server.try2.log").read_text() == "EngineDeadError in try 2\n"
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_serially_an_unreproducible_evaluation_runs_once_more_on_the_same_server(tmp_path, monkeypatch, retry):
+    """evalgate.runner.run_serial with faults.retry_unreproducible: the quality phase that met results its
+    engine did not reproduce runs a second time on the same server (served once), its first record set
+    aside; the second one decides (here: reproducible, so the variant is profiled). Off: the first stands."""
+    import contextlib
+
+    from evalgate import runner
+
+    out = VariantResults(tmp_path / "draft")
+    served, asked, profiled = [], [], []
+
+    def quality(job, ep):
+        asked.append(job.out.read("unreproducible.first.json"))
+        if len(asked) == 1:   # the first evaluation: a look's stop its repeat did not bear out
+            job.out.write("unreproducible.json", [{"phase": "look", "look": 2, "task": "fx_ppl", "docs": 100,
+                                                   "changed_docs": 32}])
+            return {"early": {"reason": "stopped early …; not reproducible"}}
+        return {"early": None}
+
+    @contextlib.contextmanager
+    def serve(model, variant, path):
+        served.append(variant.name)
+        yield SimpleNamespace(info=SimpleNamespace(start_seconds=1.0))
+
+    monkeypatch.setattr(runner, "track", lambda job: None)
+    monkeypatch.setattr(runner, "quality", quality)
+    monkeypatch.setattr(runner, "profile", lambda job, ep, sweep="": profiled.append(sweep))
+    monkeypatch.setattr(runner, "finish", lambda job, times, final=True: {})
+    cfg = SimpleNamespace(faults={"retry_unreproducible": retry}, load={})
+    job = SimpleNamespace(cfg=cfg, out=out, variant=SimpleNamespace(name="draft"), model=None, is_baseline=False)
+    assert runner.run_serial(job, SimpleNamespace(serve=serve)) == 0
+    assert served == ["draft"]
+    if retry:
+        assert asked == [None, [{"phase": "look", "look": 2, "task": "fx_ppl", "docs": 100, "changed_docs": 32}]]
+        assert profiled == [""] and out.read("unreproducible.json") is None
+        assert [e["phase"] for e in out.timeline()["events"]] == ["start", "quality", "quality_again", "profile"]
+    else:
+        assert len(asked) == 1 and profiled == [] and out.read("unreproducible.json")
