@@ -48,7 +48,7 @@ def rows(keys: list[str], results: dict, gate: dict) -> list[dict]:
     for name, v in gate["variants"].items():
         m = results.get(name, {}).get("metrics", {})
         thr, bthr = m.get("output_throughput"), base.get("output_throughput")
-        out.append({"variant": name, "verdict": v["verdict"], "reason": v["reason"],
+        out.append({"variant": name, "verdict": v["verdict"], "reason": v["reason"], "warnings": v.get("warnings", []),
                     "speedup_pct": 100 * (thr / bthr - 1) if thr and bthr else None,
                     **{k: m.get(k) for k, _, _ in SPEED + LENGTH + FIDELITY}, **{k: m.get(k) for k in keys}})
     return out
@@ -81,7 +81,8 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
             *[k.removeprefix("lmeval/") for k in q], *[h for _, h, _ in FIDELITY]]
     lines += ["## Variants", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cells = [f"`{r['variant']}`", "✅ accept" if r["verdict"] == "accept" else "❌ reject",
+        cells = [f"`{r['variant']}`", ("✅ accept" if r["verdict"] == "accept" else "❌ reject")
+                 + (" ⚠" if r.get("warnings") else ""),   # the Verdicts section says what about
                  *[_fmt(r[k], f) for k, _, f in SPEED], _fmt(r["speedup_pct"], "{:+.1f}"),
                  *[_fmt(r[k], f) for k, _, f in LENGTH], *[_fmt(r[k], "{:.4f}") for k in q],
                  *[_fmt(r[k], f) for k, _, f in FIDELITY]]
@@ -233,6 +234,7 @@ def _verdicts(table: list[dict], gate: dict) -> list[str]:
         checks = gate["variants"][r["variant"]]["checks"]
         lines.append(f"- `{r['variant']}`: **{r['verdict']}** — {r['reason'] if not checks else ''}".rstrip(" —"))
         lines += [f"  - {'✅' if c['passed'] else '❌'} {c['reason']}" for c in checks]
+        lines += [f"  - ⚠ warning: {w}" for w in r.get("warnings", [])]
         early = gate["variants"][r["variant"]].get("early_rejection")
         if early and early.get("kind", "sequential") == "sequential":
             saved = ("" if early.get("eval_s_saved") is None

@@ -70,3 +70,20 @@ def test_levels_the_host_disturbed_are_named_beside_the_noise_floor():
     assert "c128" not in text
     quiet = {"baseline": {"metrics": {"c1/host_steal_pct": 0.1, "sweep_aa/c1/host_steal_pct": 0.2}}}
     assert _host_steal(quiet) == [] and _host_steal({}) == []
+
+
+def test_a_verdicts_warnings_are_in_the_summary():
+    """gate.json's `warnings` (faults.retry_unreproducible's second evaluation, on_unreproducible evaluate_on)
+    reach the Verdicts section under the checks; an accept with one is not a plain accept."""
+    from evalgate.report import _verdicts
+
+    check = {"passed": True, "reason": "lmeval/t/acc/none: Δ=+0 … → non-inferior"}
+    warning = "its first evaluation was not reproducible (32 docs scored differently …)"
+    gate = {"variants": {"draft": {"verdict": "accept", "reason": f"all checks passed; warning: {warning}",
+                                   "checks": [check], "warnings": [warning]},
+                         "fp8": {"verdict": "accept", "reason": "all checks passed", "checks": [check]}}}
+    table = [{"variant": "draft", "verdict": "accept", "warnings": [warning]}, {"variant": "fp8", "verdict": "accept"}]
+    lines = _verdicts(table, gate)
+    at = lines.index("- `draft`: **accept**")
+    assert lines[at + 1:at + 3] == [f"  - ✅ {check['reason']}", f"  - ⚠ warning: {warning}"]
+    assert not [x for x in lines[lines.index("- `fp8`: **accept**"):] if "⚠" in x]
