@@ -46,21 +46,23 @@ class Job:
         return self.variant.name == BASELINE
 
 
-def open_run(cfg: Config, variant: Variant, workload: Path | None, out: VariantResults) -> VariantRun | None:
+def open_run(cfg: Config, variant: Variant, workload: Path | None, out: VariantResults,
+             system_metrics: bool = True) -> VariantRun | None:
     """The variant's nested MLflow run, under this execution's parent (evalgate.tracking); its id goes
     to the results folder, for the scheduler's quality worker and the report."""
     run = VariantRun.open(cfg.mlflow, cfg.raw, variant.name, variant.as_params(),
                           parent_name(cfg.model.id, cfg.engine["name"], len(cfg.variants)),
-                          workload=workload, tasks=cfg.eval["tasks"])
+                          workload=workload, tasks=cfg.eval["tasks"], system_metrics=system_metrics)
     if run is not None:
         out.write_tracking(run.info)
     return run
 
 
-def track(job: Job) -> None:
-    """Open the job's MLflow run, now that the variant starts (once)."""
+def track(job: Job, system_metrics: bool = True) -> None:
+    """Open the job's MLflow run, now that the variant starts (once); `system_metrics` False: without a
+    monitor of its own (the scheduler logs the host's once: tracking.host_metrics)."""
     if job.tracker is None:
-        job.tracker = open_run(job.cfg, job.variant, job.workload, job.out)
+        job.tracker = open_run(job.cfg, job.variant, job.workload, job.out, system_metrics)
 
 
 def skipped_tasks(cfg: Config, skip: dict[str, str], tasks_index) -> dict[str, str]:

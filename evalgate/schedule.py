@@ -370,13 +370,20 @@ def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 
     return t
 
 
-def _track_all(runner, slots: list[Slot]) -> None:
-    """Open each variant's MLflow run (one thread: the first opens the parent run the others find)."""
+def _track_all(runner, slots: list[Slot], host: list) -> None:
+    """Open each variant's MLflow run (one thread: the first opens the parent run the others find), each
+    without a system-metrics monitor of its own; the host's system metrics go to the parent, once
+    (`host`: that monitor, for the schedule to finish)."""
+    from evalgate import tracking
+
     for s in slots:
         try:
-            runner.track(s.job)
+            runner.track(s.job, system_metrics=False)
         except Exception as e:  # noqa: BLE001 - MLflow errors are never fatal (tracking); a file error is said
             print(f"schedule: {s.name}: opening its MLflow run failed: {type(e).__name__}: {e}", flush=True)
+    parent = next((s.job.tracker.info["parent_run_id"] for s in slots if s.job.tracker is not None), None)
+    if parent is not None:
+        host.append(tracking.host_metrics(slots[0].job.cfg.mlflow, parent))
 
 
 @contextlib.contextmanager
@@ -422,7 +429,8 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
 
     # every variant's MLflow run opens while the servers start (seven runs: ≈ 2 s before the first server
     # started, H100 2026-11-26); whatever reports to a run (a quality worker reads its tracking.json) waits
-    tracked = threading.Thread(target=_track_all, args=(runner, slots), daemon=True)
+    host: list = []   # the one system-metrics monitor (tracking.host_metrics)
+    tracked = threading.Thread(target=_track_all, args=(runner, slots, host), daemon=True)
 
     def tracking(fn: Callable) -> Callable:
         def wrapped(*args):
@@ -443,6 +451,9 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     tracked.start()
     with sch.running() as out:
         stop.set()
+        for monitor in filter(None, host):
+            with contextlib.suppress(Exception):   # tracking is never fatal
+                monitor.finish()
         out["gpu_utilization"] = util
         base = next((s for s in slots if s.name == BASELINE), slots[0])
         base.job.out.write("schedule.json", out)

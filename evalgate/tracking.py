@@ -304,7 +304,10 @@ class VariantRun:
         workload: Path | None = None,
         tasks: list[str] | None = None,
         task_docs: dict | None = None,
+        system_metrics: bool = True,
     ) -> VariantRun | None:
+        """`system_metrics` False: no monitor of its own (a scheduled run's variants share one host, which
+        `host_metrics` logs once, to the parent)."""
         if not options.get("enabled", True):
             return None
         exp = Experiment(options)
@@ -328,7 +331,7 @@ class VariantRun:
             exp.client.log_inputs(rid, datasets=datasets)
         exp.client.log_metric(rid, "progress", PHASES["start"])
         monitor = None
-        if options.get("system_metrics", True):
+        if system_metrics and options.get("system_metrics", True):
             monitor = _system_metrics(rid, exp.tracking_uri, float(options.get("system_metrics_interval_s", 5)))
         # tracking.json keeps the URI without its password: a quality worker gets the real one from its own
         # params and environment (`attach`)
@@ -382,6 +385,21 @@ class VariantRun:
         self.client.set_tag(self.run_id, "phase", "done" if ok else "failed")
         self.client.log_metric(self.run_id, "progress", PHASES["done"])
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+@_never_fatal
+def host_metrics(options: dict, run_id: str):
+    """MLflow's system metrics of this host, logged to one run (the parent of a scheduled run) while the
+    variants run side by side. Why not one monitor per variant: they would all measure the same host at
+    the same time, and each is a thread in the process whose asyncio loop times the profiles: seven of them
+    stall that loop past 5 ms far more often than none (bench/client_lag.py; figures in the README).
+    Returns the monitor (`finish()` it), or None when system metrics are off."""
+    import mlflow
+
+    if not options.get("enabled", True) or not options.get("system_metrics", True):
+        return None
+    # the URI the variants' runs were opened with (Experiment set it in this process)
+    return _system_metrics(run_id, mlflow.get_tracking_uri(), float(options.get("system_metrics_interval_s", 5)))
 
 
 def _system_metrics(run_id: str, tracking_uri: str, interval_s: float):

@@ -111,3 +111,21 @@ def test_a_worker_process_logs_to_the_run_its_scheduler_opened(tmp_path, store):
     assert done.info.status == "FINISHED" and done.data.metrics["lmeval/t/acc/none"] == 0.5
     assert [m.value for m in client.get_metric_history(run.run_id, "progress")] == [1, 2, 4]
     assert tracking.VariantRun.attach(None) is None
+
+
+def test_scheduled_variants_share_one_host_monitor_on_the_parent(tmp_path, store):
+    """A scheduled run opens its variants' runs without system-metrics monitors of their own
+    (`system_metrics=False`) and one monitor for the host on the parent (tracking.host_metrics); a serial
+    variant keeps its own. Off in params (`mlflow.system_metrics: false`): no monitor at all."""
+    on = {**store, "system_metrics": True, "system_metrics_interval_s": 1}
+    shared = tracking.VariantRun.open(on, RAW, "a", VARIANT, "p", system_metrics=False)
+    own = tracking.VariantRun.open(on, RAW, "b", VARIANT, "p")
+    try:
+        assert shared.monitor is None and own.monitor is not None
+        host = tracking.host_metrics(on, shared.info["parent_run_id"])
+        assert host is not None and host._run_id == shared.info["parent_run_id"]
+        host.finish()
+        assert tracking.host_metrics(store, shared.info["parent_run_id"]) is None
+    finally:
+        shared.close(True)
+        own.close(True)
