@@ -307,3 +307,24 @@ def test_serially_an_unreproducible_evaluation_runs_once_more_on_the_same_server
         assert [e["phase"] for e in out.timeline()["events"]] == ["start", "quality", "quality_again", "profile"]
     else:
         assert len(asked) == 1 and profiled == [] and out.read("unreproducible.json")
+
+
+def test_the_variants_runs_open_without_monitors_and_the_host_gets_one(tmp_path, monkeypatch):
+    """schedule._track_all: every variant's MLflow run without a system-metrics monitor of its own, then one
+    monitor for the host on their parent run (tracking.host_metrics), handed back for the schedule to finish."""
+    from evalgate import schedule, tracking
+
+    asked = []
+
+    def track(job, system_metrics=True):
+        asked.append((job.variant.name, system_metrics))
+        job.tracker = SimpleNamespace(info={"parent_run_id": "P"})
+
+    monkeypatch.setattr(tracking, "host_metrics", lambda options, run_id: ("monitor", options, run_id))
+    slots = [slot(n, tmp_path) for n in ("baseline", "a")]
+    for s in slots:
+        s.job.cfg, s.job.tracker = SimpleNamespace(mlflow={"system_metrics": True}), None
+    host = []
+    schedule._track_all(SimpleNamespace(track=track), slots, host)
+    assert asked == [("baseline", False), ("a", False)]
+    assert host == [("monitor", {"system_metrics": True}, "P")]
