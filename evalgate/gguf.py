@@ -41,8 +41,13 @@ TOOLS = ("llama-server", "llama-quantize", "llama-bench", "llama-perplexity")
 # with no speed difference above this machine's noise in llama-bench or through llama-server
 # (bench/llamacpp_build.py, docs/results/cpu-llamacpp-build-2026-11-26). ggml gets its -O3 back through
 # cmake's per-project include hook, which runs inside ggml's own project() and so sets its flags only.
-GGML_FLAGS = ('set(CMAKE_C_FLAGS_RELEASE "-O3 -DNDEBUG")\n'
-              'set(CMAKE_CXX_FLAGS_RELEASE "-O3 -DNDEBUG")\n')
+# Without AMX: GGML_NATIVE on a CPU that reports AMX (a Sapphire Rapids VM here, 2026-11-26) compiles ggml's
+# AMX kernels for Q8_0 and friends, and on that VM the first `tilezero` in a worker thread died with SIGILL
+# (llama-server exited with -4 while warming up a Q8_0 model; gdb: tinygemm_kernel_amx<block_q8_0>), so
+# every llama.cpp test failed there. The AVX-512 kernels serve those types instead.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+GGML_FLAGS = (f'set(CMAKE_C_FLAGS_RELEASE "-O3 -DNDEBUG {NO_AMX}")\n'
+              f'set(CMAKE_CXX_FLAGS_RELEASE "-O3 -DNDEBUG {NO_AMX}")\n')
 CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
                "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF",
