@@ -276,7 +276,7 @@ def _evaluate(job: Job, ep, baseline) -> tuple[dict, dict | None]:
             quality = evaluate(lm, tasks, tasks_index, out, use_cache=None if unreproducible else cache, **full)
             extra = {"sequential/stopped": 0.0, "sequential/looks_eval_s": seq["eval_s"]}
             if unreproducible:
-                extra["sequential/unreproducible_docs"] = float(sum(u["changed_docs"] for u in unreproducible))
+                extra["sequential/unreproducible_docs"] = float(changed_docs(unreproducible))
             extra.update(_reask_failing(job, ask_again, baseline(), quality, tasks))
             return {**quality, **extra}, None
     out.write_samples(seq["rows"])  # what the looks evaluated, for a reviewer to recompute the stop

@@ -418,10 +418,10 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
         s.job.out.write_timeline(s.name, s.events, s.times)
         runner.fail(s.job, phase, error, transient=s.transient)
 
-    def again_alone(s: Slot) -> bool:
+    def again_alone(s: Slot) -> bool:   # the count is the second evaluation's retry/ metric (runner.quality)
         if not runner.retry_alone(cfg, s.job.out):
             return False
-        s.times["unreproducible_first_docs"] = s.job.out.set_aside_quality()
+        s.job.out.set_aside_quality()
         return True
 
     def start(s: Slot):
