@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 
 import numpy as np
 
 from evalgate.metrics import stat_keys
+
+# Set while a load sweep runs in this process: the samplers that poll the GPU driver (the servers'
+# memory samplers, evalgate.engines.vllm; the scheduler's utilization sampler) wait meanwhile, so a
+# profile shares the driver with nothing of ours but its client (bench/aa_noise.py measures the effect)
+SWEEPING = threading.Event()
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 BINS = 8
@@ -234,6 +240,15 @@ def sweep(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool, bas
     """The whole sweep: the concurrency ladder to saturation, then the rate levels (engines that can).
     `base_peak_rps`: the baseline's peak request throughput, which the rate fractions scale (None: this
     is the baseline, its own peak is used)."""
+    SWEEPING.set()
+    try:
+        return _sweep(ep, requests, load, slo, ignore_eos, base_peak_rps, progress)
+    finally:
+        SWEEPING.clear()
+
+
+def _sweep(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool, base_peak_rps: float | None,
+           progress) -> dict:
     levels, best = [], 0.0
     gain = float(load.get("saturation_gain_pct", 5.0))
     t0 = time.perf_counter()

@@ -350,7 +350,10 @@ def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
 
 
 def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 0.5) -> threading.Thread:
-    """GPU utilization samples (time, %) through NVML while the schedule runs: its idle share."""
+    """GPU utilization samples (time, %) through NVML while the schedule runs, outside the load sweeps
+    (evalgate.profile.SWEEPING: nothing of ours polls the driver during a profile): its idle share."""
+    from evalgate.profile import SWEEPING
+
     def go():
         try:
             import pynvml
@@ -360,6 +363,9 @@ def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 
         except Exception:  # noqa: BLE001 - no GPU here
             return
         while not stop.is_set():
+            if SWEEPING.is_set():
+                stop.wait(0.05)
+                continue
             try:
                 out.append((time.time(), float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)))
             except Exception:  # noqa: BLE001

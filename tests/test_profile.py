@@ -317,3 +317,47 @@ def test_host_share_is_busy_and_stolen_cpu_over_all_cores():
     out = _host_share(a, b)
     assert out == {"host_cpu_pct": 50.0, "host_steal_pct": 10.0}
     assert _host_share(a, a) == {}
+
+
+def test_no_driver_polling_while_a_sweep_runs(monkeypatch):
+    """The servers' GPU memory samplers poll NVML every 0.5 s, but not while a load sweep runs in this
+    process (bench/aa_noise.py: what their polling did to a profile); the peak is read after it."""
+    import sys
+    import threading
+    import time
+    import types
+
+    from evalgate.engines.vllm import GpuMemorySampler
+
+    polls = []
+
+    class Proc:
+        pid, usedGpuMemory = 0, 512 * 2**20
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: polls.append(time.monotonic()) or [Proc()])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr("os.getpgid", lambda pid: 42)
+    sampler = GpuMemorySampler(42)
+    sampler.start()
+    during = []
+
+    class Slow(FakeEndpoint):
+        def run_requests(self, *a, **k):
+            n = len(polls)
+            time.sleep(0.7)                     # longer than the sampler's period
+            during.append(len(polls) - n)
+            return super().run_requests(*a, **k)
+
+    try:
+        deadline = time.monotonic() + 5
+        while not polls and time.monotonic() < deadline:   # it polls when nothing is profiled
+            time.sleep(0.01)
+        assert polls and not P.SWEEPING.is_set()
+        P.sweep(Slow(), REQS, {**LOAD, "concurrency": [1, 2], "rates": []}, {}, False)
+        assert during and during == [0] * len(during)      # not once during the sweep's levels
+        assert not P.SWEEPING.is_set() and threading.active_count() >= 2
+    finally:
+        sampler.stop()
+    assert sampler.peak_mb == 512

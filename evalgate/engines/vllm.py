@@ -160,29 +160,47 @@ def start_phases(log: str) -> dict[str, float]:
 
 class GpuMemorySampler(threading.Thread):
     """Peak GPU memory held by one server's processes (its process group), sampled every 0.5 s through
-    NVML (pynvml): with several servers on one card, the card's total says nothing about one of them."""
+    NVML (pynvml): with several servers on one card, the card's total says nothing about one of them.
+    It does not poll while a load sweep runs (evalgate.profile.SWEEPING); the endpoint samples once more
+    when its stats are read, after the sweep (PyTorch's caching allocator keeps what the load needed)."""
 
     def __init__(self, pgid: int):
         super().__init__(daemon=True)
-        self.pgid, self.peak_mb, self._stop = pgid, 0.0, threading.Event()
+        self.pgid, self.peak_mb, self._stop, self._handles = pgid, 0.0, threading.Event(), None
+
+    def sample(self) -> None:
+        """One reading of this server's processes' GPU memory (a no-op without NVML)."""
+        if self._handles is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            except Exception:  # noqa: BLE001 - no NVML here (CPU host, tests): no memory figure
+                self._handles = []
+        if not self._handles:
+            return
+        import pynvml
+
+        used = 0
+        for h in self._handles:
+            with contextlib.suppress(Exception):
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    with contextlib.suppress(OSError):
+                        if os.getpgid(p.pid) == self.pgid:
+                            used += p.usedGpuMemory or 0
+        self.peak_mb = max(self.peak_mb, used / 2**20)
 
     def run(self):
-        try:
-            import pynvml
+        from evalgate.profile import SWEEPING
 
-            pynvml.nvmlInit()
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        except Exception:  # noqa: BLE001 - no NVML here (CPU host, tests): no memory figure
-            return
         while not self._stop.is_set():
-            used = 0
-            for h in handles:
-                with contextlib.suppress(Exception):
-                    for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                        with contextlib.suppress(OSError):
-                            if os.getpgid(p.pid) == self.pgid:
-                                used += p.usedGpuMemory or 0
-            self.peak_mb = max(self.peak_mb, used / 2**20)
+            if SWEEPING.is_set():
+                self._stop.wait(0.05)
+                continue
+            self.sample()
+            if self._handles == []:
+                return
             self._stop.wait(0.5)
 
     def stop(self):
@@ -342,6 +360,8 @@ class VLLMEndpoint(Endpoint):
         log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         out.update(log_facts(log))
         out.update({f"time/start/{k}": v for k, v in start_phases(log).items()})
+        if self.sampler is not None:
+            self.sampler.sample()
         if self.sampler is not None and self.sampler.peak_mb:
             out["mem_peak_mb"] = self.sampler.peak_mb
         return out
