@@ -1,7 +1,8 @@
 """Time to verdict on one GPU, and where it goes: the GPU preset run end to end, then the per-phase
 breakdown per variant (server start split into imports, weights, compile, CUDA graphs, API; quality
 split into fidelity and evaluation; profile per load level), the GPU's idle share while the schedule
-ran, and the pipeline's own overhead (DVC, MLflow, gate, report).
+ran (outside the load sweeps, during which nothing of ours polls the driver: evalgate.profile.SWEEPING),
+and the pipeline's own overhead (DVC, MLflow, gate, report).
 
     python bench/gpu_verdict.py [--serial] [hydra overrides…]   run it (fixture first, timed apart), print
     python bench/gpu_verdict.py --table                          only print the table for results/ as they are
