@@ -42,6 +42,7 @@ KV_DTYPES = ("auto", "fp8", "int8", "int4", "int2", *GGUF_KV_TYPES)
 SPEC_METHODS = ("none", "ngram", "draft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BASELINE = "baseline"  # the reference's name in results/, the gate, the report and MLflow
+FIXTURE_DRAFT = "fixtures/draft"  # where the fixture stage writes its draft (dvc.yaml; conf/model/fixture.yaml)
 OFFLINE_QUANT = ("w4a16", "w8a8", *GGUF_TYPES)  # written by a quantize@<variant> stage, which only variants have
 
 # Profile metrics a gate limit may bound and the report may rank by (vLLM's serving names; see
@@ -559,7 +560,7 @@ class Fixture(Section):
     tokenizer: FixtureTokenizer
     corpus: FixtureCorpus
     target: FixtureModel
-    draft: FixtureModel
+    draft: FixtureModel | None = None  # null: no draft is trained (no variant of the configuration needs one)
 
 
 # -- tracking, report, faults -------------------------------------------------------------------------------
@@ -653,6 +654,16 @@ class Params(Section):
                     value=metric,
                     tasks=", ".join(self.eval.tasks),
                 )
+        if self.fixture is not None and self.fixture.draft is None and self.model.draft == FIXTURE_DRAFT:
+            for name, spec in {BASELINE: self.baseline, **self.variants}.items():
+                if spec.speculative.method == "draft":
+                    raise _problem(
+                        "field_error",
+                        "'draft' needs the fixture's draft model, and fixture.draft is null (this configuration "
+                        "trains none): choose fixture=cpu_draft, or give fixture.draft",
+                        key=f"{'baseline' if name == BASELINE else f'variants.{name}'}.speculative.method",
+                        value="draft",
+                    )
         if isinstance(self.engine, HFOptions):
             for name, spec in {BASELINE: self.baseline, **self.variants}.items():
                 try:

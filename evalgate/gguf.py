@@ -363,12 +363,12 @@ def export(model, options: dict, out: Path) -> dict:
     Modelfile and `gguf.json` (files, sizes, tensor types, the build). Builds the tools first if this
     machine has none. A model the converter refuses is a ConfigError: one line naming the fix (exit 2)."""
     from evalgate.config import ConfigError
-    from evalgate.models import resolve_model
+    from evalgate.models import has_draft, resolve_model
 
     tl = tools(options)                      # built once per machine, then cached
     info = {"engine": "llamacpp", "build": {"root": str(tl.root), **tl.info}}
     for which, name in (("id", "model"), ("draft", "draft")):
-        if which == "draft" and not model.draft:
+        if which == "draft" and not has_draft(model):
             continue
         src = resolve_model(model, which)    # a missing model is a config error (exit 2)
         try:

@@ -10,6 +10,15 @@ from evalgate.config import GGUF_TYPES, ConfigError, ModelSpec, Variant
 MARKER = "checkpoint.json"   # what the quantize stage writes into a checkpoint folder it produced
 
 
+def has_draft(model: ModelSpec) -> bool:
+    """`model.draft` names a draft model: a hub id, or a local folder that holds one (the fixture's draft
+    folder holds only a README when its configuration trains none: `fixture.draft` null)."""
+    if not model.draft:
+        return False
+    path = Path(model.draft)
+    return not path.is_dir() or (path / "config.json").exists()
+
+
 def resolve_model(model: ModelSpec, which: str = "id") -> str:
     """Local folder or hub snapshot path for `model.id` (or `model.draft`), with a one-line error."""
     ref = getattr(model, which)

@@ -34,8 +34,23 @@ def test_every_option_composes(group):
 @pytest.mark.parametrize("group", LISTS)
 def test_every_variant_and_combination_file_validates(group):
     names = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    cfg = parse(compose(["variant=[]", "combo=[]", f"{group}=[{','.join(names)}]"], CONF))
+    # fixture=cpu_draft: the `draft` variants need the fixture's draft model
+    cfg = parse(compose(["variant=[]", "combo=[]", f"{group}=[{','.join(names)}]", "fixture=cpu_draft"], CONF))
     assert set(names) <= set(cfg.variants)  # the package line of each file matches its file name
+
+
+def test_a_draft_variant_without_the_fixtures_draft_is_one_line_before_anything_runs():
+    """The CPU default trains no draft (`fixture.draft: null`: none of its variants needs one); a variant
+    that speculates with the fixture's draft is then refused at compose time, naming the fix."""
+    assert parse(compose([], CONF)).raw["fixture"]["draft"] is None
+    with pytest.raises(ConfigError) as e:
+        parse(compose(["variant=[int8,draft]"], CONF))
+    msg = str(e.value)
+    assert "variants.draft.speculative.method" in msg and "fixture=cpu_draft" in msg and "\n" not in msg
+    cfg = parse(compose(["variant=[int8,draft]", "fixture=cpu_draft"], CONF))
+    target = parse(compose([], CONF)).raw["fixture"]["target"]
+    assert cfg.raw["fixture"]["draft"] and cfg.raw["fixture"]["target"] == target   # the same target
+    assert parse(compose(["preset=llamacpp"], CONF)).raw["fixture"]["draft"]   # its `draft` variant has one
 
 
 def test_a_combination_merges_its_families():

@@ -128,3 +128,22 @@ def test_prefetched_batches_are_the_same_batches(tok):
     with pytest.raises(ValueError, match="bad batch"):
         next(bad)
     bad.close()
+
+
+def test_no_draft_is_trained_when_the_configuration_needs_none(tmp_path):
+    """`draft: null` (the CPU default: no variant speculates with a draft) trains the target only; the
+    draft folder, a DVC output, says why it is empty, and the gguf stage and the engines see no draft."""
+    import yaml
+
+    from evalgate.config import ModelSpec
+    from evalgate.models import has_draft
+
+    cfg = yaml.safe_load(open("conf/fixture/tiny.yaml"))
+    metrics = build({**cfg, "draft": None}, tmp_path)
+    assert (tmp_path / "model" / "config.json").exists() and (tmp_path / "tasks").is_dir()
+    assert not any(k.startswith(("train_seconds_draft", "draft_")) for k in metrics)
+    assert "`fixture.draft` is null" in (tmp_path / "draft" / "README.md").read_text()
+    assert not (tmp_path / "draft" / "config.json").exists()
+    assert not has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "draft")))
+    assert has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "model")))
+    assert has_draft(ModelSpec("hub", "org/target", draft="org/draft")) and not has_draft(ModelSpec("hub", "org/t"))
