@@ -5,6 +5,8 @@ records each and runs the rest.
   1. dvc status; dvc repro fixture workload gguf quantize   the inputs, by DVC as usual (when stale)
   2. dvc status baseline run                 which variants DVC would run (all, if the baseline is stale)
   3. the scheduler runs exactly those        the same phases, files and MLflow runs as `evalgate run`
+     (engines that cannot share a device, `hf` and `llamacpp`: one at a time, each variant's stage
+     command run from here, `run_stage`: its supervised worker process, as under `dvc repro`)
   4. gate and report, in this process        the same functions as their stages' commands, while
                                              the servers stop
   5. dvc commit -f <each finished stage> gate report   DVC records them as it would after running them
@@ -202,10 +204,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         known = hit
     todo = stale(stages, known)
     step(f"2/5 stale: {', '.join(todo) or 'none'}")
-    if todo and (serial or not engine.attachable):
-        # one at a time: exactly what DVC runs itself, each variant in its own process (an in-process
-        # engine frees its model with it; one process serving every variant held all their memory);
-        # --keep-going: a variant that failed transiently (exit 75) does not stop the others
+    if todo and serial:
+        # exactly what DVC runs itself, each variant in its own process; --keep-going: a variant that
+        # failed transiently (exit 75) does not stop the others
         step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
         if no_run_cache:  # each stale variant's command runs: `dvc repro` would check its outputs out of
             # DVC's cache (dvc.lock still names them) and `--no-run-cache` does not stop that (DVC 3.67)
@@ -221,9 +222,21 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         return 0
     results = Results(PATHS["results"])
     slots = []
-    if warm is not None:
+    if todo and not engine.attachable:
+        # engines that serve in-process (hf) or one CPU server at a time: each stale variant in its own
+        # supervised worker process, exactly as its stage runs it (`evalgate run`: the fault policy's
+        # timeout, memory limit and retries; an in-process model is freed with its process), then gate,
+        # report and one `dvc commit`, as below. `dvc repro --keep-going` around the same runs cost ≈ 49 s
+        # of a 438 s CPU default (2026-11-27: per-stage lock and hash work, a process per stage)
+        step(f"3/5 running {len(todo)} variant(s) one at a time")
+        for st in todo:
+            step(f"3/5 {st}")
+            run_stage(cfg, st)
+            if st == BASELINE and (failed := transient_failures([BASELINE])):
+                return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
+    elif warm is not None:
         warm.join()
-    for st in todo:
+    for st in todo if engine.attachable else []:
         name = st.removeprefix("run@")
         job = runner.prepare(
             cfg,
@@ -238,7 +251,8 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         )
         if job is not None:
             slots.append(schedule.Slot(job))
-    step(f"3/5 running {len(slots)} variant(s) side by side")
+    if engine.attachable:
+        step(f"3/5 running {len(slots)} variant(s) side by side")
     code = None
     # gate and report need no server: they run while the servers stop (the stop's log lines land in
     # each variant's server.log, a DVC output, so the commit waits for the stops)
@@ -265,6 +279,26 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             return code
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
     return 0
+
+
+def run_stage(cfg: Config, stage: str) -> int:
+    """`baseline` or `run@<variant>` as dvc.yaml's command runs it (evalgate.cli.run, its supervisor in this
+    process, the work in a worker process); returns its exit code (75: failed transiently)."""
+    from evalgate import cli
+
+    name = stage.removeprefix("run@")
+    variant = name != BASELINE
+    return cli._supervise(
+        cfg,
+        name,
+        Path(PATHS["results"]) / name,
+        Path(PATHS["workload"]),
+        Path(PATHS["reference"]),
+        Path(PATHS["checkpoints"]) / name if variant else None,
+        Path(PATHS["results"]) / BASELINE if variant else None,
+        cli.PARAMS,
+        Path(PATHS["gguf"]),
+    )
 
 
 def gate_and_report() -> int:

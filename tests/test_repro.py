@@ -111,3 +111,40 @@ def test_scheduled_repro_runs_stale_inputs_first(scheduled):
 def test_scheduled_repro_with_nothing_stale_leaves_gate_and_report_to_dvc(scheduled):
     assert repro._repro(scheduled_cfg()) == 0
     assert scheduled.ran == [] and scheduled.log[-1] == ("repro",) and ("gate+report",) not in scheduled.log
+
+
+def test_in_process_engines_run_each_stage_command_here_then_one_commit(scheduled, monkeypatch):
+    """Engines that cannot share a device (hf, llamacpp) run the stale stages one at a time, each through
+    its stage's own command (a supervised worker process), without `dvc repro` around them; then gate
+    and report in this process and one `dvc commit` (that wrapper cost ≈ 49 s of a 438 s CPU default)."""
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False)
+    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
+    monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
+    scheduled.status.update({"baseline"})
+    assert repro._repro(cfg()) == 0
+    assert scheduled.ran == []   # no scheduler
+    assert [c for c in scheduled.log if c[0] != "status"] == [
+        ("run", "baseline"), ("run", "run@int8"), ("run", "run@int4"), ("gate+report",),
+        ("commit", "baseline", "run@int8", "run@int4", "gate", "report")]
+
+
+def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled, monkeypatch, tmp_path):
+    """A baseline that failed transiently leaves nothing to compare with: no variant runs, nothing is
+    committed, gate and report run on what there is, and the command exits 75 (the next repro retries)."""
+    import json
+
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False)
+    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
+
+    def run_stage(cfg, st):
+        scheduled.log.append(("run", st))
+        (tmp_path / "results" / "baseline").mkdir(parents=True)
+        (tmp_path / "results" / "baseline" / "status.json").write_text(
+            json.dumps({"ok": False, "transient": "timeout", "error": "worker timed out"}))
+        return 75
+
+    monkeypatch.setattr(repro, "run_stage", run_stage)
+    scheduled.status.update({"baseline"})
+    assert repro._repro(cfg()) == repro.EX_TEMPFAIL
+    assert ("run", "run@int8") not in scheduled.log and not any(c[0] == "commit" for c in scheduled.log)
+    assert ("repro", "--single-item", "gate") in scheduled.log
