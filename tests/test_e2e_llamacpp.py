@@ -5,8 +5,10 @@ llama-perplexity and gates both variants against the baseline. Needs llama.cpp's
 `make test` builds them first)."""
 import json
 import re
+import sys
 
 import pytest
+import yaml
 from test_e2e import copy_project, mlflow_runs, sh
 
 from evalgate import gguf
@@ -74,3 +76,20 @@ def test_variant_through_the_gate(proj):
 def test_noop_repro(proj):
     d, _ = proj
     assert "Running stage" not in sh(["dvc", "repro"], d).stdout
+
+
+def test_evalgate_repro_runs_only_the_changed_variant_and_commits_it(proj):
+    """`evalgate repro` on llama.cpp, whose servers cannot share a device: the stale variant's stage command
+    runs from there (its supervised worker), then gate and report in-process and one `dvc commit`; DVC
+    then finds everything up to date, and a second run has nothing to do."""
+    d, _ = proj
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["variants"]["kv_q8_0"]["kv_cache"]["dtype"] = "q4_0"
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
+    assert "stale: run@kv_q8_0 [+" in out and "running 1 variant(s) one at a time [+" in out
+    assert "5/5 dvc commit run@kv_q8_0 gate report" in out
+    assert re.search(r"K \(q4_0\).*V \(q4_0\)", (d / "results/kv_q8_0/server.log").read_text())
+    assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], d).stdout
+    again = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
+    assert "stale: none" in again and "Running stage" not in again
