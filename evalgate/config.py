@@ -661,7 +661,7 @@ class Params(Section):
                         "field_error",
                         "'draft' needs the fixture's draft model, and fixture.draft is null (this configuration "
                         "trains none): choose fixture=cpu_draft, or give fixture.draft",
-                        key=f"{'baseline' if name == BASELINE else f'variants.{name}'}.speculative.method",
+                        key=f"{_spec_key(name)}.speculative.method",
                         value="draft",
                     )
         if isinstance(self.engine, HFOptions):
@@ -670,11 +670,16 @@ class Params(Section):
                     HFEngineArgs.model_validate(spec.engine_args)
                 except ValidationError as e:
                     err = e.errors()[0]
-                    where = f"{'baseline' if name == BASELINE else f'variants.{name}'}.engine_args"
+                    where = f"{_spec_key(name)}.engine_args"
                     raise _problem(
                         "field_error", _describe(err), key=".".join([where, *map(str, err["loc"])]), value=err.get("input")
                     ) from None
         return self
+
+
+def _spec_key(name: str) -> str:
+    """Where a variant spec sits in params.yaml: `baseline` or `variants.<name>`."""
+    return "baseline" if name == BASELINE else f"variants.{name}"
 
 
 # -- the view the code uses -----------------------------------------------------------------------------------

@@ -234,24 +234,24 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             run_stage(cfg, st)
             if st == BASELINE and (failed := transient_failures([BASELINE])):
                 return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
-    elif warm is not None:
-        warm.join()
-    for st in todo if engine.attachable else []:
-        name = st.removeprefix("run@")
-        job = runner.prepare(
-            cfg,
-            name,
-            results.variant(name),
-            Path(PATHS["workload"]),
-            Path(PATHS["reference"]),
-            str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
-            results.variant(BASELINE),
-            engine,
-            PATHS["gguf"],
-        )
-        if job is not None:
-            slots.append(schedule.Slot(job))
-    if engine.attachable:
+    else:
+        if warm is not None:
+            warm.join()
+        for st in todo:
+            name = st.removeprefix("run@")
+            job = runner.prepare(
+                cfg,
+                name,
+                results.variant(name),
+                Path(PATHS["workload"]),
+                Path(PATHS["reference"]),
+                str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
+                results.variant(BASELINE),
+                engine,
+                PATHS["gguf"],
+            )
+            if job is not None:
+                slots.append(schedule.Slot(job))
         step(f"3/5 running {len(slots)} variant(s) side by side")
     code = None
     # gate and report need no server: they run while the servers stop (the stop's log lines land in

@@ -361,9 +361,9 @@ class VLLMEndpoint(Endpoint):
         out.update(log_facts(log))
         out.update({f"time/start/{k}": v for k, v in start_phases(log).items()})
         if self.sampler is not None:
-            self.sampler.sample()
-        if self.sampler is not None and self.sampler.peak_mb:
-            out["mem_peak_mb"] = self.sampler.peak_mb
+            self.sampler.sample()   # after the sweep, during which it did not poll
+            if self.sampler.peak_mb:
+                out["mem_peak_mb"] = self.sampler.peak_mb
         return out
 
     # lm-eval 0.4.13's API models break under `use_cache`: amodel_call hashes the request of a
