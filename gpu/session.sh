@@ -7,6 +7,8 @@
 #   bash gpu/session.sh start NAME [--serial] [overrides…]   start bench/gpu_verdict.py in the background
 #   bash gpu/session.sh poll [SECONDS]            wait for it (default 540 s), copy its logs to $OUT
 #   bash gpu/session.sh fresh                     forget the variants' results (to time the same variants again)
+#   bash gpu/session.sh bench NAME SCRIPT [args…]  the inputs (fixture, workload) of preset=gpu, then
+#                                                 `python bench/SCRIPT args… --out …/bench.json` in the background
 # Each experiment NAME logs to $WK/out/NAME/ and ends with docs/results/<card>-<date>[-n]/ (collect.py)
 # packed as $OUT/NAME.tgz. The bundle must be installed first (gpu/README.md).
 set -uo pipefail
@@ -47,6 +49,16 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$name/gpu.txt"
     setsid nohup bash gpu/session.sh _run "$name" "$@" > "out/$name/session.log" 2>&1 < /dev/null &
     echo "started $name: $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
+  bench)
+    shift; name=${1:?bench NAME SCRIPT}; script=${2:?bench NAME SCRIPT}; shift 2
+    sync_tree
+    [ -f out/running ] && { echo "already running: $(cat out/running)"; exit 1; }
+    mkdir -p "out/$name"; echo "$name" > out/running
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$name/gpu.txt"
+    setsid nohup bash -c "python3 -m evalgate compose preset=gpu && python3 -m dvc repro fixture workload \
+      && python3 bench/$script $* --out out/$name/bench.json; echo \$? > out/$name/rc; rm -f out/running" \
+      > "out/$name/verdict.log" 2>&1 < /dev/null &
+    echo "started $name: bench/$script $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
   _run)   # the experiment itself, in its own session (not called by hand)
     shift; name=$1; shift; cd "$WK" || exit 1
     serial=""; [ "${1:-}" = "--serial" ] && { serial=--serial; shift; }
@@ -66,10 +78,10 @@ case "${1:-}" in
     deadline=$(( $(date +%s) + ${2:-540} ))
     name=$(cat out/running 2>/dev/null || ls -t out | grep -v running | head -1)
     while [ -f out/running ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
-    for f in verdict.log verdict.json collect.log session.log gpu.txt; do
+    for f in verdict.log verdict.json bench.json collect.log session.log gpu.txt; do
       [ -f "out/$name/$f" ] && cp "out/$name/$f" "$OUT/$name-$f"; done
     [ -f "out/$name/results.tgz" ] && cp "out/$name/results.tgz" "$OUT/$name.tgz"
     if [ -f out/running ]; then echo "still running: $name"; else echo "finished: $name rc=$(cat "out/$name/rc" 2>/dev/null)"; fi
     tail -25 "out/$name/verdict.log" 2>/dev/null ;;
-  *) echo "usage: gpu/session.sh check | start NAME [--serial] [overrides…] | poll [SECONDS] | fresh"; exit 2 ;;
+  *) echo "usage: gpu/session.sh check | start NAME [--serial] [overrides…] | bench NAME SCRIPT [args…] | poll [SECONDS] | fresh"; exit 2 ;;
 esac
