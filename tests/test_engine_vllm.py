@@ -10,7 +10,7 @@ import pytest
 from evalgate.config import ModelSpec, parse_variant
 from evalgate.engines import get_engine
 from evalgate.engines.base import VariantUnsupported
-from evalgate.engines.vllm import serve_args, start_phases
+from evalgate.engines.vllm import serve_args, server_env, start_phases
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py"))]
 
@@ -168,6 +168,15 @@ def test_lifecycle_serves_then_leaves_no_orphan(model_dir, tmp_path, monkeypatch
     hosts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--host"]
     assert hosts[-1] == "127.0.0.1" and ep.base_url.startswith("http://127.0.0.1:")   # never on other interfaces
     assert not _alive(child), "the server's child process outlived the server"
+
+
+def test_the_engine_core_is_forked_unless_the_environment_says_otherwise(monkeypatch):
+    """`vllm serve` would spawn its engine core, which then imports everything again (20 s on an H100)."""
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    env = server_env()
+    assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "fork" and env["VLLM_SERVER_DEV_MODE"] == "1"
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    assert server_env()["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
 
 
 @pytest.mark.parametrize("mode, err", [("crash", "exited with 3"), ("hang", "not healthy after")])

@@ -264,6 +264,19 @@ def quiet_heap():
 
 # VLLM_SERVER_DEV_MODE: the /reset_prefix_cache route (VLLMEndpoint.reset_cache)
 SERVER_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_SERVER_DEV_MODE": "1"}
+# `vllm serve` sets spawn for its engine-core process unless this is set, so the engine core imports torch
+# and vLLM all over again: 20.2 s from the API server's arguments to the core's handshake with spawn, 0.5 s
+# forked; a whole start 51.1 s → 38.8 s (H100 2026-11-27, one server, `bench/server_start.py`,
+# docs/results/h100-2026-11-27-4). Fork is vLLM's own library default; vLLM falls back to spawn by itself
+# where CUDA is already initialised in the parent. The environment's own setting wins.
+FORK = "fork"
+
+
+def server_env() -> dict[str, str]:
+    """The environment of a `vllm serve` process: this one's, with SERVER_ENV, and the engine core forked
+    unless VLLM_WORKER_MULTIPROC_METHOD says otherwise."""
+    return {**os.environ, **SERVER_ENV,
+            "VLLM_WORKER_MULTIPROC_METHOD": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", FORK)}
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
 
 
@@ -489,7 +502,7 @@ class VLLMEngine(Engine):
         with open(log_path, "w") as log:
             # own session: the server's engine-core children are stopped with it, as one process group
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **SERVER_ENV})
+                                    env=server_env())
         (workdir / "server.pid").write_text(str(proc.pid))   # its process group: gpu/pipeline.sh --finish stops it
         sampler = GpuMemorySampler(proc.pid)
         sampler.start()
