@@ -276,7 +276,16 @@ def run(
 
 
 def _supervise(
-    cfg, variant: str, folder: Path, workload, reference, checkpoint, baseline, params: Path, gguf: Path = GGUF
+    cfg,
+    variant: str,
+    folder: Path,
+    workload,
+    reference,
+    checkpoint,
+    baseline,
+    params: Path,
+    gguf: Path = GGUF,
+    launcher=None,
 ) -> int:
     """The stage's own process: checks that need nothing heavy, then the worker under evalgate.faults."""
     from evalgate import faults, tracking
@@ -311,6 +320,7 @@ def _supervise(
         cfg.faults,
         log=lambda line: print(line, flush=True),
         mlflow=cfg.mlflow,
+        launcher=launcher,
     )
 
 

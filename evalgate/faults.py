@@ -205,12 +205,19 @@ def tell_supervisor(kind: str | None, error: str) -> None:
 
 
 def supervise(
-    name: str, cmd: list[str], out, policy: dict, log: Callable[[str], None] = print, mlflow: dict | None = None
+    name: str,
+    cmd: list[str],
+    out,
+    policy: dict,
+    log: Callable[[str], None] = print,
+    mlflow: dict | None = None,
+    launcher=None,
 ) -> int:
     """Run a variant's worker (`cmd`) under the fault policy (`policy`: params `faults`); `out`: the
     variant's `VariantResults`. Returns the stage's exit code: 0 (finished, or failed permanently and
     recorded), 2 (a config error, printed by the worker), 75 (transient, tries used up, recorded but not
-    final), 130 / 143 (interrupted)."""
+    final), 130 / 143 (interrupted). `launcher` (evalgate.forkserver.Launcher): the worker is forked from
+    its server, which has imported what a worker needs, instead of started as `cmd`."""
     become_subreaper()
     before = {p.pid for p in descendants()}  # not ours to stop (none, when this is the stage's own process)
     attempts = int(policy.get("attempts", 3))
@@ -226,13 +233,16 @@ def supervise(
         r, w = os.pipe()
         try:
             with _signals_raise():
-                proc = subprocess.Popen(
-                    cmd,
-                    start_new_session=True,
-                    pass_fds=(w,),
-                    env={**os.environ, FAULT_FD: str(w)},
-                    preexec_fn=_limits(policy.get("memory_limit_mb")),
-                )
+                if launcher is not None:
+                    proc = launcher.start(cmd, w, policy.get("memory_limit_mb"))
+                else:
+                    proc = subprocess.Popen(
+                        cmd,
+                        start_new_session=True,
+                        pass_fds=(w,),
+                        env={**os.environ, FAULT_FD: str(w)},
+                        preexec_fn=_limits(policy.get("memory_limit_mb")),
+                    )
                 os.close(w)
                 w = None
                 try:

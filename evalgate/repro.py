@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -281,9 +282,23 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     return 0
 
 
+@functools.cache
+def _launcher():
+    """One forkserver for this repro's workers (evalgate.forkserver: ≈ 12 s of imports once, not per
+    variant); None where it cannot start, and the workers start as fresh interpreters."""
+    from evalgate import forkserver
+
+    try:
+        return forkserver.Launcher()
+    except (OSError, ValueError) as e:
+        print(f"repro: no forkserver ({e}); each worker imports on its own", flush=True)
+        return None
+
+
 def run_stage(cfg: Config, stage: str) -> int:
     """`baseline` or `run@<variant>` as dvc.yaml's command runs it (evalgate.cli.run, its supervisor in this
-    process, the work in a worker process); returns its exit code (75: failed transiently)."""
+    process, the work in a worker process, forked from this repro's forkserver); returns its exit code (75:
+    failed transiently)."""
     from evalgate import cli
 
     name = stage.removeprefix("run@")
@@ -298,6 +313,7 @@ def run_stage(cfg: Config, stage: str) -> int:
         Path(PATHS["results"]) / BASELINE if variant else None,
         cli.PARAMS,
         Path(PATHS["gguf"]),
+        launcher=_launcher(),
     )
 
 

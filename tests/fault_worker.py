@@ -1,7 +1,8 @@
 """The fault matrix's processes (tests/test_faults.py), run as scripts.
 
 `python fault_worker.py supervise MODE OUT POLICY_JSON`: the supervisor, evalgate.faults.supervise, as the
-stage's process runs it, with this file's worker as the variant's work.
+stage's process runs it, with this file's worker as the variant's work (FAULT_LAUNCHER=fork: the worker is
+forked from a forkserver, as `evalgate repro` starts the CPU variants' workers).
 
 `python fault_worker.py work MODE OUT`: a variant's worker: the real evalgate.runner.run_serial (its error
 handling, status.json, the fault pipe to the supervisor, the real finish) around a fake engine whose
@@ -133,7 +134,13 @@ def supervise(mode: str, out: Path, policy: dict) -> int:
         cmd = [sys.executable, "-m", "evalgate", "gate", "--params", str(out.parent / "missing.yaml")]
     else:
         cmd = [sys.executable, __file__, "work", mode, str(out), TOKEN]
-    return faults.supervise("v", cmd, VariantResults(out), policy, log=lambda s: print(s, flush=True))
+    launcher = None
+    if os.environ.get("FAULT_LAUNCHER") == "fork":   # the worker forked from a forkserver (evalgate.repro's way)
+        from evalgate.forkserver import Launcher
+
+        launcher = Launcher(preload=["evalgate.runner", "evalgate.results"])
+    return faults.supervise("v", cmd, VariantResults(out), policy, log=lambda s: print(s, flush=True),
+                            launcher=launcher)
 
 
 if __name__ == "__main__":

@@ -84,12 +84,15 @@ def supervise(results: Path, mode: str, policy: dict, token: str, env_extra=None
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.parametrize("launcher", ["popen", "fork"])
 @pytest.mark.parametrize("fault", list(MATRIX))
-def test_fault_matrix(fault, results):
+def test_fault_matrix(fault, launcher, results):
+    """Each fault, with the worker started as a fresh interpreter (`dvc repro`'s stage) and forked from a
+    forkserver (evalgate.forkserver: `evalgate repro`'s CPU variants): the same outcome either way."""
     changes, want_rc, want, want_tries = MATRIX[fault]
     token = f"fault-{uuid.uuid4().hex}"
     before = checksums(results / "finished")
-    env, held = {}, None
+    env, held = {"FAULT_LAUNCHER": launcher}, None
     if fault == "port already taken":
         held = socket.socket()
         held.bind(("127.0.0.1", 0))
