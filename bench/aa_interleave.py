@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,77 +56,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 
-    from evalgate.compose import load
-    from evalgate.engines import get_engine
-    from evalgate.profile import SWEEPING, level_warmup, summarize
-    from evalgate.schedule import memory_shares
+    from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
 
-    cfg = load(Path(a.params))
-    engine = get_engine(cfg.engine["name"], cfg.engine)
-    variant, model = cfg.variant("baseline"), cfg.model
-    requests = [json.loads(line) for line in open("data/workload.jsonl")]
-    ignore_eos = bool(cfg.workload.get("ignore_eos", False))
-    load_cfg, slo = cfg.load, cfg.slo
-    need = engine.memory_need(model, variant)
-    free_total = engine.device_memory()
-    total = free_total[1] if free_total else 80 * 2**30
+    from evalgate.profile import SWEEPING, level_warmup, summarize
+
     n_servers = 2 + a.neighbours
-    share = memory_shares({f"s{i}": need for i in range(n_servers)}, total)["s0"]
-    work = Path(tempfile.mkdtemp(prefix="aa-interleave-"))
-    servers, t0, rows = [], time.time(), []
-    try:
-        for i in range(n_servers):
-            d = work / f"s{i}"
-            d.mkdir()
-            servers.append(engine.start(model, variant, d, share))
-        eps = [s.wait() for s in servers]
-        for s in servers:   # nothing of ours polls the driver during the levels, as in a scheduled run
-            s.sampler.stop()
+    t0, rows = time.time(), []
+    # nothing of ours polls the driver during the levels, as in a scheduled run
+    with baseline_servers(a.params, n_servers, n_servers, "aa-interleave-") as (cfg, _, requests, _, eps):
         print(f"aa_interleave: {n_servers} server(s) up in {time.time() - t0:.1f} s", flush=True)
+        ignore_eos = bool(cfg.workload.get("ignore_eos", False))
+        load_cfg, slo = cfg.load, cfg.slo
         A, B = eps[0], eps[1]
         SWEEPING.set()
-        lo = int(load_cfg.get("requests", {}).get("min", 16))
-        hi = min(int(load_cfg.get("requests", {}).get("max", 1024)), len(requests))
-        ladder = list(load_cfg.get("concurrency", [1]))
+        try:
+            lo = int(load_cfg.get("requests", {}).get("min", 16))
+            hi = min(int(load_cfg.get("requests", {}).get("max", 1024)), len(requests))
+            ladder = list(load_cfg.get("concurrency", [1]))
 
-        def one_round(ep, c, r, n, warm):
-            batch = requests[r * n:(r + 1) * n]
-            recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=ignore_eos, warmup=warm)
-            return {"records": recs, "duration": dur, "at_s": round(time.time() - t0, 2)}
+            def one_round(ep, c, r, n, warm):
+                batch = requests[r * n:(r + 1) * n]
+                recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=ignore_eos, warmup=warm)
+                return {"records": recs, "duration": dur, "at_s": round(time.time() - t0, 2)}
 
-        for rep in range(a.reps):
-            designs = ("blocked", "interleaved") if rep % 2 == 0 else ("interleaved", "blocked")
-            for design in designs:
-                for i, c in enumerate(ladder):
-                    n = min(max(lo, int(load_cfg.get("waves", 4)) * c), hi // a.rounds)
-                    warm = level_warmup(load_cfg, i, c)
-                    got = {"A": [], "B": []}
-                    for ep in (A, B):
-                        ep.reset_cache()
-                    if design == "blocked":
-                        order = (("A", A), ("B", B)) if rep % 2 == 0 else (("B", B), ("A", A))
-                        for name, ep in order:
-                            for r in range(a.rounds):
-                                got[name].append(one_round(ep, c, r, n, warm if r == 0 else 0))
-                    else:
-                        for r in range(a.rounds):
-                            order = (("A", A), ("B", B)) if (r + rep) % 2 == 0 else (("B", B), ("A", A))
+            for rep in range(a.reps):
+                designs = ("blocked", "interleaved") if rep % 2 == 0 else ("interleaved", "blocked")
+                for design in designs:
+                    for i, c in enumerate(ladder):
+                        n = min(max(lo, int(load_cfg.get("waves", 4)) * c), hi // a.rounds)
+                        warm = level_warmup(load_cfg, i, c)
+                        got = {"A": [], "B": []}
+                        for ep in (A, B):
+                            ep.reset_cache()
+                        if design == "blocked":
+                            order = (("A", A), ("B", B)) if rep % 2 == 0 else (("B", B), ("A", A))
                             for name, ep in order:
-                                got[name].append(one_round(ep, c, r, n, warm if r == 0 else 0))
-                    summ = {k: summarize([x for rd in v for x in rd["records"]], sum(rd["duration"] for rd in v), slo)
-                            for k, v in got.items()}
-                    per_round = {k: [round(sum(x["output_tokens"] for x in rd["records"]) / rd["duration"], 1) for rd in v]
-                                 for k, v in got.items()}
-                    row = {"rep": rep, "design": design, "level": f"c{c}", "aa_pct": aa_pct(summ["A"], summ["B"]),
-                           "A": {m: summ["A"].get(m) for m in METRICS}, "B": {m: summ["B"].get(m) for m in METRICS},
-                           "round_tok_s": per_round, "round_at_s": {k: [rd["at_s"] for rd in v] for k, v in got.items()}}
-                    rows.append(row)
-                    print(f"aa_interleave: rep {rep} {design:11s} c{c:<4d} A/A " + "  ".join(
-                        f"{m.replace('median_', '')} {v:+.1f} %" for m, v in row["aa_pct"].items()), flush=True)
-    finally:
-        SWEEPING.clear()
-        for s in servers:
-            s.stop()
+                                for r in range(a.rounds):
+                                    got[name].append(one_round(ep, c, r, n, warm if r == 0 else 0))
+                        else:
+                            for r in range(a.rounds):
+                                order = (("A", A), ("B", B)) if (r + rep) % 2 == 0 else (("B", B), ("A", A))
+                                for name, ep in order:
+                                    got[name].append(one_round(ep, c, r, n, warm if r == 0 else 0))
+                        summ = {k: summarize([x for rd in v for x in rd["records"]], sum(rd["duration"] for rd in v), slo)
+                                for k, v in got.items()}
+                        per_round = {k: [round(sum(x["output_tokens"] for x in rd["records"]) / rd["duration"], 1) for rd in v]
+                                     for k, v in got.items()}
+                        row = {"rep": rep, "design": design, "level": f"c{c}", "aa_pct": aa_pct(summ["A"], summ["B"]),
+                               "A": {m: summ["A"].get(m) for m in METRICS}, "B": {m: summ["B"].get(m) for m in METRICS},
+                               "round_tok_s": per_round, "round_at_s": {k: [rd["at_s"] for rd in v] for k, v in got.items()}}
+                        rows.append(row)
+                        print(f"aa_interleave: rep {rep} {design:11s} c{c:<4d} A/A " + "  ".join(
+                            f"{m.replace('median_', '')} {v:+.1f} %" for m, v in row["aa_pct"].items()), flush=True)
+        finally:
+            SWEEPING.clear()
     summary = {}
     for design in ("blocked", "interleaved"):
         for lv in sorted({r["level"] for r in rows}, key=lambda x: int(x[1:])):

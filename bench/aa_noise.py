@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -84,30 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 
-    from evalgate.compose import load
-    from evalgate.engines import get_engine
-    from evalgate.profile import sweep
-    from evalgate.schedule import memory_shares
+    from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
 
-    cfg = load(Path(a.params))
-    engine = get_engine(cfg.engine["name"], cfg.engine)
-    variant, model = cfg.variant("baseline"), cfg.model
-    requests = [json.loads(line) for line in open("data/workload.jsonl")]
+    from evalgate.profile import sweep
+
     n = 1 + a.neighbours
-    need = engine.memory_need(model, variant)
-    free_total = engine.device_memory()
-    total = free_total[1] if free_total else 80 * 2**30
-    share = memory_shares({"s": need}, total)["s"]
-    servers, work = [], Path(tempfile.mkdtemp(prefix="aa-noise-"))
     t0 = time.time()
-    try:
-        for i in range(n):
-            d = work / f"s{i}"
-            d.mkdir()
-            servers.append(engine.start(model, variant, d, share))
-        endpoints = [s.wait() for s in servers]
-        for s in servers:   # only the Pollers poll: the servers' own samplers are stopped
-            s.sampler.stop()
+    # only the Pollers poll: the servers' own samplers are stopped
+    with baseline_servers(a.params, n, 1, "aa-noise-") as (cfg, engine, requests, servers, endpoints):
         print(f"aa_noise: {n} server(s) up in {time.time() - t0:.1f} s", flush=True)
         ep, pgid = endpoints[0], servers[0].proc.pid
         ignore_eos = bool(cfg.workload.get("ignore_eos", False))
@@ -136,13 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.alone_rounds:
             for s in servers[1:]:
                 s.stop()
-            servers = servers[:1]
+            del servers[1:]
             for r in range(a.alone_rounds):
                 for cond in (("quiet", "polled") if r % 2 == 0 else ("polled", "quiet")):
                     one(cond, 0)
-    finally:
-        for s in servers:
-            s.stop()
     summary: dict = {}
     for key in sorted({(r["condition"], r["neighbours"]) for r in rows}):
         sel = [r for r in rows if (r["condition"], r["neighbours"]) == key]

@@ -1,6 +1,9 @@
-"""What the CPU benches share: a fresh clone of the committed state to time, with this interpreter."""
+"""What the benches share: a fresh clone of the committed state to time, with this interpreter (CPU); servers
+of the baseline on the pipeline's own fixture and workload (GPU)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,3 +25,38 @@ def fresh_clone(keep: str | None, prefix: str) -> tuple[Path, dict]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return work, env
+
+
+@contextlib.contextmanager
+def baseline_servers(params: str, n: int, shared_by: int, prefix: str):
+    """`n` servers of the baseline, each with the memory share of one among `shared_by`, their memory
+    samplers stopped (nothing of ours polls the driver unless the bench says so), stopped on leaving.
+    Yields (config, engine, the workload's requests, servers, endpoints). Run from the pipeline's working
+    copy on the GPU host: params.yaml, fixtures/model, data/workload.jsonl."""
+    sys.path.insert(0, str(ROOT))
+    from evalgate.compose import load
+    from evalgate.engines import get_engine
+    from evalgate.schedule import memory_shares
+
+    cfg = load(Path(params))
+    engine = get_engine(cfg.engine["name"], cfg.engine)
+    variant, model = cfg.variant("baseline"), cfg.model
+    requests = [json.loads(line) for line in open("data/workload.jsonl")]
+    need = engine.memory_need(model, variant)
+    free_total = engine.device_memory()
+    total = free_total[1] if free_total else 80 * 2**30
+    share = memory_shares({f"s{i}": need for i in range(shared_by)}, total)["s0"]
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    servers = []
+    try:
+        for i in range(n):
+            d = work / f"s{i}"
+            d.mkdir()
+            servers.append(engine.start(model, variant, d, share))
+        endpoints = [s.wait() for s in servers]
+        for s in servers:
+            s.sampler.stop()
+        yield cfg, engine, requests, servers, endpoints
+    finally:
+        for s in servers:
+            s.stop()
