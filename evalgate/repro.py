@@ -225,8 +225,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     slots = []
     if todo and not engine.attachable:
         # engines that serve in-process (hf) or one CPU server at a time: each stale variant in its own
-        # supervised worker process, exactly as its stage runs it (`evalgate run`: the fault policy's
-        # timeout, memory limit and retries; an in-process model is freed with its process), then gate,
+        # supervised worker process, as its stage runs it (`evalgate run`: the fault policy's timeout,
+        # memory limit and retries; an in-process model is freed with its process) but forked from one
+        # forkserver that imported what a worker needs once (run_stage, evalgate.forkserver), then gate,
         # report and one `dvc commit`, as below. `dvc repro --keep-going` around the same runs cost ≈ 49 s
         # of a 438 s CPU default (2026-11-27: per-stage lock and hash work, a process per stage)
         step(f"3/5 running {len(todo)} variant(s) one at a time")
