@@ -234,8 +234,12 @@ def supervise(
         try:
             with _signals_raise():
                 if launcher is not None:
-                    proc = launcher.start(cmd, w, policy.get("memory_limit_mb"))
-                else:
+                    try:
+                        proc = launcher.start(cmd, w, policy.get("memory_limit_mb"))
+                    except Exception as e:  # noqa: BLE001 - the forkserver only saves imports: a fresh one instead
+                        log(f"run {name}: no forked worker ({type(e).__name__}: {one_line(str(e), 200)}); starting one")
+                        launcher = None
+                if launcher is None:
                     proc = subprocess.Popen(
                         cmd,
                         start_new_session=True,

@@ -192,3 +192,19 @@ def test_two_repro_at_once_the_second_stops_with_one_line(tmp_path):
     assert "another `evalgate repro` is running" in msg and f"pid {os.getpid()}" in msg and "\n" not in msg
     with repro_lock(tmp_path):   # released: the next one runs
         pass
+
+
+def test_a_forkserver_that_cannot_fork_falls_back_to_a_fresh_worker(tmp_path):
+    """The forkserver only saves imports: when it fails, the worker starts as a fresh interpreter."""
+    from evalgate.results import VariantResults
+
+    class Broken:
+        def start(self, cmd, fault_fd, memory_limit_mb):
+            raise ConnectionRefusedError("the forkserver is gone")
+
+    said = []
+    marker = tmp_path / "ran"
+    cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('yes')"]
+    rc = faults.supervise("v", cmd, VariantResults(tmp_path / "v"), POLICY, log=said.append, launcher=Broken())
+    assert rc == 0 and marker.read_text() == "yes"
+    assert any("no forked worker (ConnectionRefusedError" in line for line in said)
