@@ -64,10 +64,9 @@ def _main(
     os.setsid()
     os.environ.clear()
     os.environ.update(env)
-    for target, conn in (("stdout", 1), ("stderr", 2)):
-        if target in fds:
-            getattr(sys, target).flush()
-            os.dup2(fds[target].fileno(), conn)
+    for target, fd in (("stdout", 1), ("stderr", 2)):   # the caller's, as they are now
+        getattr(sys, target).flush()
+        os.dup2(fds[target].fileno(), fd)
     if "fault" in fds:
         from evalgate.faults import FAULT_FD
 

@@ -35,6 +35,13 @@ sync_tree() {  # this call's tree over the persistent copy
     || python3 -m dvc config --local core.no_scm true
 }
 
+begin() {  # an experiment NAME in the copy: refused while another runs; its folder, the card it meets
+  sync_tree
+  [ -f out/running ] && { echo "already running: $(cat out/running)"; exit 1; }
+  mkdir -p "out/$1"; echo "$1" > out/running
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$1/gpu.txt"
+}
+
 case "${1:-}" in
   check)
     sync_tree
@@ -43,18 +50,12 @@ case "${1:-}" in
     echo "pytest -m gpu exit $?" >> "$OUT/pytest_gpu.log"; tail -8 "$OUT/pytest_gpu.log" ;;
   start)
     shift; name=${1:?start NAME}; shift
-    sync_tree
-    [ -f out/running ] && { echo "already running: $(cat out/running)"; exit 1; }
-    mkdir -p "out/$name"; echo "$name" > out/running
-    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$name/gpu.txt"
+    begin "$name"
     setsid nohup bash gpu/session.sh _run "$name" "$@" > "out/$name/session.log" 2>&1 < /dev/null &
     echo "started $name: $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
   bench)
     shift; name=${1:?bench NAME SCRIPT}; script=${2:?bench NAME SCRIPT}; shift 2
-    sync_tree
-    [ -f out/running ] && { echo "already running: $(cat out/running)"; exit 1; }
-    mkdir -p "out/$name"; echo "$name" > out/running
-    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader > "out/$name/gpu.txt"
+    begin "$name"
     setsid nohup bash -c "python3 -m evalgate compose preset=gpu && python3 -m dvc repro fixture workload \
       && python3 bench/$script $* --out out/$name/bench.json; echo \$? > out/$name/rc; rm -f out/running" \
       > "out/$name/verdict.log" 2>&1 < /dev/null &

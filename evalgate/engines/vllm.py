@@ -269,14 +269,14 @@ SERVER_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_SERVER_DEV_MODE": "1"}
 # forked; a whole start 51.1 s → 38.8 s (H100 2026-11-27, one server, `bench/server_start.py`,
 # docs/results/h100-2026-11-27-4). Fork is vLLM's own library default; vLLM falls back to spawn by itself
 # where CUDA is already initialised in the parent. The environment's own setting wins.
-FORK = "fork"
+SERVER_DEFAULTS = {"VLLM_WORKER_MULTIPROC_METHOD": "fork"}
 
 
 def server_env() -> dict[str, str]:
-    """The environment of a `vllm serve` process: this one's, with SERVER_ENV, and the engine core forked
-    unless VLLM_WORKER_MULTIPROC_METHOD says otherwise."""
-    return {**os.environ, **SERVER_ENV,
-            "VLLM_WORKER_MULTIPROC_METHOD": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", FORK)}
+    """The environment of a `vllm serve` process: SERVER_DEFAULTS under this one's, SERVER_ENV over it."""
+    return {**SERVER_DEFAULTS, **os.environ, **SERVER_ENV}
+
+
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
 
 
