@@ -7,15 +7,18 @@ seven times in the CPU default. The standard library's forkserver imports them o
 (`set_forkserver_preload`) and forks each worker from there; a forked worker starts with them in memory.
 The worker is still a process of its own in a session of its own, under the same fault policy: its exit
 code, its memory limit, its fault pipe and its stdout/stderr are what a `python -m evalgate … --worker`
-child would have (`Worker` is the part of `subprocess.Popen` that `supervise` uses).
+child would have (`Worker` is the part of `subprocess.Popen` that `supervise` uses). The scheduler's
+quality workers (`python -m evalgate run VARIANT --attach …`, one per server) are forked the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
 import resource
+import signal
 import subprocess
 import sys
 
@@ -29,6 +32,7 @@ PRELOAD = [
     "lm_eval",
     "lm_eval.tasks",
     "lm_eval.models.huggingface",
+    "lm_eval.models.openai_completions",   # the scheduler's quality workers (local-completions)
     "mlflow",
     "scipy.stats",
     "evalgate.cli",
@@ -55,12 +59,20 @@ class Worker:
             raise subprocess.TimeoutExpired(self.args, timeout)
         return self.proc.exitcode
 
+    def kill(self) -> None:
+        """The worker's whole session (it is a session leader), as a timeout stops a Popen'd one."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        self.proc.join(5)
+
 
 def _main(
     argv: list[str], env: dict[str, str], fds: dict[str, multiprocessing.connection.Connection], memory_limit_mb: int | None
 ) -> None:
     """In the forked worker: what `subprocess.Popen(start_new_session=True, pass_fds=…, env=…)` would have
-    set up, then the command (`-m MODULE …` or `SCRIPT …`) as `python` runs it; its SystemExit is the exit code."""
+    set up, then the command (`-m MODULE …`, `-c CODE …` or `SCRIPT …`) as `python` runs it; its SystemExit is the exit code."""
     os.setsid()
     os.environ.clear()
     os.environ.update(env)
@@ -81,6 +93,9 @@ def _main(
         if argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102 - as `python -c`
         else:
             sys.argv = list(argv)
             runpy.run_path(argv[0], run_name="__main__")
@@ -98,17 +113,19 @@ class Launcher:
 
         forkserver.ensure_running()  # now, so that it is not counted among the worker's descendants
 
-    def start(self, cmd: list[str], fault_fd: int | None, memory_limit_mb: int | None) -> Worker:
+    def start(self, cmd: list[str], fault_fd: int | None, memory_limit_mb: int | None,
+              output: int | None = None) -> Worker:
         """`cmd`: the worker's command, `[sys.executable, …]` (evalgate.faults.worker_command: `python -m
         evalgate run VARIANT … --worker`), run with this process's environment as it is now; `fault_fd`: the
         write end of the fault pipe (the worker gets its own copy; the caller closes its own, as with Popen's
-        pass_fds); `memory_limit_mb`: the worker's address space (RLIMIT_AS)."""
+        pass_fds); `memory_limit_mb`: the worker's address space (RLIMIT_AS); `output`: a file descriptor that
+        takes the worker's stdout and stderr (default: this process's own)."""
         if not cmd or cmd[0] != sys.executable:
             raise ValueError(f"not a command of this interpreter: {cmd[:1]}")
         argv = cmd[1:]
         fds = {
-            "stdout": multiprocessing.connection.Connection(os.dup(1)),
-            "stderr": multiprocessing.connection.Connection(os.dup(2)),
+            "stdout": multiprocessing.connection.Connection(os.dup(1 if output is None else output)),
+            "stderr": multiprocessing.connection.Connection(os.dup(2 if output is None else output)),
         }
         if fault_fd is not None:
             fds["fault"] = multiprocessing.connection.Connection(os.dup(fault_fd), readable=False)
@@ -119,3 +136,14 @@ class Launcher:
             for conn in fds.values():
                 conn.close()
         return Worker(proc, cmd)
+
+
+@functools.cache
+def shared() -> Launcher | None:
+    """One forkserver per process (evalgate.repro's variant workers, evalgate.schedule's quality workers):
+    its imports are paid once; None where it cannot start, and the workers start as fresh interpreters."""
+    try:
+        return Launcher()
+    except (OSError, ValueError) as e:
+        print(f"no forkserver ({e}); each worker imports on its own", flush=True)
+        return None

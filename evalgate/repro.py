@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import signal
@@ -199,6 +198,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     known = None
     if any(h.split("@")[0] in INPUT_STAGES for h in hit):
         step(f"1/5 inputs (dvc repro {' '.join(INPUT_STAGES)})")
+        # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
+        # every server's first start at once
+        threading.Thread(target=_warm_machine, args=(engine, cfg, t0), daemon=True).start()
         dvc("repro", *INPUT_STAGES)
     else:
         step("1/5 inputs up to date")
@@ -283,24 +285,11 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     return 0
 
 
-@functools.cache
-def _launcher():
-    """One forkserver for this repro's workers (evalgate.forkserver: ≈ 12 s of imports once, not per
-    variant); None where it cannot start, and the workers start as fresh interpreters."""
-    from evalgate import forkserver
-
-    try:
-        return forkserver.Launcher()
-    except (OSError, ValueError) as e:
-        print(f"repro: no forkserver ({e}); each worker imports on its own", flush=True)
-        return None
-
-
 def run_stage(cfg: Config, stage: str) -> int:
     """`baseline` or `run@<variant>` as dvc.yaml's command runs it (evalgate.cli.run, its supervisor in this
     process, the work in a worker process, forked from this repro's forkserver); returns its exit code (75:
     failed transiently)."""
-    from evalgate import cli
+    from evalgate import cli, forkserver
 
     name = stage.removeprefix("run@")
     variant = name != BASELINE
@@ -314,7 +303,7 @@ def run_stage(cfg: Config, stage: str) -> int:
         Path(PATHS["results"]) / BASELINE if variant else None,
         cli.PARAMS,
         Path(PATHS["gguf"]),
-        launcher=_launcher(),
+        launcher=forkserver.shared(),
     )
 
 
@@ -338,6 +327,17 @@ def gate_and_report() -> int:
     except typer.Exit as e:
         return int(e.exit_code or 0)
     return 0
+
+
+def _warm_machine(engine, cfg: Config, t0: float) -> None:
+    """Engine.warm_machine, its outcome in the log (not a step mark: it runs beside the steps); never
+    fatal (a server fills the caches itself)."""
+    try:
+        said = engine.warm_machine(cfg.model)
+    except Exception as e:  # noqa: BLE001 - only a head start
+        said = f"failed ({type(e).__name__}: {e}); each server fills its caches itself"
+    if said:
+        print(f"repro: warm-up beside the inputs: {said} (done at +{time.time() - t0:.1f} s)", flush=True)
 
 
 def _warm_imports(cfg: Config) -> None:

@@ -325,9 +325,21 @@ class Scheduler:
                 "variants": {s.name: {"state": s.state, "events": s.events, "times": s.times} for s in self.slots}}
 
 
-def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
+def quality_worker(cmd_base: list[str], timeout_s: float, launcher=None) -> Callable:
     """The quality phase as a worker process per variant (`python -m evalgate run VARIANT --attach`): its
-    own interpreter (no shared GIL or lm-eval state with the others), killed on timeout."""
+    own interpreter (no shared GIL or lm-eval state with the others), killed on timeout. `launcher`
+    (evalgate.forkserver.Launcher): forked from a process that has imported lm-eval, torch and MLflow
+    once, instead of seven fresh interpreters importing them while seven servers start beside them."""
+    def spawn(cmd: list[str], log) -> object:
+        nonlocal launcher
+        if launcher is not None:
+            try:
+                return launcher.start(cmd, None, None, output=log.fileno())
+            except Exception as e:  # noqa: BLE001 - the forkserver only saves imports: a fresh one instead
+                print(f"schedule: no forked quality worker ({type(e).__name__}: {e}); starting one", flush=True)
+                launcher = None
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
     def run(s: Slot):
         job = s.job
         rec = job.out.file("server.json")
@@ -337,11 +349,17 @@ def quality_worker(cmd_base: list[str], timeout_s: float) -> Callable:
             cmd += ["--baseline", str(job.baseline.path)]
         log_path = job.out.file("quality.log")
         with open(log_path, "w") as log:
-            p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+            proc = spawn(cmd, log)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)   # reaped, not left a zombie
+                raise
         status = job.out.read("status.json") or {}
-        if p.returncode or status.get("ok") is False:
+        if rc or status.get("ok") is False:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            error = status.get("error") or f"quality worker exited with {p.returncode}: " + " | ".join(tail)
+            error = status.get("error") or f"quality worker exited with {rc}: " + " | ".join(tail)
             raise RuntimeError(error + (f" [transient: {status['transient']}]" if status.get("transient") else ""))
         q = job.out.quality() or {}
         s.times.update(q.get("times", {}))
@@ -398,7 +416,7 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     the engine, quality in worker processes, profiles and the bookkeeping from evalgate.runner. Yields
     the schedule (also in the baseline's schedule.json) while the servers stop (Scheduler.running);
     a server's log is a DVC output, so `dvc commit` comes after leaving, not inside."""
-    from evalgate import runner
+    from evalgate import forkserver, runner
 
     capacity = None
     mem = engine.device_memory() if hasattr(engine, "device_memory") else None
@@ -449,7 +467,8 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     gpu_utilization_sampler(stop, util)
     threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
     sch = Scheduler(slots, capacity, start=start,
-                    quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)))),
+                    quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)),
+                                                    forkserver.shared())),
                     profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
                     finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
                     alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,

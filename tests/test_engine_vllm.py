@@ -245,3 +245,36 @@ def test_draft_server_prompt_logprobs_compared_per_prompt():
     assert np.allclose(d[:2], [0.01, 0.9]) and d[2] == np.inf
     s = summary(d, [100, 600, 700], tol=0.1)
     assert (s["prompts"], s["differ"], s["differ_at_most_512_tokens"], s["differ_over_512_tokens"]) == (3, 2, 0, 2)
+
+
+def test_warm_machine_inspects_the_models_architectures_once_it_exists(tmp_path, monkeypatch):
+    """vLLM's model-info cache filled once, beside the inputs: it waits for the model's config.json (the
+    fixture writes it when trained), passes its architectures to vLLM's registry, and does nothing where
+    the cache already exists or the model is a hub id. A fake `vllm` registry records the call."""
+    import threading
+
+    fake = tmp_path / "site" / "vllm" / "model_executor" / "models"
+    fake.mkdir(parents=True)
+    for d in (tmp_path / "site" / "vllm", fake.parent, fake):
+        (d / "__init__.py").write_text("")
+    seen = tmp_path / "inspected.txt"
+    (fake / "registry.py").write_text(
+        "class _R:\n    def _try_inspect_model_cls(self, a):\n"
+        f"        open({str(seen)!r}, 'a').write(a + '\\n')\nModelRegistry = _R()\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "cache"))
+    engine = get_engine("vllm", {})
+    model = tmp_path / "model"
+    model.mkdir()
+    later = threading.Timer(1.0, lambda: (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]})))
+    later.start()
+    said = engine.warm_machine(ModelSpec(source="local", id=str(model)), wait_s=30)
+    assert said.startswith("model info for LlamaForCausalLM cached in") and seen.read_text() == "LlamaForCausalLM\n"
+    assert engine.warm_machine(ModelSpec(source="hub", id="org/model"), wait_s=0) is None
+    (tmp_path / "cache" / "modelinfos").mkdir(parents=True)
+    (tmp_path / "cache" / "modelinfos" / "x.json").write_text("{}")
+    assert engine.warm_machine(ModelSpec(source="local", id=str(model)), wait_s=0) is None   # cached already
+    assert seen.read_text() == "LlamaForCausalLM\n"
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "cache2"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nothing"))   # no vLLM at all: said, not raised
+    assert "not cached (exit 1: ModuleNotFoundError" in engine.warm_machine(ModelSpec(source="local", id=str(model)))

@@ -2,6 +2,7 @@
 work on the device, the baseline first and last (A/A), variants' quality after the baseline's, a
 failure fails only its variant, early-rejected variants are never profiled, memory in waves."""
 import json
+import os
 import sys
 import threading
 import time
@@ -216,13 +217,25 @@ def test_memory_waves_bound_the_servers_alive_at_once(tmp_path):
     assert profiles[-1][1] == "baseline" and profiles[-1][0] == "profile_aa"
 
 
-def test_quality_worker_timeout_and_crash_are_failures(tmp_path):
+@pytest.mark.parametrize("how", ["popen", "fork"])
+def test_quality_worker_timeout_and_crash_are_failures(tmp_path, how):
+    """The same outcome whether the worker is a fresh interpreter or forked from the forkserver (what
+    `scheduled` does): a hung worker is killed at its timeout, a crash is a failure with its output."""
+    from evalgate.forkserver import Launcher
+
+    launcher = Launcher(preload=["evalgate.results"]) if how == "fork" else None
     s = slot("a", tmp_path)
     s.endpoint = SimpleNamespace(record=lambda: {"base_url": "http://x"})
-    hang = quality_worker([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.5)
+    pidfile = tmp_path / "hang.pid"
+    hang = quality_worker([sys.executable, "-c", f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid()));"
+                           " time.sleep(30)"], timeout_s=2, launcher=launcher)
     with pytest.raises(Exception, match="timed out"):
         hang(s)
-    crash = quality_worker([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], timeout_s=10)
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):   # killed, not left running
+        os.kill(pid, 0)
+    crash = quality_worker([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], timeout_s=10,
+                           launcher=launcher)
     with pytest.raises(RuntimeError, match="exited with 3.*boom"):
         crash(s)
     assert json.loads((tmp_path / "a" / "server.json").read_text()) == {"base_url": "http://x"}

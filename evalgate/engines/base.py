@@ -156,6 +156,12 @@ class Engine(abc.ABC):
     def warm_client(self) -> None:  # noqa: B027 - an optional hook
         """Import what the profile's client needs; the scheduler runs it in a thread while servers start."""
 
+    def warm_machine(self, model: ModelSpec, wait_s: float = 900.0) -> str | None:  # noqa: B027 - optional
+        """Fill this machine's per-machine caches that every server's first start would fill on its own;
+        `evalgate repro` runs it in a thread while the inputs are built (the model may appear only
+        `wait_s` later). Returns a line for the log, or None where there was nothing to do."""
+        return None
+
     def export_model(self, model: ModelSpec, out: Path) -> dict | None:
         """The `gguf` stage: write the model (and its draft) into `out` in the format this engine serves,
         when that is not the HF checkpoint (llama.cpp: GGUF F16 + an Ollama Modelfile), and return what was
