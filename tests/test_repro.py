@@ -21,13 +21,13 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(repro, "dvc", dvc)
     monkeypatch.setattr(repro, "stale", lambda names, known=None: list(names))
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     return log
 
 
 def cfg():
-    return types.SimpleNamespace(engine={"name": "hf"}, variants={"baseline": {}, "int8": {}, "int4": {}})
+    return types.SimpleNamespace(engine={"name": "hf"}, variants={"baseline": {}, "int8": {}, "int4": {}}, model=None)
 
 
 def test_serial_repro_is_plain_dvc_repro(calls, monkeypatch):
@@ -62,7 +62,7 @@ def scheduled(monkeypatch, tmp_path):
 
     monkeypatch.setattr(repro, "dvc", dvc)
     monkeypatch.setattr(repro, "commit", lambda targets: log.append(("commit", *targets)))
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
     ran = []
@@ -86,7 +86,7 @@ def scheduled(monkeypatch, tmp_path):
 
 def scheduled_cfg():
     return types.SimpleNamespace(engine={"name": "vllm"}, variants={"baseline": {}, "fp8": {}},
-                                 eval={"tasks": ["fx_add"]})
+                                 eval={"tasks": ["fx_add"]}, model=None)
 
 
 def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report_at_once(scheduled):
@@ -100,11 +100,17 @@ def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report
                              ("servers stopped",), ("commit", "run@fp8", "gate", "report")]
 
 
-def test_scheduled_repro_runs_stale_inputs_first(scheduled):
+def test_scheduled_repro_runs_stale_inputs_first(scheduled, monkeypatch):
+    """The shared inputs through `dvc repro`; the stale quantize@ stages through their command in this
+    process and one `dvc commit` (a process and a lock per variant otherwise, for a one-line marker)."""
+    monkeypatch.setattr("evalgate.cli.quantize", lambda variant, out, gguf, params: scheduled.log.append(
+        ("quantize", variant, str(out))))
     scheduled.status.update({"quantize@fp8", "run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
-    assert scheduled.log[1] == ("repro", *repro.INPUT_STAGES)
-    assert scheduled.log[2] == ("status", "--json", "baseline", "run@fp8")   # asked again, after the inputs ran
+    assert scheduled.log[1] == ("repro", "fixture", "workload", "gguf")
+    assert scheduled.log[2:5] == [("status", "--json", "quantize@fp8"), ("quantize", "fp8", "checkpoints/fp8"),
+                                  ("commit", "quantize@fp8")]
+    assert scheduled.log[5] == ("status", "--json", "baseline", "run@fp8")   # asked again, after the inputs ran
     assert scheduled.log[-1] == ("commit", "run@fp8", "gate", "report")
 
 
@@ -117,7 +123,7 @@ def test_in_process_engines_run_each_stage_command_here_then_one_commit(schedule
     """Engines that cannot share a device (hf, llamacpp) run the stale stages one at a time, each through
     its stage's own command (a supervised worker process), without `dvc repro` around them; then gate
     and report in this process and one `dvc commit` (that wrapper cost ≈ 49 s of a 438 s CPU default)."""
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
     scheduled.status.update({"baseline"})
@@ -133,7 +139,7 @@ def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled,
     committed, gate and report run on what there is, and the command exits 75 (the next repro retries)."""
     import json
 
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
 
     def run_stage(cfg, st):
