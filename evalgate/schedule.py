@@ -329,7 +329,11 @@ def quality_worker(cmd_base: list[str], timeout_s: float, launcher=None) -> Call
     """The quality phase as a worker process per variant (`python -m evalgate run VARIANT --attach`): its
     own interpreter (no shared GIL or lm-eval state with the others), killed on timeout. `launcher`
     (evalgate.forkserver.Launcher): forked from a process that has imported lm-eval, torch and MLflow
-    once, instead of seven fresh interpreters importing them while seven servers start beside them."""
+    once, instead of seven fresh interpreters importing them while seven servers start beside them.
+    `run.stop_all()` kills the workers still running (the schedule interrupted: a forked worker is the
+    forkserver's child in a session of its own, so neither Ctrl-C nor this process's exit reaches it)."""
+    live: set = set()
+
     def spawn(cmd: list[str], log) -> object:
         nonlocal launcher
         if launcher is not None:
@@ -338,7 +342,7 @@ def quality_worker(cmd_base: list[str], timeout_s: float, launcher=None) -> Call
             except Exception as e:  # noqa: BLE001 - the forkserver only saves imports: a fresh one instead
                 print(f"schedule: no forked quality worker ({type(e).__name__}: {e}); starting one", flush=True)
                 launcher = None
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def run(s: Slot):
         job = s.job
@@ -350,12 +354,15 @@ def quality_worker(cmd_base: list[str], timeout_s: float, launcher=None) -> Call
         log_path = job.out.file("quality.log")
         with open(log_path, "w") as log:
             proc = spawn(cmd, log)
+            live.add(proc)
             try:
                 rc = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)   # reaped, not left a zombie
                 raise
+            finally:
+                live.discard(proc)
         status = job.out.read("status.json") or {}
         if rc or status.get("ok") is False:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
@@ -364,6 +371,14 @@ def quality_worker(cmd_base: list[str], timeout_s: float, launcher=None) -> Call
         q = job.out.quality() or {}
         s.times.update(q.get("times", {}))
         return q.get("early")
+
+    def stop_all() -> None:
+        for proc in list(live):
+            with contextlib.suppress(Exception):
+                proc.kill()
+                proc.wait(timeout=10)
+
+    run.stop_all = stop_all
     return run
 
 
@@ -466,20 +481,23 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
     stop = threading.Event()
     gpu_utilization_sampler(stop, util)
     threading.Thread(target=engine.warm_client, daemon=True).start()   # the profiles' client, while servers start
+    quality = quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)), forkserver.shared())
     sch = Scheduler(slots, capacity, start=start,
-                    quality=tracking(quality_worker(worker, float(cfg.engine.get("quality_timeout_s", 1800)),
-                                                    forkserver.shared())),
+                    quality=tracking(quality),
                     profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
                     finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
                     alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,
                     retry=lambda s: s.job.out.clear_phases(), again_alone=again_alone)
     tracked.start()
-    with sch.running() as out:
-        stop.set()
-        for monitor in filter(None, host):
-            with contextlib.suppress(Exception):   # tracking is never fatal
-                monitor.finish()
-        out["gpu_utilization"] = util
-        base = next((s for s in slots if s.name == BASELINE), slots[0])
-        base.job.out.write("schedule.json", out)
-        yield out
+    try:
+        with sch.running() as out:
+            stop.set()
+            for monitor in filter(None, host):
+                with contextlib.suppress(Exception):   # tracking is never fatal
+                    monitor.finish()
+            out["gpu_utilization"] = util
+            base = next((s for s in slots if s.name == BASELINE), slots[0])
+            base.job.out.write("schedule.json", out)
+            yield out
+    finally:   # interrupted: the servers are stopped (Scheduler.running), and so is every quality worker
+        quality.stop_all()

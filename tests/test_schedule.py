@@ -239,6 +239,21 @@ def test_quality_worker_timeout_and_crash_are_failures(tmp_path, how):
     with pytest.raises(RuntimeError, match="exited with 3.*boom"):
         crash(s)
     assert json.loads((tmp_path / "a" / "server.json").read_text()) == {"base_url": "http://x"}
+    # interrupted (Ctrl-C, SIGTERM: `scheduled` leaves through its `finally`): a worker still running is killed
+    pidfile.unlink()
+    slow = quality_worker([sys.executable, "-c", f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid()));"
+                           " time.sleep(60)"], timeout_s=120, launcher=launcher)
+    waiting = threading.Thread(target=lambda: pytest.raises(RuntimeError, slow, s), daemon=True)
+    waiting.start()
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    slow.stop_all()
+    waiting.join(10)
+    assert not waiting.is_alive()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
 
 
 def test_a_transient_failure_gets_its_server_started_again_a_permanent_one_does_not(tmp_path):
