@@ -89,7 +89,7 @@ def repro_steps(lines: list[str], wall_s: float | None = None) -> list[dict]:
 
 
 def inputs_span(seen: list[tuple[float, str]]) -> float:
-    """Seconds from `evalgate repro`'s `1/5 inputs (dvc repro …)` line to its `2/5` line (0 when the
+    """Seconds from `evalgate repro`'s `1/5 inputs (…)` line to its `2/5` line (0 when the
     inputs were up to date): the fixture and the other inputs, as the run built them."""
     start = next((t for t, line in seen if line.startswith("repro: 1/5 inputs (")), None)
     end = next((t for t, line in seen if line.startswith("repro: 2/5 ")), None)

@@ -50,7 +50,7 @@ from evalgate.results import Results
 PATHS = dict(
     workload="data/workload.jsonl", reference="data/reference.jsonl", results="results", checkpoints="checkpoints", gguf="gguf"
 )
-INPUT_STAGES = ("fixture", "workload", "gguf", "quantize")  # what every variant reads: DVC runs them as usual
+INPUT_STAGES = ("fixture", "workload", "gguf", "quantize")  # what every variant reads (build_inputs)
 
 
 def dvc(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -197,7 +197,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     hit = changed([*INPUT_STAGES, *stages])
     known = None
     if any(h.split("@")[0] in INPUT_STAGES for h in hit):
-        step(f"1/5 inputs (dvc repro {' '.join(INPUT_STAGES)})")
+        step(f"1/5 inputs ({', '.join(INPUT_STAGES)})")
         # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
         # every server's first start at once
         threading.Thread(target=_warm_machine, args=(engine, cfg, t0), daemon=True).start()

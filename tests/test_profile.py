@@ -270,8 +270,8 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
     steps = gv.repro_steps(["repro: 0/5 up (this process started 0.8 s ago)\n", *log], wall_s=261.9)
     assert steps[0]["seconds"] == 0.8 and steps[-1]["step"].startswith("after `done`")
     assert steps[-1]["seconds"] == 2.1   # 261.9 - 0.8 - 259.0
-    # the inputs' span, as the lines came: from the `1/5 inputs (dvc repro …)` line to the `2/5` line
-    seen = [(100.0, "repro: 1/5 inputs (dvc repro fixture workload gguf quantize) [+2.4 s]\n"),
+    # the inputs' span, as the lines came: from the `1/5 inputs (…)` line to the `2/5` line
+    seen = [(100.0, "repro: 1/5 inputs (fixture, workload, gguf, quantize) [+2.4 s]\n"),
             (180.0, "repro: warm-up beside the inputs: model info … (done at +82.4 s)\n"),
             (352.5, "repro: 2/5 stale: baseline [+254.9 s]\n"), (400.0, "repro: 3/5 running …\n")]
     assert gv.inputs_span(seen) == 252.5 and gv.inputs_span([(1.0, "repro: 1/5 inputs up to date [+2 s]\n")]) == 0.0
