@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
+from evalgate.engines.vllm import VLLM_CLI, stop_process_group  # noqa: E402
+
+CLI = [*VLLM_CLI, "serve"]
 
 
 def one_start(model: str, extra: list[str], env: dict, port: int, timeout_s: float) -> dict:
@@ -61,11 +63,7 @@ def one_start(model: str, extra: list[str], env: dict, port: int, timeout_s: flo
                 served = json.loads(r.read())["choices"][0]["text"]
         except (OSError, KeyError, ValueError) as e:
             served = f"error: {e}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_group(proc)   # the whole group, engine core included, before the next start
     reader.join(timeout=5)
     gaps = sorted(((b[0] - a[0], a[0], a[1][:220]) for a, b in zip(lines, lines[1:])), reverse=True)[:15]
     return {"healthy_s": healthy, "completion": served, "rc": proc.returncode, "first_line_s": lines[0][0] if lines else None,

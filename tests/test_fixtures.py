@@ -147,4 +147,3 @@ def test_no_draft_is_trained_when_the_configuration_needs_none(tmp_path):
     assert not has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "draft")))
     assert has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "model")))
     assert has_draft(ModelSpec("hub", "org/target", draft="org/draft")) and not has_draft(ModelSpec("hub", "org/t"))
-

@@ -463,12 +463,14 @@ class VLLMEngine(Engine):
                 return None
             time.sleep(2.0)
         t0 = time.time()
-        time.sleep(0.5)   # written whole (save_pretrained writes it at once; one retry if not)
-        try:
-            archs = json.loads(config.read_text()).get("architectures") or []
-        except json.JSONDecodeError:
-            time.sleep(2.0)
-            archs = json.loads(config.read_text()).get("architectures") or []
+        for tries_left in (2, 1, 0):   # seen before save_pretrained finished writing it: read again
+            try:
+                archs = json.loads(config.read_text()).get("architectures") or []
+                break
+            except json.JSONDecodeError:
+                if not tries_left:
+                    raise
+                time.sleep(1.0)
         # the registry's own per-architecture inspection (private, but the public one needs a ModelConfig,
         # i.e. the whole engine configuration): it reads and fills the same cache file the servers read
         code = ("import sys; from vllm.model_executor.models.registry import ModelRegistry\n"
