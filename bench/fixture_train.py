@@ -7,7 +7,8 @@ packed batches, same optimizer), then profiles `--profile-steps` more with torch
 top operators by device time and the share of wall time the device was busy: a step bound by Python (the
 batch builder, kernel launches) shows a low busy share, one bound by attention shows its kernels on top.
 
-    python bench/fixture_train.py [--fixture conf/fixture/gpu.yaml] [--model target] [--steps 60] [--out F.json]
+    python bench/fixture_train.py [--fixture conf/fixture/gpu.yaml] [--model target] [--steps 60]
+        [--attn sdpa|varlen|eager] [--optimizer fused|foreach] [--out F.json]
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=("target", "draft"), default="target")
     ap.add_argument("--steps", type=int, default=60, help="timed steps (the first few include warm-up)")
     ap.add_argument("--profile-steps", type=int, default=8)
+    ap.add_argument("--attn", help="attention for training (default: the fixture's attn_implementation)")
+    ap.add_argument("--optimizer", choices=("default", "fused", "foreach"), default="default",
+                    help="AdamW's kernels (default: fused on CUDA, as the fixture stage)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 
@@ -43,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = resolve_bf16(cfg["bf16"], device)
     corpus, tok = corpus_and_tokenizer(cfg)
     mcfg = dict(cfg[a.model], steps=a.steps)
+    attn = a.attn or cfg["attn_implementation"]
+    fused = {"default": None, "fused": True, "foreach": False}[a.optimizer]
     torch.manual_seed(cfg["seed"])
     model = new_model(mcfg, tok, a.model)
     stream = corpus.stream(mcfg["mix"], a.model)
-    wall = train(model, stream, tok, mcfg, device, bf16, cfg["attn_implementation"], a.model)
+    wall = train(model, stream, tok, mcfg, device, bf16, attn, a.model, fused)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         t = time.perf_counter()
-        train(model, stream, tok, dict(mcfg, steps=a.profile_steps), device, bf16, cfg["attn_implementation"], a.model)
+        train(model, stream, tok, dict(mcfg, steps=a.profile_steps), device, bf16, attn, a.model, fused)
         if device.type == "cuda":
             torch.cuda.synchronize()
         prof_wall = time.perf_counter() - t
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": a.model,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "bf16": bf16,
+        "attn": attn,
+        "optimizer": a.optimizer,
         "steps": a.steps,
         "s_per_step": round(wall / a.steps, 4),
         "tokens_per_step": tokens,

@@ -555,7 +555,7 @@ class Fixture(Section):
     seed: NonNegInt
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: Literal["auto"] | bool = "auto"
-    attn_implementation: Literal["eager", "sdpa"]
+    attn_implementation: Literal["eager", "sdpa", "varlen"]  # varlen: CUDA + bf16 (toymodel.train.varlen_attention)
     eval_batch_size: PositiveInt
     tokenizer: FixtureTokenizer
     corpus: FixtureCorpus

@@ -1,4 +1,5 @@
 """Fixture unit tests: the properties the fixture's evaluation relies on, checked in seconds."""
+import importlib
 from itertools import islice
 
 import pytest
@@ -147,3 +148,52 @@ def test_no_draft_is_trained_when_the_configuration_needs_none(tmp_path):
     assert not has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "draft")))
     assert has_draft(ModelSpec("local", str(tmp_path / "model"), draft=str(tmp_path / "model")))
     assert has_draft(ModelSpec("hub", "org/target", draft="org/draft")) and not has_draft(ModelSpec("hub", "org/t"))
+
+
+def test_varlen_attention_equals_the_packed_mask(tok, monkeypatch):
+    """The GPU fixture's varlen path (segments from the packed positions, the kwargs through the model, the
+    reshapes around the kernel) gives sdpa's block-diagonal result; FlashAttention's kernel is CUDA-only, so a
+    per-segment causal sdpa stands in for it here (tests/test_gpu.py checks the real kernel)."""
+    import torch.nn.attention.varlen as varlen_mod
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    from transformers import AttentionInterface
+
+    T = importlib.import_module("evalgate.toymodel.train")  # the module, not the function the package exports
+
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        assert torch.equal(cu_q, cu_k) and kw.get("is_causal", kw.get("window_size") == (-1, 0))
+        out = torch.empty_like(q)
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            seg = [t[a:b].transpose(0, 1) for t in (q, k, v)]
+            out[a:b] = sdpa(*seg, is_causal=True, scale=kw.get("scale")).transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(varlen_mod, "varlen_attn", reference)
+    AttentionInterface.register(T.VARLEN, T.varlen_attention)
+    items = list(islice(corpus().stream(MIX, "t"), 60))
+    ids, _, pos = next(packed_batches(iter(items), tok, rows=2, seq_len=96))
+    cu, longest = T.packed_segments(pos)
+    assert cu[0] == 0 and cu[-1] == ids.numel() and longest == int((cu[1:] - cu[:-1]).max())
+    assert set(cu.tolist()) >= {0, 96}  # a row boundary always starts a segment
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64)).eval()
+    model.set_attn_implementation("sdpa")
+    masked = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    model.set_attn_implementation(T.VARLEN)
+    seg = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    varlen = model(input_ids=ids, position_ids=pos, use_cache=False, **seg).logits
+    assert torch.allclose(masked, varlen, atol=1e-5)
+    # and not the same as attending across items: the test can tell a wrong segmentation
+    whole = torch.tensor([0, ids.numel() // 2, ids.numel()], dtype=torch.int32)
+    crossed = model(input_ids=ids, position_ids=pos, use_cache=False, cu_seq_lens_q=whole, cu_seq_lens_k=whole,
+                    max_length_q=96, max_length_k=96).logits
+    assert not torch.allclose(masked, crossed, atol=1e-3)
+
+
+def test_varlen_is_refused_off_cuda():
+    from evalgate.toymodel.train import check_attn
+
+    with pytest.raises(ValueError, match="varlen runs on CUDA with bf16 only"):
+        check_attn("varlen", torch.device("cpu"), True)
+    check_attn("sdpa", torch.device("cpu"), False)

@@ -181,3 +181,42 @@ def test_prompt_logprobs_under_draft_speculation_are_the_plain_servers(served, m
         got = [draft.prompt_logprobs([t], 1)[0]["top_logprobs"][:, 0] for t in texts]
     diff = differences(ref, got)
     assert (diff <= 0.1).all(), f"{int((diff > 0.1).sum())} of {len(texts)} prompts differ, by up to {diff.max():.2f} nats"
+
+
+def test_varlen_training_step_matches_sdpa():
+    """The GPU fixture trains with FlashAttention's varlen kernel (fixture.attn_implementation: varlen): on
+    packed rows its loss and gradients equal sdpa's with the block-diagonal mask, up to bf16 rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    from evalgate.toymodel.corpus import Corpus
+    from evalgate.toymodel.tokenizer import train_tokenizer
+    from evalgate.toymodel.train import VARLEN, check_attn, new_model, packed_batches, packed_segments
+
+    dev = torch.device("cuda")
+    check_attn(VARLEN, dev, True)
+    c = Corpus(0, {"add": 10, "copy": 10, "recall": 10, "sentence": 10, "count": 10}, add_digits=[1, 3, 1],
+               copy_words=[3, 6], recall_pairs=[2, 4], count_len=[8, 40])
+    tok = train_tokenizer(c.tokenizer_text(4000), 512)
+    mix = {"add": 0.4, "copy": 0.2, "recall": 0.2, "sentence": 0.1, "count": 0.1}
+    ids, labels, pos = next(packed_batches(c.stream(mix, "t"), tok, rows=4, seq_len=512))
+    cu, longest = packed_segments(pos)
+    assert len(cu) > 4 * 3  # several items per row
+    torch.manual_seed(0)
+    model = new_model({"hidden_size": 256, "num_layers": 2, "num_heads": 4, "intermediate_size": 512,
+                       "max_position_embeddings": 1024}, tok, "t").to(dev)
+    ids, labels, pos = ids.to(dev), labels.to(dev), pos.to(dev)
+    out = {}
+    for attn, kw in (("sdpa", {}), (VARLEN, dict(cu_seq_lens_q=cu.to(dev), cu_seq_lens_k=cu.to(dev),
+                                                   max_length_q=longest, max_length_k=longest))):
+        model.set_attn_implementation(attn)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kw).logits[:, :-1]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+        out[attn] = loss.item(), grad
+    (l1, g1), (l2, g2) = out["sdpa"], out[VARLEN]
+    assert abs(l1 - l2) < 1e-2 * abs(l1), (l1, l2)
+    assert F.cosine_similarity(g1, g2, dim=0) > 0.99
