@@ -286,8 +286,10 @@ def _supervise(
     params: Path,
     gguf: Path = GGUF,
     launcher=None,
+    **side_by_side,
 ) -> int:
-    """The stage's own process: checks that need nothing heavy, then the worker under evalgate.faults."""
+    """The stage's own process: checks that need nothing heavy, then the worker under evalgate.faults
+    (`side_by_side`: supervise's env, scope, stop and output, for evalgate.repro's CPU variants)."""
     from evalgate import faults, tracking
     from evalgate.engines import get_engine
     from evalgate.results import VariantResults
@@ -321,6 +323,7 @@ def _supervise(
         log=lambda line: print(line, flush=True),
         mlflow=cfg.mlflow,
         launcher=launcher,
+        **side_by_side,
     )
 
 

@@ -143,6 +143,9 @@ class HFOptions(EngineOptions):
 
     name: Literal["hf"]
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")] = "cpu"
+    # on the CPU, variants `evalgate repro` loads and evaluates at once, one thread each (auto: the cores),
+    # their profiles still one at a time with every core (evalgate.lanes); 1: one after the other
+    side_by_side: Literal["auto"] | PositiveInt = "auto"
     engine_args: HFEngineArgs = HFEngineArgs()
 
 

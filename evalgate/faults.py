@@ -128,12 +128,16 @@ def descendants(pid: int | None = None) -> list:
     return out
 
 
-def kill_tree(proc: subprocess.Popen | None, grace_s: float = 10.0, exclude: set[int] = frozenset()) -> int:
+def kill_tree(
+    proc: subprocess.Popen | None, grace_s: float = 10.0, exclude: set[int] = frozenset(), only: Callable | None = None
+) -> int:
     """Stop `proc` and every process below it and below this one but those in `exclude` (SIGTERM, then
-    SIGKILL after `grace_s`). Returns how many were running."""
+    SIGKILL after `grace_s`); `only` (a `psutil.Process` → bool, `in_scope`): of those, only the ones it
+    picks, and only they are reaped (a sibling worker's exit status stays its own). Returns how many were
+    running."""
     import psutil
 
-    victims = {p.pid: p for p in descendants() if p.pid not in exclude}
+    victims = {p.pid: p for p in descendants() if p.pid not in exclude and (only is None or only(p))}
     if proc is not None and proc.poll() is None:
         with contextlib.suppress(psutil.NoSuchProcess):
             victims.setdefault(proc.pid, psutil.Process(proc.pid))
@@ -148,15 +152,40 @@ def kill_tree(proc: subprocess.Popen | None, grace_s: float = 10.0, exclude: set
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-    _reap()
+    _reap(None if only is None else [pid for pid in victims if proc is None or pid != proc.pid])
     return len(victims)
 
 
-def _reap() -> None:
-    """Collect exited orphans re-parented to us (a subreaper must, or they stay zombies)."""
+def _reap(pids: list[int] | None = None) -> None:
+    """Collect exited orphans re-parented to us (a subreaper must, or they stay zombies): any of them, or
+    only `pids` (side by side, another supervisor's worker may be our child too)."""
+    if pids is not None:
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        return
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+
+
+SCOPE = "EVALGATE_SCOPE"  # a side-by-side worker's mark, inherited by whatever it starts
+
+
+def in_scope(scope: str, sid: int) -> Callable:
+    """Whether a process is one worker's: in its session (`sid`: the worker is a session leader), or started
+    with its mark in the environment (a server that made a session of its own). With several supervisors
+    in one process (evalgate.repro's CPU variants side by side) "every descendant not there before" would
+    take a sibling's worker too."""
+    import psutil
+
+    def mine(p) -> bool:
+        try:
+            return os.getsid(p.pid) == sid or p.environ().get(SCOPE) == scope
+        except (psutil.Error, OSError):
+            return False
+
+    return mine
 
 
 def _limits(memory_limit_mb: int | None) -> Callable[[], None] | None:
@@ -178,7 +207,14 @@ class Interrupted(Exception):
 
 @contextlib.contextmanager
 def _signals_raise():
-    """SIGINT / SIGTERM become `Interrupted` in the supervisor, so it stops its worker's tree first."""
+    """SIGINT / SIGTERM become `Interrupted` in the supervisor, so it stops its worker's tree first. Only
+    the main thread may set handlers: a supervisor in another thread is stopped through its `stop` event by
+    whoever handles the signal there (evalgate.repro)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum, _frame):
         raise Interrupted(signum)
@@ -212,14 +248,23 @@ def supervise(
     log: Callable[[str], None] = print,
     mlflow: dict | None = None,
     launcher=None,
+    env: dict[str, str] | None = None,
+    scope: str | None = None,
+    stop=None,
+    output: int | None = None,
 ) -> int:
     """Run a variant's worker (`cmd`) under the fault policy (`policy`: params `faults`); `out`: the
     variant's `VariantResults`. Returns the stage's exit code: 0 (finished, or failed permanently and
     recorded), 2 (a config error, printed by the worker), 75 (transient, tries used up, recorded but not
     final), 130 / 143 (interrupted). `launcher` (evalgate.forkserver.Launcher): the worker is forked from
-    its server, which has imported what a worker needs, instead of started as `cmd`."""
+    its server, which has imported what a worker needs, instead of started as `cmd`. `env`: added to the
+    worker's environment. Side by side with other supervisors in this process (threads): `scope`, a mark
+    unique to this variant, limits what is stopped to this worker's processes (`in_scope`), and `stop` (a
+    threading.Event) interrupts it as SIGINT would; `output`, a file descriptor, takes the worker's stdout
+    and stderr (default: this process's own)."""
     become_subreaper()
     before = {p.pid for p in descendants()}  # not ours to stop (none, when this is the stage's own process)
+    env = {**(env or {}), **({SCOPE: scope} if scope else {})}
     attempts = int(policy.get("attempts", 3))
     backoff = float(policy.get("backoff_s", 5))
     timeout = policy.get("variant_timeout_s")
@@ -229,13 +274,13 @@ def supervise(
             wait = backoff * 2 ** (attempt - 2)
             log(f"run {name}: try {attempt} of {attempts} in {wait:g} s ({kind}: {one_line(error, 200)})")
             time.sleep(wait)
-        proc, told = None, ""
+        proc, told, only = None, "", None
         r, w = os.pipe()
         try:
             with _signals_raise():
                 if launcher is not None:
                     try:
-                        proc = launcher.start(cmd, w, policy.get("memory_limit_mb"))
+                        proc = launcher.start(cmd, w, policy.get("memory_limit_mb"), output=output, env=env)
                     except Exception as e:  # noqa: BLE001 - the forkserver only saves imports: a fresh one instead
                         log(f"run {name}: no forked worker ({type(e).__name__}: {one_line(str(e), 200)}); starting one")
                         launcher = None
@@ -244,18 +289,21 @@ def supervise(
                         cmd,
                         start_new_session=True,
                         pass_fds=(w,),
-                        env={**os.environ, FAULT_FD: str(w)},
+                        env={**os.environ, **env, FAULT_FD: str(w)},
+                        stdout=output,
+                        stderr=None if output is None else subprocess.STDOUT,
                         preexec_fn=_limits(policy.get("memory_limit_mb")),
                     )
                 os.close(w)
                 w = None
+                only = in_scope(scope, proc.pid) if scope else None
                 try:
-                    rc = proc.wait(timeout=float(timeout) if timeout else None)
+                    rc = _wait(proc, float(timeout) if timeout else None, stop)
                 except subprocess.TimeoutExpired:
-                    kill_tree(proc, exclude=before)
+                    kill_tree(proc, exclude=before, only=only)
                     rc = None
         except Interrupted as e:
-            kill_tree(proc, exclude=before)
+            kill_tree(proc, exclude=before, only=only)
             _record(out, "interrupted", f"interrupted by {e} (every process of the variant stopped)", attempt, mlflow)
             log(f"run {name}: interrupted by {e}: stopped; not recorded as final (the next repro runs it again)")
             return EXIT_SIGNAL[e.signum]
@@ -263,7 +311,7 @@ def supervise(
             if w is not None:
                 os.close(w)
             told = _drain(r)
-        left = kill_tree(None, exclude=before)  # whatever the worker left running (a server it could not stop)
+        left = kill_tree(None, exclude=before, only=only)  # what the worker left running (a server it could not stop)
         if left:
             log(f"run {name}: stopped {left} process(es) the worker left running")
         told_kind, _, told_error = told.partition("\t")
@@ -297,6 +345,23 @@ def supervise(
         f"not recorded as final (exit {EX_TEMPFAIL}): the next repro runs it again"
     )
     return EX_TEMPFAIL
+
+
+def _wait(proc, timeout: float | None, stop) -> int:
+    """The worker's exit code; `subprocess.TimeoutExpired` past `timeout`; `Interrupted` (as SIGINT) once
+    `stop` is set."""
+    if stop is None:
+        return proc.wait(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if stop.is_set():
+            raise Interrupted(signal.SIGINT)
+        step = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        try:
+            return proc.wait(timeout=max(step, 0))
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def _drain(fd: int) -> str:

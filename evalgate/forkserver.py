@@ -114,12 +114,12 @@ class Launcher:
         forkserver.ensure_running()  # now, so that it is not counted among the worker's descendants
 
     def start(self, cmd: list[str], fault_fd: int | None, memory_limit_mb: int | None,
-              output: int | None = None) -> Worker:
+              output: int | None = None, env: dict[str, str] | None = None) -> Worker:
         """`cmd`: the worker's command, `[sys.executable, …]` (evalgate.faults.worker_command: `python -m
         evalgate run VARIANT … --worker`), run with this process's environment as it is now; `fault_fd`: the
         write end of the fault pipe (the worker gets its own copy; the caller closes its own, as with Popen's
         pass_fds); `memory_limit_mb`: the worker's address space (RLIMIT_AS); `output`: a file descriptor that
-        takes the worker's stdout and stderr (default: this process's own)."""
+        takes the worker's stdout and stderr (default: this process's own); `env`: added to the environment."""
         if not cmd or cmd[0] != sys.executable:
             raise ValueError(f"not a command of this interpreter: {cmd[:1]}")
         argv = cmd[1:]
@@ -129,7 +129,8 @@ class Launcher:
         }
         if fault_fd is not None:
             fds["fault"] = multiprocessing.connection.Connection(os.dup(fault_fd), readable=False)
-        proc = self.ctx.Process(target=_main, args=(argv, dict(os.environ), fds, memory_limit_mb), name=" ".join(argv[:3]))
+        args = (argv, {**os.environ, **(env or {})}, fds, memory_limit_mb)
+        proc = self.ctx.Process(target=_main, args=args, name=" ".join(argv[:3]))
         try:
             proc.start()
         finally:

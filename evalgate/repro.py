@@ -232,12 +232,22 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         # forkserver that imported what a worker needs once (run_stage, evalgate.forkserver), then gate,
         # report and one `dvc commit`, as below. `dvc repro --keep-going` around the same runs cost ≈ 49 s
         # of a 438 s CPU default (2026-11-27: per-stage lock and hash work, a process per stage)
-        step(f"3/5 running {len(todo)} variant(s) one at a time")
-        for st in todo:
-            step(f"3/5 {st}")
-            run_stage(cfg, st)
-            if st == BASELINE and (failed := transient_failures([BASELINE])):
+        rest = [st for st in todo if st != BASELINE]
+        lanes = min(engine.side_by_side(), len(rest))
+        step(
+            f"3/5 running {len(todo)} variant(s) "
+            + (f"({lanes} side by side after the baseline; each profile alone)" if lanes > 1 else "one at a time")
+        )
+        if BASELINE in todo:  # alone: every variant compares with its results
+            step(f"3/5 {BASELINE}")
+            run_stage(cfg, BASELINE)
+            if failed := transient_failures([BASELINE]):
                 return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
+        if lanes > 1:
+            run_side_by_side(cfg, rest, lanes, step)
+        for st in rest if lanes <= 1 else []:
+            step(f"3/5 {st}")
+            run_stage(cfg, st)  # nothing to compare with: DVC would stop here too
     else:
         if warm is not None:
             warm.join()
@@ -285,10 +295,72 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     return 0
 
 
-def run_stage(cfg: Config, stage: str) -> int:
+LOGS = Path(".dvc/tmp/evalgate-logs")  # a side-by-side variant's output (as `dvc queue logs` keeps them)
+
+
+def run_side_by_side(cfg: Config, stages: list[str], lanes: int, step) -> None:
+    """`stages` `lanes` at a time, each by `run_stage` in a thread (its supervisor) with its worker in the
+    lanes (evalgate.lanes: loads and evaluations side by side, profiles one at a time). Each worker writes
+    to its own log (LOGS); its start and its last line are said here. Ctrl-C / SIGTERM stops every worker
+    (`stop`; the supervisors record them as interrupted) and leaves the rest unstarted."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from evalgate import lanes as lanes_mod
+
+    LOGS.mkdir(parents=True, exist_ok=True)
+    plan = lanes_mod.plan(LOGS / "lanes.lock", lanes)
+    stop = threading.Event()
+    first_open = threading.Event()  # the first worker's MLflow run is open (so is the execution's parent)
+
+    def one(st: str, first: bool) -> int:
+        if not first:  # two workers opening the first runs at once could each create a parent run
+            first_open.wait()
+        if stop.is_set():
+            return 130
+        name = st.removeprefix("run@")
+        log_path = LOGS / f"{name}.log"
+        step(f"3/5 {st} started (its log: {log_path})")
+        t = time.time()
+        with open(log_path, "w") as log:
+            if first:
+                threading.Thread(target=_opened, args=(name, t, first_open, stop), daemon=True).start()
+            try:
+                rc = run_stage(cfg, st, env=plan.env(), scope=f"{st}-{os.getpid()}", stop=stop, output=log.fileno())
+            finally:
+                first_open.set()
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        step(f"3/5 {st} done in {time.time() - t:.1f} s (exit {rc}): {lines[-1][:200] if lines else ''}")
+        return rc
+
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="variant")
+    try:
+        futures = [pool.submit(one, st, i == 0) for i, st in enumerate(stages)]
+        for f in as_completed(futures):
+            f.result()
+    except BaseException:
+        stop.set()
+        first_open.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _opened(name: str, since: float, event: threading.Event, stop: threading.Event, timeout_s: float = 120) -> None:
+    """Set `event` once the variant's tracking.json is written after `since` (its MLflow run is open)."""
+    path = Path(PATHS["results"]) / name / "tracking.json"
+    deadline = time.time() + timeout_s
+    while not (event.is_set() or stop.is_set()) and time.time() < deadline:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= since:
+                break
+        time.sleep(0.2)
+    event.set()
+
+
+def run_stage(cfg: Config, stage: str, **side_by_side) -> int:
     """`baseline` or `run@<variant>` as dvc.yaml's command runs it (evalgate.cli.run, its supervisor in this
     process, the work in a worker process, forked from this repro's forkserver); returns its exit code (75:
-    failed transiently)."""
+    failed transiently). `side_by_side`: see run_side_by_side."""
     from evalgate import cli, forkserver
 
     name = stage.removeprefix("run@")
@@ -304,6 +376,7 @@ def run_stage(cfg: Config, stage: str) -> int:
         cli.PARAMS,
         Path(PATHS["gguf"]),
         launcher=forkserver.shared(),
+        **side_by_side,
     )
 
 

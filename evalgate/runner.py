@@ -25,6 +25,7 @@ from pathlib import Path
 
 from evalgate.config import BASELINE, Config, ConfigError, ModelSpec, Variant
 from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
+from evalgate.lanes import Lane
 from evalgate.results import AGAIN, VariantResults, changed_docs
 from evalgate.tracking import VariantRun, parent_name
 
@@ -499,8 +500,10 @@ def run_serial(job: Job, engine) -> int:
     from evalgate.progress import bar
 
     phases = bar(total=3, desc=f"run {name}", unit="phase", postfix="serve")   # serve, quality, profile
+    lane = Lane(engine)   # side by side with other variants (evalgate.lanes), or alone as under `dvc repro`
     t0 = time.time()
     try:
+        lane.share()
         with engine.serve(job.model, job.variant, job.out.path) as ep:
             times["start_s"] = ep.info.start_seconds
             mark("start", t0)
@@ -518,6 +521,7 @@ def run_serial(job: Job, engine) -> int:
             phases.update()
             if not q["early"]:
                 phases.set_postfix_str("profile")
+                lane.alone()   # waits until no other variant loads or evaluates
                 phase, t, t0 = "profile", time.perf_counter(), time.time()
                 profile(job, ep)
                 mark("profile", t0)
@@ -528,6 +532,7 @@ def run_serial(job: Job, engine) -> int:
                 times["profile_s"] = time.perf_counter() - t
                 phases.update()
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
+        lane.close()
         phases.close()
         mark(phase, t0)
         kind = classify(e)
@@ -538,6 +543,7 @@ def run_serial(job: Job, engine) -> int:
         fail(job, phase, error, traceback.format_exc(), transient=kind)
         tell_supervisor(kind, f"{phase}: {error}")
         return EX_TEMPFAIL if kind else 0
+    lane.close()
     phases.close()
     times["total_s"] = time.perf_counter() - t_all
     try:

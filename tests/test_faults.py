@@ -199,7 +199,7 @@ def test_a_forkserver_that_cannot_fork_falls_back_to_a_fresh_worker(tmp_path):
     from evalgate.results import VariantResults
 
     class Broken:
-        def start(self, cmd, fault_fd, memory_limit_mb):
+        def start(self, cmd, fault_fd, memory_limit_mb, **kw):
             raise ConnectionRefusedError("the forkserver is gone")
 
     said = []

@@ -124,7 +124,8 @@ def test_in_process_engines_run_each_stage_command_here_then_one_commit(schedule
     """Engines that cannot share a device (hf, llamacpp) run the stale stages one at a time, each through
     its stage's own command (a supervised worker process), without `dvc repro` around them; then gate
     and report in this process and one `dvc commit` (that wrapper cost ≈ 49 s of a 438 s CPU default)."""
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+                                   side_by_side=lambda: 1)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
     scheduled.status.update({"baseline"})
@@ -135,12 +136,30 @@ def test_in_process_engines_run_each_stage_command_here_then_one_commit(schedule
         ("commit", "baseline", "run@int8", "run@int4", "gate", "report")]
 
 
+def test_in_process_engines_run_variants_side_by_side_after_the_baseline(scheduled, monkeypatch):
+    """With `Engine.side_by_side` > 1 (hf on a CPU of that many cores): the baseline alone first (every
+    variant compares with it), then the variants in lanes (run_side_by_side), then the same gate, report
+    and one commit."""
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+                                   side_by_side=lambda: 4)
+    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
+    monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
+    monkeypatch.setattr(repro, "run_side_by_side", lambda cfg, stages, lanes, step: scheduled.log.append(
+        ("side by side", lanes, *stages)))
+    scheduled.status.update({"baseline"})
+    assert repro._repro(cfg()) == 0
+    assert [c for c in scheduled.log if c[0] != "status"] == [
+        ("run", "baseline"), ("side by side", 2, "run@int8", "run@int4"), ("gate+report",),
+        ("commit", "baseline", "run@int8", "run@int4", "gate", "report")]
+
+
 def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled, monkeypatch, tmp_path):
     """A baseline that failed transiently leaves nothing to compare with: no variant runs, nothing is
     committed, gate and report run on what there is, and the command exits 75 (the next repro retries)."""
     import json
 
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+                                   side_by_side=lambda: 2)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
 
     def run_stage(cfg, st):

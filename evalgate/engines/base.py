@@ -150,6 +150,15 @@ class Engine(abc.ABC):
     def __init__(self, options: dict):
         self.options = options
 
+    def side_by_side(self) -> int:
+        """How many of this engine's variants `evalgate repro` runs at once when it cannot attach to a server
+        (not `attachable`): their loads and evaluations side by side, their profiles one at a time
+        (evalgate.lanes). 1: one after the other."""
+        return 1
+
+    def use_threads(self, n: int) -> None:  # noqa: B027 - an optional hook
+        """Compute with `n` threads from now on (evalgate.lanes: few beside other variants, all when alone)."""
+
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Raise ConfigError if this engine cannot run on this machine at all (library missing)."""
 

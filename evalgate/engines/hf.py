@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -308,6 +309,19 @@ class HFEndpoint(Endpoint):
 
 class HFEngine(Engine):
     name = "hf"
+
+    def side_by_side(self) -> int:
+        """On the CPU: `side_by_side` (auto: the cores this process may use, one thread each; see
+        evalgate.lanes for why one thread loses nothing here). On a GPU one model computes at a time."""
+        if not str(self.options.get("device", "cpu")).startswith("cpu"):
+            return 1
+        n = self.options.get("side_by_side", "auto")
+        return len(os.sched_getaffinity(0)) if n == "auto" else int(n)
+
+    def use_threads(self, n: int) -> None:
+        import torch
+
+        torch.set_num_threads(n)
 
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
