@@ -244,7 +244,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             if failed := transient_failures([BASELINE]):
                 return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
         if lanes > 1:
-            run_side_by_side(cfg, longest_first(cfg, rest), lanes, step)
+            run_side_by_side(cfg, rest, lanes, step)
         for st in rest if lanes <= 1 else []:
             step(f"3/5 {st}")
             run_stage(cfg, st)  # nothing to compare with: DVC would stop here too
@@ -293,14 +293,6 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             return code
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
     return 0
-
-
-def longest_first(cfg: Config, stages: list[str]) -> list[str]:
-    """The speculative variants first (stable otherwise): side by side, the lanes finish together when the
-    longest start first. On the CPU those run one sequence at a time, and were the longest, 21.6 and 30.9 s
-    of the others' 9.3–22.5 s; started last, one ran alone for 28 s while the other lane idled (2-core CPU,
-    2026-11-27, docs/results/cpu-2026-11-27-4)."""
-    return sorted(stages, key=lambda st: cfg.variant(st.removeprefix("run@")).speculative["method"] == "none")
 
 
 LOGS = Path(".dvc/tmp/evalgate-logs")  # a side-by-side variant's output (as `dvc queue logs` keeps them)

@@ -146,11 +146,10 @@ def test_in_process_engines_run_variants_side_by_side_after_the_baseline(schedul
     monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
     monkeypatch.setattr(repro, "run_side_by_side", lambda cfg, stages, lanes, step: scheduled.log.append(
         ("side by side", lanes, *stages)))
-    monkeypatch.setattr(repro, "longest_first", lambda cfg, stages: list(reversed(stages)))
     scheduled.status.update({"baseline"})
     assert repro._repro(cfg()) == 0
     assert [c for c in scheduled.log if c[0] != "status"] == [
-        ("run", "baseline"), ("side by side", 2, "run@int4", "run@int8"), ("gate+report",),
+        ("run", "baseline"), ("side by side", 2, "run@int8", "run@int4"), ("gate+report",),
         ("commit", "baseline", "run@int8", "run@int4", "gate", "report")]
 
 
@@ -175,15 +174,3 @@ def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled,
     assert repro._repro(cfg()) == repro.EX_TEMPFAIL
     assert ("run", "run@int8") not in scheduled.log and not any(c[0] == "commit" for c in scheduled.log)
     assert ("repro", "--single-item", "gate") in scheduled.log
-
-
-def test_speculative_variants_start_first_side_by_side():
-    from evalgate.config import parse
-
-    c = parse({"model": {"source": "local", "id": "m"}, "engine": {"name": "hf"},
-               "workload": {"source": "tasks", "tasks": ["t"]}, "eval": {"tasks": ["t"]},
-               "gate": {"quality": {"t/acc": {"max_loss_abs": 0.1}}}, "baseline": {},
-               "variants": {"int8": {"quantization": {"method": "int8"}},
-                            "pl": {"speculative": {"method": "ngram", "num_tokens": 3}}, "b4": {}},
-               "mlflow": {"enabled": False}})
-    assert repro.longest_first(c, ["run@int8", "run@pl", "run@b4"]) == ["run@pl", "run@int8", "run@b4"]
