@@ -334,10 +334,13 @@ def _work(cfg, variant: str, folder: Path, workload, reference, checkpoint, base
     from evalgate import runner
     from evalgate.engines import get_engine
     from evalgate.faults import EX_TEMPFAIL, classify, tell_supervisor
+    from evalgate.lanes import Lane
     from evalgate.results import VariantResults
 
     engine = get_engine(cfg.engine["name"], cfg.engine)
     out = VariantResults(folder)
+    lane = Lane(engine)  # beside other variants (evalgate.lanes): from before the checks that use the CPU
+    lane.share()
     try:
         job = runner.prepare(
             cfg,
@@ -350,7 +353,7 @@ def _work(cfg, variant: str, folder: Path, workload, reference, checkpoint, base
             engine,
             str(gguf),
         )
-        return runner.run_serial(job, engine) if job is not None else 0
+        return runner.run_serial(job, engine, lane) if job is not None else 0
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - outside run_serial's own handling: told to the supervisor, then decided

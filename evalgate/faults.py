@@ -273,7 +273,12 @@ def supervise(
         if attempt > 1:
             wait = backoff * 2 ** (attempt - 2)
             log(f"run {name}: try {attempt} of {attempts} in {wait:g} s ({kind}: {one_line(error, 200)})")
-            time.sleep(wait)
+            if stop is None:
+                time.sleep(wait)
+            elif stop.wait(wait):  # stopped while waiting to try again: no new worker
+                _record(out, "interrupted", "interrupted (stopped before its next try)", attempt - 1, mlflow)
+                log(f"run {name}: interrupted: not recorded as final (the next repro runs it again)")
+                return EXIT_SIGNAL[signal.SIGINT]
         proc, told, only = None, "", None
         r, w = os.pipe()
         try:

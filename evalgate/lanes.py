@@ -4,9 +4,10 @@ On the 2-core CPU a variant's evaluation and fidelity are Python and small tenso
 fast as two, so two variants at once, one thread each, take half the wall time; a load profile beside a
 neighbour does not (int8's peak fell 324 → 242 tok/s, docs/results/cpu-2026-11-27-3). So `evalgate repro`
 runs the variants of an in-process engine a few at a time (`Engine.side_by_side`), each in its supervised
-worker as before, and the workers agree through one lock file: a worker holds it shared while it loads and
-evaluates, exclusively while it profiles (a reader-writer lock across processes: flock LOCK_SH / LOCK_EX).
-A profile therefore starts only when no other worker loads or evaluates, and none starts during a profile.
+worker as before, and the workers agree through one lock file: a worker holds it shared from before its
+checks to its end (loading, evaluating, writing its results), exclusively while it profiles (a reader-writer
+lock across processes: flock LOCK_SH / LOCK_EX). A profile therefore starts only when no other worker is
+busy, and no other worker does anything during a profile but wait.
 
 The worker learns this from its environment (`ENV`), so the stage's command is unchanged and plain
 `dvc repro` (one variant at a time, no `ENV`) runs exactly as before. Hand-written: no library here runs
@@ -49,8 +50,9 @@ def current() -> Lanes | None:
 
 
 class Lane:
-    """A worker's place in the lanes (a no-op without `ENV`): `share()` while it loads and evaluates,
-    `alone()` for its profile, `close()` at the end. `engine.use_threads(n)` sets its threads for each."""
+    """A worker's place in the lanes (a no-op without `ENV`): `share()` from its start, `alone()` for its
+    profile, `share()` again after it, `close()` at the end (or its exit: the kernel drops the lock with
+    the process). `engine.use_threads(n)` sets its threads for each."""
 
     def __init__(self, engine):
         self.engine, self.lanes, self._f = engine, current(), None

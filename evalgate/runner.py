@@ -483,12 +483,16 @@ def attached_quality(cfg: Config, name: str, out: VariantResults, workload: Path
     return 0
 
 
-def run_serial(job: Job, engine) -> int:
+def run_serial(job: Job, engine, lane: Lane | None = None) -> int:
     """Serve once, then quality, profile (twice for the baseline when `load.aa`), finish. Any failure is
     recorded (status.json). Returns the worker's exit code: 0 when it finished or failed for good (the
     stage exits 0, so the other variants run and DVC keeps the rejection), 75 for a transient failure
     (evalgate.faults: the supervisor retries it, and DVC does not cache it). The phases go to
-    timeline.json, as the scheduler's do, so the report draws serial and scheduled runs alike."""
+    timeline.json, as the scheduler's do, so the report draws serial and scheduled runs alike. `lane`:
+    its place beside other variants (evalgate.lanes; the worker takes it before preparing), held shared
+    throughout but for the profile, which holds it alone."""
+    lane = lane or Lane(engine)   # side by side with other variants, or alone as under `dvc repro`
+    lane.share()
     phase, times, t_all = "start", {}, time.perf_counter()
     events: list[dict] = []
     name = job.variant.name
@@ -500,10 +504,8 @@ def run_serial(job: Job, engine) -> int:
     from evalgate.progress import bar
 
     phases = bar(total=3, desc=f"run {name}", unit="phase", postfix="serve")   # serve, quality, profile
-    lane = Lane(engine)   # side by side with other variants (evalgate.lanes), or alone as under `dvc repro`
     t0 = time.time()
     try:
-        lane.share()
         with engine.serve(job.model, job.variant, job.out.path) as ep:
             times["start_s"] = ep.info.start_seconds
             mark("start", t0)
@@ -530,9 +532,9 @@ def run_serial(job: Job, engine) -> int:
                     profile(job, ep, "aa")
                     mark("profile_aa", t0)
                 times["profile_s"] = time.perf_counter() - t
+                lane.share()   # the rest (freeing the model, the results, MLflow) beside the others again
                 phases.update()
     except Exception as e:  # noqa: BLE001 - any failure of one variant is recorded, never fatal to the rest
-        lane.close()
         phases.close()
         mark(phase, t0)
         kind = classify(e)
@@ -542,8 +544,8 @@ def run_serial(job: Job, engine) -> int:
             job.out.write_timeline(name, events, times)
         fail(job, phase, error, traceback.format_exc(), transient=kind)
         tell_supervisor(kind, f"{phase}: {error}")
+        lane.close()
         return EX_TEMPFAIL if kind else 0
-    lane.close()
     phases.close()
     times["total_s"] = time.perf_counter() - t_all
     try:
@@ -555,7 +557,9 @@ def run_serial(job: Job, engine) -> int:
         print(f"run {name}: failed writing its results: {error}" + (f" (transient: {kind})" if kind else ""), flush=True)
         fail(job, "finish", error, traceback.format_exc(), transient=kind)
         tell_supervisor(kind, f"finish: {error}")
+        lane.close()
         return EX_TEMPFAIL if kind else 0
+    lane.close()
     early = job.out.status().get("early_rejection")
     speed = f"{m['output_throughput']:.1f} tok/s peak" if "output_throughput" in m else "not profiled"
     print(f"run {name}: {speed}; " + (early["reason"] if early else ", ".join(

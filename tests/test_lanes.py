@@ -198,3 +198,24 @@ def test_run_side_by_side_keeps_to_its_lanes(tmp_path, monkeypatch):
         repro.run_side_by_side(None, stages, 2, said.append)
     # v0 stopped at once (not after its 10 s), and of the rest at most the one its thread picked up meanwhile
     assert ("run@v0", "stopped", True) in seen and all(s[2] for s in seen) and len(seen) <= 2
+
+
+def test_stop_during_the_backoff_starts_no_new_try(tmp_path):
+    """A transient failure waits `backoff_s` before its next try; stopped meanwhile, no worker starts again."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-c", f"open({str(runs)!r}, 'a').write('x'); raise SystemExit(75)"]
+    stop = threading.Event()
+    rc = {}
+    policy = {**POLICY, "attempts": 3, "backoff_s": 30}
+    t = threading.Thread(target=lambda: rc.setdefault("v", faults.supervise(
+        "v", cmd, VariantResults(tmp_path / "v"), policy, log=lambda s: None, scope="v-backoff", stop=stop)))
+    t0 = time.time()
+    t.start()
+    while not runs.exists():
+        assert time.time() - t0 < 20
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    t.join(10)
+    assert rc["v"] == 130 and runs.read_text() == "x" and time.time() - t0 < 15
+    assert json.loads((tmp_path / "v" / "status.json").read_text())["transient"] == "interrupted"
