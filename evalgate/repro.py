@@ -246,9 +246,10 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
                 return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
         if lanes > 1:
             run_side_by_side(cfg, rest, lanes, step)
-        for st in rest if lanes <= 1 else []:
-            step(f"3/5 {st}")
-            run_stage(cfg, st)  # nothing to compare with: DVC would stop here too
+        else:
+            for st in rest:
+                step(f"3/5 {st}")
+                run_stage(cfg, st)
     else:
         if warm is not None:
             warm.join()
