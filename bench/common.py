@@ -14,14 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fresh_clone(keep: str | None, prefix: str) -> tuple[Path, dict]:
-    """`git clone` of this repository into `keep` (emptied first) or a new temp folder, and the
-    environment to run it with: this interpreter's bin first on PATH, the hub offline, MLflow's default
-    store (no inherited tracking URI)."""
+def fresh_clone(keep: str | None, prefix: str, rev: str | None = None) -> tuple[Path, dict]:
+    """`git clone` of this repository (at `rev`, default its HEAD) into `keep` (emptied first) or a new temp
+    folder, and the environment to run it with: this interpreter's bin first on PATH, the hub offline,
+    MLflow's default store (no inherited tracking URI)."""
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=prefix))
     if work.exists() and any(work.iterdir()):
         shutil.rmtree(work)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+    if rev:
+        subprocess.run(["git", "checkout", "-q", rev], cwd=work, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return work, env

@@ -277,6 +277,31 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
     assert gv.inputs_span(seen) == 252.5 and gv.inputs_span([(1.0, "repro: 1/5 inputs up to date [+2 s]\n")]) == 0.0
 
 
+def test_repro_ab_splits_a_run_at_its_marks():
+    """bench/repro_ab.py: a run's wall time split into the inputs, the variants and the rest, from the step
+    marks of docs/results/cpu-2026-11-27-4's `after` run."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))   # its `from common import …`, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location("repro_ab", bench / "repro_ab.py")
+        ab = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ab)
+    finally:
+        sys.path.remove(str(bench))
+    log = ("repro: 1/5 inputs (fixture, workload, gguf, quantize) [+1.3 s]\n"
+           "repro: 2/5 stale: baseline, run@int8 [+142.2 s]\n"
+           "repro: 3/5 run@int8 done in 22.5 s (exit 0): run int8: 377.3 tok/s peak [+182.3 s]\n"
+           "repro: 4/5 gate and report (while the servers stop) [+234.7 s]\n"
+           "repro: 5/5 dvc commit baseline run@int8 gate report [+242.2 s]\n"
+           "repro: done in 243.9 s\n")
+    assert ab.spans(log) == {"inputs_s": 142.2, "variants_s": 92.5, "after_s": 9.2, "repro_s": 243.9}
+    with pytest.raises(SystemExit, match="no 2/5"):
+        ab.spans("repro: 1/5 inputs [+1.0 s]\nTraceback …\n")
+
+
 def test_failed_requests_are_said_out_loud(tmp_path, capsys):
     """A level whose requests failed measured less load than meant: the run prints how many and the first
     error (llama-server's dropped keep-alive connections were only a `c4/failed` metric before)."""
