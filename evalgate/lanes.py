@@ -35,9 +35,16 @@ class Lanes:
         return {ENV: f"{self.lock}:{self.share_threads}:{self.alone_threads}"}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, as on Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def plan(lock: Path, side_by_side: int, cores: int | None = None) -> Lanes:
-    """Lanes for `side_by_side` workers on `cores` (default: those this process may run on)."""
-    cores = cores or len(os.sched_getaffinity(0))
+    """Lanes for `side_by_side` workers on `cores` (default: `usable_cores()`)."""
+    cores = cores or usable_cores()
     return Lanes(Path(lock), max(1, cores // max(1, side_by_side)), cores)
 
 

@@ -219,3 +219,11 @@ def test_stop_during_the_backoff_starts_no_new_try(tmp_path):
     t.join(10)
     assert rc["v"] == 130 and runs.read_text() == "x" and time.time() - t0 < 15
     assert json.loads((tmp_path / "v" / "status.json").read_text())["transient"] == "interrupted"
+
+
+def test_hf_side_by_side_on_the_cpu_only():
+    from evalgate.engines.hf import HFEngine
+
+    assert HFEngine({"name": "hf", "device": "cpu"}).side_by_side() == lanes.usable_cores()
+    assert HFEngine({"name": "hf", "device": "cpu", "side_by_side": 3}).side_by_side() == 3
+    assert HFEngine({"name": "hf", "device": "cuda", "side_by_side": 3}).side_by_side() == 1

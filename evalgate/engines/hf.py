@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -315,8 +314,10 @@ class HFEngine(Engine):
         evalgate.lanes for why one thread loses nothing here). On a GPU one model computes at a time."""
         if not str(self.options.get("device", "cpu")).startswith("cpu"):
             return 1
+        from evalgate.lanes import usable_cores
+
         n = self.options.get("side_by_side", "auto")
-        return len(os.sched_getaffinity(0)) if n == "auto" else int(n)
+        return usable_cores() if n == "auto" else int(n)
 
     def use_threads(self, n: int) -> None:
         import torch
