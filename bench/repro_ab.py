@@ -95,10 +95,9 @@ def main() -> int:
     ref = runs[0]
     summary["same_verdicts"] = all(x["verdicts"] == ref["verdicts"] and x["best"] == ref["best"] for x in runs)
     summary["same_quality"] = all(x["quality"] == ref["quality"] for x in runs)
-    pairs = [(x, y) for x, y in zip(runs[::2], runs[1::2])]
-    summary["variants_b_over_a_per_pair"] = [
-        round((y if y["rev"] == a.b else x)["variants_s"] / (x if x["rev"] == a.a else y)["variants_s"], 3)
-        for x, y in pairs]
+    # each round is one run of each revision, in either order
+    by_rev = [{x["rev"]: x for x in runs[i:i + 2]} for i in range(0, len(runs), 2)]
+    summary["variants_b_over_a_per_pair"] = [round(r[a.b]["variants_s"] / r[a.a]["variants_s"], 3) for r in by_rev]
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": [{k: v for k, v in x.items() if k != "quality"} for x in runs],

@@ -64,19 +64,19 @@ class Lane:
     def __init__(self, engine):
         self.engine, self.lanes, self._f = engine, current(), None
 
-    def _hold(self, op: int, threads: int) -> None:
+    def _hold(self, op: int, threads: str) -> None:
         if self.lanes is None:
             return
         if self._f is None:
             self._f = open(self.lanes.lock, "a")  # noqa: SIM115 - held across phases, closed by close()
         fcntl.flock(self._f, op)   # a conversion SH → EX lets go first: two converting workers cannot deadlock
-        self.engine.use_threads(threads)
+        self.engine.use_threads(getattr(self.lanes, threads))
 
     def share(self) -> None:
-        self._hold(fcntl.LOCK_SH, self.lanes.share_threads if self.lanes else 0)
+        self._hold(fcntl.LOCK_SH, "share_threads")
 
     def alone(self) -> None:
-        self._hold(fcntl.LOCK_EX, self.lanes.alone_threads if self.lanes else 0)
+        self._hold(fcntl.LOCK_EX, "alone_threads")
 
     def close(self) -> None:
         if self._f is not None:
