@@ -197,3 +197,21 @@ def test_varlen_is_refused_off_cuda():
     with pytest.raises(ValueError, match="varlen runs on CUDA with bf16 only"):
         check_attn("varlen", torch.device("cpu"), True)
     check_attn("sdpa", torch.device("cpu"), False)
+
+
+def test_draft_trained_beside_the_target_is_the_same_draft(tmp_path):
+    """On CUDA the draft trains in a second process while the target trains (build's draft_beside):
+    the same seed, stream and steps as one after the other, so the same weights and the same metrics
+    (timings aside); here on the CPU with the tiny fixture, where both are exactly reproducible."""
+    import yaml
+    from safetensors.torch import load_file
+
+    cfg = yaml.safe_load(open("conf/fixture/tiny.yaml"))
+    one = build(cfg, tmp_path / "one", draft_beside=False)
+    two = build(cfg, tmp_path / "two", draft_beside=True)
+    timing = ("train_seconds_target", "train_seconds_draft", "build_seconds")
+    assert list(one) == list(two)  # metrics.json keeps its order: target, then draft
+    assert {k: v for k, v in one.items() if k not in timing} == {k: v for k, v in two.items() if k not in timing}
+    for folder in ("model", "draft"):
+        a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("one", "two"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
