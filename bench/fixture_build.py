@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = build(cfg, Path(tmp), draft_beside=beside)
             runs.append({"round": r, "draft_beside": beside, **m})
             print(json.dumps(runs[-1]), flush=True)
-    timing = ("train_seconds_target", "train_seconds_draft", "build_seconds")
+    timing = ("train_seconds_target", "train_seconds_draft", "eval_seconds_target", "eval_seconds_draft", "build_seconds")
     quality = {json.dumps({k: v for k, v in run.items() if k not in (*timing, "round", "draft_beside")},
                           sort_keys=True) for run in runs}
     mean = {b: sum(r["build_seconds"] for r in runs if r["draft_beside"] == b) / a.rounds for b in (False, True)}
