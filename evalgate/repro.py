@@ -193,7 +193,6 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     if engine.attachable and not serial:
         warm = threading.Thread(target=_warm_imports, args=(cfg,), daemon=True)
         warm.start()
-        threading.Thread(target=_warm_report_imports, daemon=True).start()
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     hit = changed([*INPUT_STAGES, *stages])
     known = None
@@ -268,6 +267,10 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             )
             if job is not None:
                 slots.append(schedule.Slot(job))
+        # the gate's and report's heavy imports, while the servers start (≈ 45 s or more before the first
+        # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
+        # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
+        threading.Thread(target=_warm_report_imports, daemon=True).start()
         step(f"3/5 running {len(slots)} variant(s) side by side")
     code = None
     # gate and report need no server: they run while the servers stop (the stop's log lines land in
@@ -455,8 +458,8 @@ def _warm_imports(cfg: Config) -> None:
 
 def _warm_report_imports() -> None:
     """The gate's and the report's heavy imports (scipy.stats, matplotlib), which step 4 would otherwise
-    pay after the last profile, on the critical path; here they load while DVC works, long before the
-    first profile (this process runs the profiles' client, so nothing of ours should compute during one).
+    pay after the last profile, on the critical path; here they load while the servers start, long before
+    the first profile (this process runs the profiles' client, so nothing of ours should compute during one).
     Not on the CPU path: there the baseline's worker may already be profiling."""
     with contextlib.suppress(Exception):  # only a head start
         import matplotlib
