@@ -4,7 +4,8 @@
 (`draft_beside`). This times the build both ways on one machine, alternating, with the target's steps
 cut by `--target-steps` so a pair fits a GPU lease (the draft keeps its steps: what it costs after the
 target is what goes away), and prints each build's seconds, the two models' training seconds and the
-fixture metrics, which must agree apart from the timings.
+fixture metrics. On the CPU those agree apart from the timings; on a GPU two builds differ in either order
+(its training is not bit-reproducible: bench/fixture_determinism.py).
 
     python bench/fixture_build.py [--fixture conf/fixture/gpu.yaml] [--target-steps 150] [--rounds 1]
         [--out F.json]
