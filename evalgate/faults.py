@@ -112,6 +112,17 @@ def become_subreaper() -> bool:
         return False
 
 
+def die_with_parent() -> bool:
+    """This process gets SIGKILL when the thread that started it exits (Linux PR_SET_PDEATHSIG): a helper
+    process (the fixture's draft trainer) does not outlive a killed stage and write into its outputs later."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: it ends when its work does
+        return False
+
+
 def descendants(pid: int | None = None) -> list:
     """Every running process below `pid` (default: this one), zombies left out."""
     import psutil

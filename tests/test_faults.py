@@ -6,6 +6,7 @@ byte as before (sha256), no orphan process, and for transient faults that DVC do
 The supervisor and the worker are tests/fault_worker.py (evalgate.faults.supervise around the real
 evalgate.runner.run_serial with a fake engine whose server is a real HTTP server process)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -208,3 +209,37 @@ def test_a_forkserver_that_cannot_fork_falls_back_to_a_fresh_worker(tmp_path):
     rc = faults.supervise("v", cmd, VariantResults(tmp_path / "v"), POLICY, log=said.append, launcher=Broken())
     assert rc == 0 and marker.read_text() == "yes"
     assert any("no forked worker (ConnectionRefusedError" in line for line in said)
+
+
+def test_a_helper_process_dies_with_the_process_that_started_it():
+    """die_with_parent (the fixture's draft trainer's pool initializer): a stage killed mid-training leaves
+    no trainer behind to write into its outputs later."""
+    code = (
+        "import multiprocessing as mp, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from evalgate.faults import die_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=die_with_parent)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the worker is up once the pool's process runs Python
+            kids = [p for p in psutil.Process(parent.pid).children(recursive=True) if "python" in p.name().lower()]
+            workers = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
+            if workers:
+                break
+            time.sleep(0.2)
+        assert workers, "the pool's worker never started"
+        time.sleep(1.0)  # its initializer has run before it takes work (the sleep was submitted at once)
+        parent.kill()
+        parent.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"worker {alive[0].pid} outlived its killed parent"
+    finally:
+        parent.kill()
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
