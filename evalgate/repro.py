@@ -270,7 +270,8 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
         # the gate's and report's heavy imports, while the servers start (≈ 45 s or more before the first
         # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
         # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
-        threading.Thread(target=_warm_report_imports, daemon=True).start()
+        if slots:  # (with none, gate and report may not even run here)
+            threading.Thread(target=_warm_report_imports, daemon=True).start()
         step(f"3/5 running {len(slots)} variant(s) side by side")
     code = None
     # gate and report need no server: they run while the servers stop (the stop's log lines land in
