@@ -1,5 +1,5 @@
 """What the benches share: a fresh clone of the committed state to time, with this interpreter (CPU); servers
-of the baseline on the pipeline's own fixture and workload (GPU)."""
+of the baseline on the pipeline's own fixture and workload (GPU); a fixture model's training cut short."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +12,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cut_short(model_cfg: dict, steps: int) -> dict:
+    """A fixture model's training section cut to `steps` steps, its warm-up at most a quarter of them (the
+    decay still runs): what the fixture benches train so that a measurement fits a GPU lease."""
+    return dict(model_cfg, steps=steps, warmup_steps=min(model_cfg["warmup_steps"], steps // 4))
 
 
 def fresh_clone(keep: str | None, prefix: str, rev: str | None = None) -> tuple[Path, dict]:

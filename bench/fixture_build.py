@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import yaml
+    from common import cut_short  # bench/common.py (these scripts run as `python bench/X.py`)
 
     from evalgate.toymodel import build
 
     cfg = yaml.safe_load(open(a.fixture))
     if a.target_steps:
-        cfg["target"] = dict(cfg["target"], steps=a.target_steps,
-                             warmup_steps=min(cfg["target"]["warmup_steps"], a.target_steps // 4))
+        cfg["target"] = cut_short(cfg["target"], a.target_steps)
     runs = []
     for r in range(a.rounds):
         for beside in (False, True) if r % 2 == 0 else (True, False):

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import yaml
+    from common import cut_short  # bench/common.py (these scripts run as `python bench/X.py`)
 
     from evalgate.toymodel import corpus_and_tokenizer
     from evalgate.toymodel.train import new_model, resolve_bf16, resolve_device, train
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(cfg["device"])
     bf16 = resolve_bf16(cfg["bf16"], device)
     corpus, tok = corpus_and_tokenizer(cfg)
-    mcfg = dict(cfg["target"], steps=a.steps, warmup_steps=min(cfg["target"]["warmup_steps"], a.steps // 4))
+    mcfg = cut_short(cfg["target"], a.steps)
     runs = []
     for i in range(a.repeat):
         torch.manual_seed(cfg["seed"])
