@@ -51,9 +51,9 @@ class Pollers:
         import pynvml
 
         from evalgate.engines.vllm import GpuMemorySampler
+        from evalgate.gpu import visible_device
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        handle = visible_device()
         self.halt = threading.Event()
         jobs = [GpuMemorySampler(pgid).sample for _ in range(n)]
         jobs.append(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))

@@ -388,13 +388,13 @@ def gpu_utilization_sampler(stop: threading.Event, out: list, period_s: float = 
     from evalgate.profile import SWEEPING
 
     def go():
-        try:
-            import pynvml
+        from evalgate.gpu import visible_device
 
-            pynvml.nvmlInit()
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # noqa: BLE001 - no GPU here
+        h = visible_device()
+        if h is None:  # no GPU here
             return
+        import pynvml
+
         while not stop.is_set():
             if SWEEPING.is_set():
                 stop.wait(0.05)

@@ -9,6 +9,9 @@
 #   bash gpu/session.sh fresh                     forget the variants' results (to time the same variants again)
 #   bash gpu/session.sh bench NAME SCRIPT [args…]  the inputs (fixture, workload) of preset=gpu, then
 #                                                 `python bench/SCRIPT args… --out …/bench.json` in the background
+#   bash gpu/session.sh pair NAME [overrides…]    two GPUs: the inputs once (GPU 0), then on that one fixture the
+#                                                 serial run (GPU 1, in a copy $WK-serial) beside the scheduled run
+#                                                 (GPU 0), RUNS times (default 2, `fresh` between); poll packs all
 # Each experiment NAME logs to $WK/out/NAME/ and ends with docs/results/<card>-<date>[-n]/ (collect.py)
 # packed as $OUT/NAME.tgz. The bundle must be installed first (gpu/README.md).
 set -uo pipefail
@@ -60,6 +63,23 @@ case "${1:-}" in
       && python3 bench/$script $* --out out/$name/bench.json; echo \$? > out/$name/rc; rm -f out/running" \
       > "out/$name/verdict.log" 2>&1 < /dev/null &
     echo "started $name: bench/$script $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
+  pair)
+    shift; name=${1:?pair NAME}; shift
+    begin "$name"
+    setsid nohup bash gpu/session.sh _pair "$name" "$@" > "out/$name/session.log" 2>&1 < /dev/null &
+    echo "started pair $name: $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
+  _pair)  # (not called by hand) one fixture for both: a serial run that trained its own would judge another model
+    shift; name=$1; shift; cd "$WK" || exit 1
+    { python3 -m evalgate compose preset=gpu "$@" && CUDA_VISIBLE_DEVICES=0 python3 -m dvc repro fixture workload; } \
+      > "out/$name/inputs.log" 2>&1 || { echo 1 > "out/$name/rc"; rm -f out/running; exit 1; }
+    rm -rf "$WK-serial" && mkdir -p "$WK-serial/out/$name-serial"
+    tar --exclude=./out -cf - . | tar -xf - -C "$WK-serial"
+    (cd "$WK-serial" && CUDA_VISIBLE_DEVICES=1 WK="$WK-serial" bash gpu/session.sh _run "$name-serial" --serial "$@") &
+    for i in $(seq 1 "${RUNS:-2}"); do
+      [ "$i" -gt 1 ] && rm -rf results/*
+      mkdir -p "out/$name-sched$i"; CUDA_VISIBLE_DEVICES=0 bash gpu/session.sh _run "$name-sched$i" "$@"
+    done
+    wait; echo 0 > "out/$name/rc"; rm -f out/running ;;
   _run)   # the experiment itself, in its own session (not called by hand)
     shift; name=$1; shift; cd "$WK" || exit 1
     serial=""; [ "${1:-}" = "--serial" ] && { serial=--serial; shift; }
@@ -69,7 +89,7 @@ case "${1:-}" in
       > "out/$name/collect.log" 2>&1
     d=$(ls -dt docs/results/*/ | head -1); tar czf "out/$name/results.tgz" "$d" 2>/dev/null
     echo "verdict exit $rc; collected $d" >> "out/$name/verdict.log"
-    echo "$rc" > "out/$name/rc"; rm -f out/running ;;
+    echo "$rc" > "out/$name/rc"; [ "$(cat out/running 2>/dev/null)" = "$name" ] && rm -f out/running ;;
   fresh)  # forget the variants' results and DVC's run-cache: the next experiment re-runs every variant
     # DVC's cache stays (without it DVC finds the fixture "not in cache", i.e. changed, and trains it again:
     # seen 2026-11-26); its run-cache is bypassed instead: bench/gpu_verdict.py runs `evalgate repro --no-run-cache`
@@ -82,7 +102,11 @@ case "${1:-}" in
     for f in verdict.log verdict.json bench.json collect.log session.log gpu.txt; do
       [ -f "out/$name/$f" ] && cp "out/$name/$f" "$OUT/$name-$f"; done
     [ -f "out/$name/results.tgz" ] && cp "out/$name/results.tgz" "$OUT/$name.tgz"
+    [ -d "$WK-serial/out/$name-serial" ] && tar czf "$OUT/$name-all.tgz" -C / "${WK#/}/out" "${WK#/}-serial/out" 2>/dev/null
+    ls "$WK"/out/*/rc "$WK-serial"/out/*/rc 2>/dev/null | while read -r f; do echo "$f: $(cat "$f")"; done
     if [ -f out/running ]; then echo "still running: $name"; else echo "finished: $name rc=$(cat "out/$name/rc" 2>/dev/null)"; fi
-    tail -25 "out/$name/verdict.log" 2>/dev/null ;;
-  *) echo "usage: gpu/session.sh check | start NAME [--serial] [overrides…] | bench NAME SCRIPT [args…] | poll [SECONDS] | fresh"; exit 2 ;;
+    tail -25 "out/$name/verdict.log" 2>/dev/null
+    for f in out/"$name"-*/verdict.log "$WK-serial/out/$name-serial/verdict.log"; do
+      [ -f "$f" ] && { echo "== $f"; grep "^repro:" "$f" | tail -3; }; done ;;
+  *) echo "usage: gpu/session.sh check | start NAME [--serial] [overrides…] | bench NAME SCRIPT [args…] | pair NAME [overrides…] | poll [SECONDS] | fresh"; exit 2 ;;
 esac

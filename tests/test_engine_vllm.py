@@ -278,3 +278,29 @@ def test_warm_machine_inspects_the_models_architectures_once_it_exists(tmp_path,
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "cache2"))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nothing"))   # no vLLM at all: said, not raised
     assert "not cached (exit 1: ModuleNotFoundError" in engine.warm_machine(ModelSpec(source="local", id=str(model)))
+
+
+def test_the_card_asked_about_is_the_one_cuda_visible_devices_names(monkeypatch):
+    """NVML numbers every card of the host; a run pinned to card 1 must read card 1's free memory (and
+    idle share), not card 0's: each entry of CUDA_VISIBLE_DEVICES is an NVML index or a UUID."""
+    import sys
+    import types
+
+    from evalgate.engines.vllm import VLLMEngine
+
+    cards = {0: (10, 80), 1: (70, 80), "GPU-1234": (50, 80)}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: cards[i] if i in cards else (_ for _ in ()).throw(KeyError(i)),
+        nvmlDeviceGetHandleByUUID=lambda u: cards[u],
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(free=h[0], total=h[1]))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert VLLMEngine.device_memory() == (10, 80)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert VLLMEngine.device_memory() == (70, 80)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234")
+    assert VLLMEngine.device_memory() == (50, 80)
+    for hidden in ("", "-1", "7"):     # no card visible: no capacity figure, never another card's
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert VLLMEngine.device_memory() is None

@@ -550,12 +550,17 @@ class VLLMEngine(Engine):
 
     @staticmethod
     def device_memory() -> tuple[int, int] | None:
-        """(free, total) bytes of GPU 0 through NVML; None without one."""
+        """(free, total) bytes of the card the servers will use (CUDA_VISIBLE_DEVICES honoured) through
+        NVML; None without one."""
+        from evalgate.gpu import visible_device
+
         try:
             import pynvml
 
-            pynvml.nvmlInit()
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+            handle = visible_device()
+            if handle is None:
+                return None
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
             return int(info.free), int(info.total)
         except Exception:  # noqa: BLE001 - no NVML: no capacity planning (one server at a time is safe)
             return None
