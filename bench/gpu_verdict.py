@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -120,8 +121,10 @@ def main() -> int:
     t0 = time.time()
     # --no-run-cache: a variant timed again (gpu/session.sh fresh) must run, not come back from DVC's run-cache
     seen = []
+    # EVALGATE_EXIT_TRACE: evalgate.cli says what its exit waits for (the "after `done`" step)
     with subprocess.Popen([*py, "-m", "evalgate", "repro", "--no-run-cache", *(["--serial"] if a.serial else [])],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as p:
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                          env={**os.environ, "EVALGATE_EXIT_TRACE": "1"}) as p:
         for line in p.stdout:   # shown as it comes, and kept (with when it came) for the step marks
             sys.stdout.write(line)
             seen.append((time.time(), line))

@@ -477,3 +477,25 @@ def main(argv: list[str] | None = None) -> None:
             import gc
 
             gc.freeze()
+            if os.environ.get("EVALGATE_EXIT_TRACE"):  # bench/gpu_verdict.py: where the exit's second goes
+                _trace_exit()
+
+
+def _trace_exit() -> None:
+    """What the interpreter waits for after the command returned: the threads it joins first, the child
+    processes multiprocessing joins at exit, then (an atexit handler registered last, so run first) how
+    long those joins took. The rest of the exit is the other handlers and the teardown."""
+    import atexit
+    import multiprocessing
+    import threading
+    import time
+
+    t0 = time.perf_counter()
+    waits = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    kids = [p.name for p in multiprocessing.active_children()]
+    print(f"exit: joins threads {waits or 'none'}, child processes {kids or 'none'}", file=sys.stderr, flush=True)
+    atexit.register(
+        lambda: print(
+            f"exit: threads joined after {time.perf_counter() - t0:.2f} s; atexit handlers next", file=sys.stderr, flush=True
+        )
+    )

@@ -75,7 +75,7 @@ def scheduled(monkeypatch, tmp_path):
     monkeypatch.setattr("evalgate.schedule.scheduled", scheduled)
     monkeypatch.setattr("evalgate.schedule.Slot", lambda job: job)
 
-    def gate_and_report():
+    def gate_and_report(step=None):
         log.append(("gate+report",))
         return 0
 
@@ -96,7 +96,7 @@ def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report
     scheduled.status.update({"run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
     assert scheduled.ran == [1]
-    assert scheduled.log == [("status", "--json", *repro.INPUT_STAGES, "baseline", "run@fp8"), ("gate+report",),
+    assert scheduled.log == [("status", "--json"), ("gate+report",),
                              ("servers stopped",), ("commit", "run@fp8", "gate", "report")]
 
 
@@ -107,12 +107,21 @@ def test_scheduled_repro_runs_stale_inputs_first(scheduled, monkeypatch):
         ("quantize", variant, str(out))))
     scheduled.status.update({"quantize@fp8", "run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
-    assert scheduled.log[1:3] == [("repro", "fixture", "gguf"), ("status", "--json", "quantize@fp8")]
+    assert scheduled.log[1:3] == [("repro", "fixture", "gguf"), ("status", "--json")]
     # the quantize command (a thread) and `dvc repro workload` side by side, in either order; then the commit
     assert sorted(scheduled.log[3:5]) == [("quantize", "fp8", "checkpoints/fp8"), ("repro", "workload")]
     assert scheduled.log[5] == ("commit", "quantize@fp8")
-    assert scheduled.log[6] == ("status", "--json", "baseline", "run@fp8")   # asked again, after the inputs ran
+    assert scheduled.log[6] == ("status", "--json")   # asked again, after the inputs ran
     assert scheduled.log[-1] == ("commit", "run@fp8", "gate", "report")
+
+
+def test_a_stale_baseline_makes_every_variant_stale_but_no_quantize_stage():
+    """`dvc status` answers for the whole pipeline: a changed baseline means every run@ will be (they read
+    its results), and says nothing about the quantize stages, which do not depend on it."""
+    hit = {"baseline", "quantize@fp8", "gate"}
+    assert repro.stale(["baseline", "run@fp8", "run@w4a16"], hit) == ["baseline", "run@fp8", "run@w4a16"]
+    assert repro.stale(["quantize@fp8", "quantize@w4a16"], hit) == ["quantize@fp8"]
+    assert repro.stale(["baseline", "run@fp8"], {"run@fp8", "report"}) == ["run@fp8"]
 
 
 def test_scheduled_repro_with_nothing_stale_leaves_gate_and_report_to_dvc(scheduled):
