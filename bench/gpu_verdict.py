@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,9 +126,12 @@ def main() -> int:
     with subprocess.Popen([*py, "-m", "evalgate", "repro", "--no-run-cache", *(["--serial"] if a.serial else [])],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
                           env={**os.environ, "EVALGATE_EXIT_TRACE": "1"}) as p:
+        exited: list[float] = []   # when the process ended, apart from when its output closed (a child may hold it)
+        threading.Thread(target=lambda: (p.wait(), exited.append(time.time())), daemon=True).start()
         for line in p.stdout:   # shown as it comes, and kept (with when it came) for the step marks
             sys.stdout.write(line)
             seen.append((time.time(), line))
+        eof = time.time()
     if p.returncode:
         raise SystemExit(f"evalgate repro exited with {p.returncode}")
     wall_s = time.time() - t0
@@ -135,6 +139,9 @@ def main() -> int:
     verdict_s = wall_s - fixture_s
     b = breakdown(Path("results"), verdict_s)
     b["repro_steps"] = repro_steps([line for _, line in seen], wall_s)
+    done_at = next((t for t, line in seen if DONE.match(line.rstrip())), None)
+    if done_at is not None and exited:   # the "after `done`" step: the process's own exit, then its output's close
+        b["exit_split_s"] = {"process_exit": round(exited[0] - done_at, 2), "output_closed_after": round(eof - exited[0], 2)}
     b.update(fixture_and_inputs_s=round(fixture_s, 1), time_to_verdict_s=round(verdict_s, 1),
              with_fixture_s=round(fixture_s + verdict_s, 1), mode="serial" if a.serial else "scheduled")
     if "schedule_s" in b:

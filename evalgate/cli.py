@@ -462,6 +462,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_third_party()
     quiet_bars_in_logs()  # no progress bars in CI logs (not a terminal); evalgate.progress
+    if argv is None and os.environ.get("EVALGATE_EXIT_TRACE"):  # registered before the heavy imports: runs after their handlers
+        import atexit
+
+        atexit.register(lambda: print(f"exit: atexit handlers done after {_exit_clock():.2f} s", file=sys.stderr, flush=True))
     try:
         app(args=argv, prog_name="evalgate")
     except ConfigError as e:
@@ -481,6 +485,16 @@ def main(argv: list[str] | None = None) -> None:
                 _trace_exit()
 
 
+_EXIT_T0: float | None = None
+
+
+def _exit_clock() -> float:
+    """Seconds since _trace_exit ran (the command's return)."""
+    import time
+
+    return time.perf_counter() - _EXIT_T0 if _EXIT_T0 is not None else float("nan")
+
+
 def _trace_exit() -> None:
     """What the interpreter waits for after the command returned: the threads it joins first, the child
     processes multiprocessing joins at exit, then (an atexit handler registered last, so run first) how
@@ -490,7 +504,8 @@ def _trace_exit() -> None:
     import threading
     import time
 
-    t0 = time.perf_counter()
+    global _EXIT_T0
+    t0 = _EXIT_T0 = time.perf_counter()
     waits = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
     kids = [p.name for p in multiprocessing.active_children()]
     print(f"exit: joins threads {waits or 'none'}, child processes {kids or 'none'}", file=sys.stderr, flush=True)

@@ -68,9 +68,10 @@ case "${1:-}" in
     begin "$name"
     setsid nohup bash gpu/session.sh _pair "$name" "$@" > "out/$name/session.log" 2>&1 < /dev/null &
     echo "started pair $name: $*"; sleep 5; exec bash "$SRC/gpu/session.sh" poll "${POLL:-530}" ;;
-  _pair)  # (not called by hand) one fixture for both: a serial run that trained its own would judge another model
+  _pair)  # (not called by hand) one fixture and one set of quantized checkpoints for both (the first pair, 2026-11-27,
+          # made its checkpoints twice, once per copy); a serial run that trained its own would judge another model
     shift; name=$1; shift; cd "$WK" || exit 1
-    { python3 -m evalgate compose preset=gpu "$@" && CUDA_VISIBLE_DEVICES=0 python3 -m dvc repro fixture workload; } \
+    { python3 -m evalgate compose preset=gpu "$@" && CUDA_VISIBLE_DEVICES=0 python3 -m dvc repro workload quantize; } \
       > "out/$name/inputs.log" 2>&1 || { echo 1 > "out/$name/rc"; rm -f out/running; exit 1; }
     rm -rf "$WK-serial" && mkdir -p "$WK-serial/out/$name-serial"
     tar --exclude=./out -cf - . | tar -xf - -C "$WK-serial"
