@@ -559,6 +559,7 @@ class Fixture(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: Literal["auto"] | bool = "auto"
     attn_implementation: Literal["eager", "sdpa", "varlen"]  # varlen: CUDA + bf16 (toymodel.train.varlen_attention)
+    deterministic: bool = False  # torch's deterministic kernels (toymodel.train.deterministic): one fixture per kind of card
     eval_batch_size: PositiveInt
     tokenizer: FixtureTokenizer
     corpus: FixtureCorpus

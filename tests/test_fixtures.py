@@ -215,3 +215,34 @@ def test_draft_trained_beside_the_target_is_the_same_draft(tmp_path):
     for folder in ("model", "draft"):
         a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("one", "two"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_fixture_trains_under_torch_deterministic_algorithms_and_puts_the_setting_back(tmp_path, monkeypatch):
+    """`fixture.deterministic: true` trains both models with torch's deterministic algorithms on, strict
+    (an op without a deterministic kernel would raise), the spawned draft's process too; the weights are
+    those of a plain build (the CPU is reproducible either way), and the process's own setting is left
+    as it was."""
+    import yaml
+    from safetensors.torch import load_file
+
+    import evalgate.toymodel as toymodel
+
+    cfg = yaml.safe_load(open("conf/fixture/tiny.yaml"))
+    seen = []
+    real_train = toymodel.train
+
+    def train(*a, **k):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()))
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(toymodel, "train", train)
+    plain = build(cfg, tmp_path / "plain", draft_beside=False)
+    assert seen == [(False, False), (False, False)]
+    seen.clear()
+    strict = build({**cfg, "deterministic": True}, tmp_path / "strict", draft_beside=True)
+    assert seen == [(True, False)]   # the target, here; the draft trained in its own (spawned) process
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert plain["target_add_exact_match"] == strict["target_add_exact_match"]
+    for folder in ("model", "draft"):
+        a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("plain", "strict"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
