@@ -48,7 +48,7 @@ test: lint $(VENV)/.llamacpp
 # ruff (settings in pyproject.toml): the lint rules on every file, the formatter on the files it owns
 # (FORMATTED: the modules written since ruff came in; `make format` formats them)
 FORMATTED := evalgate/cli.py evalgate/__main__.py evalgate/compose.py evalgate/repro.py evalgate/results.py \
-	evalgate/quiet.py evalgate/tracking.py evalgate/config.py evalgate/faults.py
+	evalgate/quiet.py evalgate/tracking.py evalgate/config.py evalgate/faults.py evalgate/stages.py
 lint: $(VENV)/.dev-installed
 	ruff check .
 	ruff format --check $(FORMATTED)

@@ -32,6 +32,7 @@ from typing import Annotated
 
 import typer
 
+from evalgate import stages
 from evalgate.config import ConfigError
 
 HELP = (
@@ -50,11 +51,11 @@ app = typer.Typer(
 )
 
 Params = Annotated[Path, typer.Option("--params", help="the composed params (evalgate compose writes it)")]
-PARAMS = Path("params.yaml")
+PARAMS = stages.PARAMS
 ReferenceFile = Annotated[Path, typer.Option(help="fidelity reference texts (JSONL)")]
 ResultsDir = Annotated[Path, typer.Option(help="one results folder per variant")]
 WORKLOAD, REFERENCE, RESULTS = Path("data/workload.jsonl"), Path("data/reference.jsonl"), Path("results")
-GGUF = Path("gguf")
+GGUF = stages.GGUF
 GgufDir = Annotated[Path, typer.Option(help="the gguf stage's folder (the GGUF files engine llamacpp serves)")]
 
 
@@ -217,16 +218,7 @@ def quantize(
     """The variant's checkpoint when its method is offline (w4a16, w8a8: compressed-tensors; a GGUF type:
     llama-quantize); a ~1 s marker otherwise. A failed quantization is recorded; the variant's run
     rejects it with the error."""
-    from evalgate.quantize import quantize_variant
-
-    cfg = _config(params)
-    info = quantize_variant(
-        variant, cfg.variant(variant).quantization, cfg.model, out or Path("checkpoints") / variant, gguf, cfg.engine
-    )
-    if "error" in info:
-        print(f"quantize {variant}: failed: {info['error']}")
-    elif info["checkpoint"]:
-        print(f"quantize {variant}: {info}")
+    stages.quantize(_config(params), variant, out or Path("checkpoints") / variant, gguf)
 
 
 @app.command()
@@ -271,60 +263,8 @@ def run(
             )
         )
     if not worker:
-        raise typer.Exit(_supervise(cfg, variant, folder, workload, reference, checkpoint, baseline, params, gguf))
+        raise typer.Exit(stages.supervise(cfg, variant, folder, workload, reference, checkpoint, baseline, params, gguf))
     raise typer.Exit(_work(cfg, variant, folder, workload, reference, checkpoint, baseline, gguf))
-
-
-def _supervise(
-    cfg,
-    variant: str,
-    folder: Path,
-    workload,
-    reference,
-    checkpoint,
-    baseline,
-    params: Path,
-    gguf: Path = GGUF,
-    launcher=None,
-    **side_by_side,
-) -> int:
-    """The stage's own process: checks that need nothing heavy, then the worker under evalgate.faults
-    (`side_by_side`: supervise's env, scope, stop and output, for evalgate.repro's CPU variants)."""
-    from evalgate import faults, tracking
-    from evalgate.engines import get_engine
-    from evalgate.results import VariantResults
-
-    get_engine(cfg.engine["name"], cfg.engine).preflight()  # engine not installed → one line, exit 2
-    tracking.check_reachable(cfg.mlflow)  # a tracking server that does not answer → one line, exit 2
-    argv = [
-        "run",
-        variant,
-        "--workload",
-        str(workload),
-        "--reference",
-        str(reference),
-        "--out",
-        str(folder),
-        "--params",
-        str(params),
-        "--gguf",
-        str(gguf),
-    ]
-    if checkpoint:
-        argv += ["--checkpoint", str(checkpoint)]
-    if baseline:
-        argv += ["--baseline", str(baseline)]
-    sys.stdout.flush()
-    return faults.supervise(
-        variant,
-        faults.worker_command(argv),
-        VariantResults(folder),
-        cfg.faults,
-        log=lambda line: print(line, flush=True),
-        mlflow=cfg.mlflow,
-        launcher=launcher,
-        **side_by_side,
-    )
 
 
 def _work(cfg, variant: str, folder: Path, workload, reference, checkpoint, baseline, gguf: Path = GGUF) -> int:
@@ -376,22 +316,7 @@ def gate(
     params: Params = PARAMS,
 ):
     """A verdict (accept/reject, with its reason) for every variant against the baseline."""
-    import json
-
-    cfg = _config(params)
-    from evalgate.gate import decide
-    from evalgate.results import Results
-
-    verdicts = decide(cfg, Results(results).load(cfg.variants))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(verdicts, indent=1))
-    for name, v in verdicts["variants"].items():
-        print(f"gate: {name}: {v['verdict']}: {v['reason']}")
-    tied = verdicts["best_within_noise"]
-    print(
-        f"gate: best accepted variant: {verdicts['best']}"
-        + (f" (no difference from {', '.join(tied)} within the run's noise)" if tied else "")
-    )
+    stages.gate(_config(params), results, out)
 
 
 @app.command()
@@ -406,36 +331,9 @@ def report(
 ):
     """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run, and the best
     accepted variant registered (evalgate.registry)."""
-    import json
-
-    cfg = _config(params)
-    from evalgate import tracking
-    from evalgate.report import write_report
-    from evalgate.results import Results
-
-    tracking.check_reachable(cfg.mlflow)  # a tracking server that does not answer: one line, exit 2 (gate.json stays)
-    verdicts = json.loads(gate.read_text())
-    store = Results(results)
-    table, files = write_report(cfg, store, verdicts, out)
-    print((out / "summary.md").read_text())
-    names = list(cfg.variants)
-    parent = tracking.log_report(
-        cfg.mlflow,
-        cfg.raw,
-        tracking.parent_name(cfg.model.id, cfg.engine["name"], len(names)),
-        names,
-        {n: cfg.variant(n).as_params() for n in names},
-        store,
-        verdicts,
-        table,
-        [*files, gate, params],
-    )
-    if tracking._OFF:  # the server went away while logging: not recorded as done, so the next repro logs it
-        print("report: MLflow stopped answering while logging; exit 75 so that DVC runs the report again", file=sys.stderr)
-        raise typer.Exit(75)
-    from evalgate.registry import register_best
-
-    register_best(cfg, verdicts, store, parent, checkpoints)
+    code = stages.report(_config(params), results, gate, out, checkpoints, params)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -366,14 +366,14 @@ def _opened(name: str, since: float, event: threading.Event, stop: threading.Eve
 
 
 def run_stage(cfg: Config, stage: str, **side_by_side) -> int:
-    """`baseline` or `run@<variant>` as dvc.yaml's command runs it (evalgate.cli.run, its supervisor in this
+    """`baseline` or `run@<variant>` as dvc.yaml's command runs it (`evalgate run`: its supervisor in this
     process, the work in a worker process, forked from this repro's forkserver); returns its exit code (75:
     failed transiently). `side_by_side`: see run_side_by_side."""
-    from evalgate import cli, forkserver
+    from evalgate import forkserver, stages
 
     name = stage.removeprefix("run@")
     variant = name != BASELINE
-    return cli._supervise(
+    return stages.supervise(
         cfg,
         name,
         Path(PATHS["results"]) / name,
@@ -381,7 +381,7 @@ def run_stage(cfg: Config, stage: str, **side_by_side) -> int:
         Path(PATHS["reference"]),
         Path(PATHS["checkpoints"]) / name if variant else None,
         Path(PATHS["results"]) / BASELINE if variant else None,
-        cli.PARAMS,
+        stages.PARAMS,
         Path(PATHS["gguf"]),
         launcher=forkserver.shared(),
         **side_by_side,
@@ -390,40 +390,32 @@ def run_stage(cfg: Config, stage: str, **side_by_side) -> int:
 
 def gate_and_report(step=None) -> int:
     """The gate and report stages' commands, called in this process (dvc.yaml's `cmd`s, with their
-    default arguments: evalgate.cli). Returns the report's exit code (75: MLflow stopped answering
+    default arguments: evalgate.stages). Returns the report's exit code (75: MLflow stopped answering
     while it logged, so it is not recorded as done and the next repro runs it again). `step`: marks the
     report's start, so the time to verdict's breakdown splits the two."""
-    import typer
+    from evalgate import stages
+    from evalgate.compose import load
 
-    from evalgate import cli
-
-    cli.gate(results=Path(PATHS["results"]), out=Path("reports/gate.json"), params=cli.PARAMS)
+    results = Path(PATHS["results"])
+    stages.gate(load(stages.PARAMS), results, Path("reports/gate.json"))
     if step is not None:
         step("4/5 report (summary, pictures, MLflow, registry)")
-    try:
-        cli.report(
-            results=Path(PATHS["results"]),
-            gate=Path("reports/gate.json"),
-            out=Path("reports"),
-            checkpoints=Path(PATHS["checkpoints"]),
-            params=cli.PARAMS,
-        )
-    except typer.Exit as e:
-        return int(e.exit_code or 0)
-    return 0
+    return stages.report(
+        load(stages.PARAMS), results, Path("reports/gate.json"), Path("reports"), Path(PATHS["checkpoints"]), stages.PARAMS
+    )
 
 
 def build_inputs(cfg: Config, step) -> None:
     """The inputs every variant reads. `dvc repro` builds the fixture and the gguf stage's output (what the
     quantize stages read); then the stale `quantize@<variant>` stages run in this process (a thread) while
     `dvc repro workload` runs beside them, and one `dvc commit` records them. Their command is the stage's
-    own (evalgate.cli.quantize: a marker, or a checkpoint for an offline method). Under `dvc repro` each
+    own (evalgate.stages.quantize: a marker, or a checkpoint for an offline method). Under `dvc repro` each
     would be a process with its own lock and hashing (one `dvc repro` of the CPU default's six: 7.8–8.2 s
     against 2.2–3.1 s here, docs/results/cpu-2026-11-27-3), one after the other and after the workload
     (on an H100 the workload stage took 18.1 s and quantize@w4a16 23.7 s, docs/results/h100-2026-11-27-8)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evalgate import cli
+    from evalgate import stages
 
     dvc("repro", "fixture", "gguf")
     todo = stale([f"quantize@{n}" for n in cfg.variants if n != BASELINE])
@@ -432,7 +424,7 @@ def build_inputs(cfg: Config, step) -> None:
         step(f"1/5 {' '.join(todo)} (in this process, beside the workload stage)")
         for st in todo:
             name = st.removeprefix("quantize@")
-            cli.quantize(variant=name, out=Path(PATHS["checkpoints"]) / name, gguf=Path(PATHS["gguf"]), params=cli.PARAMS)
+            stages.quantize(cfg, name, Path(PATHS["checkpoints"]) / name, Path(PATHS["gguf"]))
 
     with ThreadPoolExecutor(1, thread_name_prefix="quantize") as pool:
         done = pool.submit(quantize) if todo else None

@@ -103,7 +103,7 @@ def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report
 def test_scheduled_repro_runs_stale_inputs_first(scheduled, monkeypatch):
     """The fixture and gguf through `dvc repro`; the stale quantize@ stages through their command in this
     process, beside `dvc repro workload`, and one `dvc commit` (a process and a lock per variant otherwise)."""
-    monkeypatch.setattr("evalgate.cli.quantize", lambda variant, out, gguf, params: scheduled.log.append(
+    monkeypatch.setattr("evalgate.stages.quantize", lambda cfg, variant, out, gguf: scheduled.log.append(
         ("quantize", variant, str(out))))
     scheduled.status.update({"quantize@fp8", "run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
