@@ -101,26 +101,28 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 # -- processes ------------------------------------------------------------------------------------------------
-def become_subreaper() -> bool:
-    """Orphans of our descendants are re-parented to this process instead of PID 1 (Linux
-    PR_SET_CHILD_SUBREAPER), so `kill_tree` still finds them: no orphan outlives a variant."""
+def _prctl(option: int, arg: int) -> bool:
+    """Linux prctl(2) on this process; False where there is none (not Linux) or it fails."""
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux: the process tree of the worker is all we can reach
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
         return False
+
+
+def become_subreaper() -> bool:
+    """Orphans of our descendants are re-parented to this process instead of PID 1 (Linux
+    PR_SET_CHILD_SUBREAPER), so `kill_tree` still finds them: no orphan outlives a variant. Not on Linux, the
+    process tree of the worker is all we can reach."""
+    return _prctl(36, 1)
 
 
 def die_with_parent() -> bool:
     """This process gets SIGKILL when the thread that started it exits (Linux PR_SET_PDEATHSIG): a helper
-    process (the fixture's draft trainer) does not outlive a killed stage and write into its outputs later."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux: it ends when its work does
-        return False
+    process (the fixture's draft trainer) does not outlive a killed stage and write into its outputs later.
+    Not on Linux, it ends when its work does."""
+    return _prctl(1, int(signal.SIGKILL))
 
 
 def descendants(pid: int | None = None) -> list:

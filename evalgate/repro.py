@@ -396,13 +396,11 @@ def gate_and_report(step=None) -> int:
     from evalgate import stages
     from evalgate.compose import load
 
-    results = Path(PATHS["results"])
-    stages.gate(load(stages.PARAMS), results, Path("reports/gate.json"))
+    cfg, results = load(stages.PARAMS), Path(PATHS["results"])
+    stages.gate(cfg, results, Path("reports/gate.json"))
     if step is not None:
         step("4/5 report (summary, pictures, MLflow, registry)")
-    return stages.report(
-        load(stages.PARAMS), results, Path("reports/gate.json"), Path("reports"), Path(PATHS["checkpoints"]), stages.PARAMS
-    )
+    return stages.report(cfg, results, Path("reports/gate.json"), Path("reports"), Path(PATHS["checkpoints"]), stages.PARAMS)
 
 
 def build_inputs(cfg: Config, step) -> None:

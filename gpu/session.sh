@@ -77,7 +77,7 @@ case "${1:-}" in
     tar --exclude=./out -cf - . | tar -xf - -C "$WK-serial"
     (cd "$WK-serial" && CUDA_VISIBLE_DEVICES=1 WK="$WK-serial" bash gpu/session.sh _run "$name-serial" --serial "$@") &
     for i in $(seq 1 "${RUNS:-2}"); do
-      [ "$i" -gt 1 ] && rm -rf results/*
+      [ "$i" -gt 1 ] && bash gpu/session.sh fresh
       mkdir -p "out/$name-sched$i"; CUDA_VISIBLE_DEVICES=0 bash gpu/session.sh _run "$name-sched$i" "$@"
     done
     wait; echo 0 > "out/$name/rc"; rm -f out/running ;;
