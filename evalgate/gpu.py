@@ -28,3 +28,16 @@ def visible_device():
         return pynvml.nvmlDeviceGetHandleByIndex(index) if index >= 0 else None
     except Exception:  # noqa: BLE001 - empty, "-1", or a card NVML does not know: none visible
         return None
+
+
+def sm_clock_mhz(handle) -> float | None:
+    """The card's SM clock now, in MHz (None without a handle or when NVML cannot tell). Read once after
+    each round of a load level: the A/A comparison asks whether the card, not the engine, ran slower."""
+    if handle is None:
+        return None
+    try:
+        import pynvml
+
+        return float(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    except Exception:  # noqa: BLE001 - a card or driver without the query
+        return None

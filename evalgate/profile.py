@@ -140,7 +140,8 @@ def headline_ci(rounds: list[list[dict]], concurrency: int | None) -> float:
 
 
 def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool, *, concurrency: int | None = None,
-              rate: float | None = None, name: str | None = None, warmup: int = 0, keep_text: bool = False) -> dict:
+              rate: float | None = None, name: str | None = None, warmup: int = 0, keep_text: bool = False,
+              probe=None) -> dict:
     """One load level, adaptive: rounds of requests (consecutive slices of the workload, so no prompt
     repeats inside a level) until the headline interval is within ±target_ci_pct or a cap is hit."""
     req = load.get("requests", {})
@@ -155,7 +156,8 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     n = min(n, hi)
     records, rounds, spent, extras, sent = [], [], 0.0, [], 0
     ep.reset_cache()   # every level from an empty prefix cache: the same start for both A/A sweeps
-    host0 = _host_cpu()
+    probe = probe or cpu_probe_us
+    probe0, host0 = probe(), _host_cpu()
     while True:
         batch = requests[sent:sent + n]
         recs, duration, extra = ep.run_requests(batch, concurrency=concurrency, rate=rate,
@@ -183,8 +185,27 @@ def run_level(ep, requests: list[dict], load: dict, slo: dict, ignore_eos: bool,
     if cpu and spent:   # the load generator's own CPU share: near 100 % it, not the server, sets the pace
         s["client_cpu_pct"] = 100 * sum(cpu) / spent
     s.update(_host_share(host0, _host_cpu()))
+    s["cpu_probe_us"] = min(probe0, probe())
     return {"name": name or (f"c{concurrency}" if concurrency else f"rate{rate:g}"), "concurrency": concurrency,
             "rate": rate, "summary": s, "requests": records}
+
+
+def cpu_probe_us(repeats: int = 5) -> float:
+    """How fast one of this host's cores runs Python now: the fastest of `repeats` timings of a fixed
+    loop (≈ 1 ms each), in µs, taken before and after each level. A small model on vLLM is CPU-bound (the
+    engine's Python loop sets the token rate at c1), so when two sweeps of one server differ, this says
+    whether the host's cores ran slower (their clock, caches and memory shared with other tenants) or the
+    engine did. The fastest timing leaves out preemption: time other processes take shows in
+    `host_cpu_pct` and `host_steal_pct` instead.
+    Hand-written: no benchmark tool records the host's speed beside its load levels."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(20_000):
+            x += i * i
+        best = min(best, time.perf_counter() - t0)
+    return 1e6 * best
 
 
 def _host_cpu():
@@ -209,11 +230,15 @@ def _host_share(a, b) -> dict:
 
 def _merge_extras(extras: list[dict]) -> dict:
     """Engine counters summed over a level's rounds → speculative acceptance rate and mean accepted
-    length (vLLM: drafts, draft tokens and accepted tokens from its metrics; hf: tokens per target step)."""
+    length (vLLM: drafts, draft tokens and accepted tokens from its metrics; hf: tokens per target step),
+    and the card's mean SM clock where the engine reads one."""
     total = {k: sum(e.get(k, 0) for e in extras) for k in (
         "spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
         "spec_decode_new_tokens", "spec_decode_target_steps")}
     out = {}
+    clocks = [e["sm_clock_mhz"] for e in extras if "sm_clock_mhz" in e]
+    if clocks:   # the card's SM clock after each round (vLLM): a slower A/A sweep on a lower clock is the card's
+        out["sm_clock_mhz"] = statistics.fmean(clocks)
     if total["spec_decode_draft_tokens"]:
         out["spec_decode_acceptance_rate"] = 100 * total["spec_decode_accepted_tokens"] / total["spec_decode_draft_tokens"]
     if total["spec_decode_num_drafts"]:

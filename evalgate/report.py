@@ -57,7 +57,7 @@ def rows(keys: list[str], results: dict, gate: dict) -> list[dict]:
 def levels_of(results: dict) -> list[str]:
     """Every level name measured, ladder first (by concurrency), then the rate levels."""
     names = {k.split("/")[0] for r in results.values() for k in r.get("metrics", {})
-             if k.endswith("/output_throughput") and k.split("/")[0] not in AGAIN}
+             if k.count("/") == 1 and k.endswith("/output_throughput") and k.split("/")[0] not in AGAIN}
     ladder = sorted((n for n in names if n[1:].isdigit()), key=lambda n: int(n[1:]))
     return ladder + sorted(n for n in names if not n[1:].isdigit())
 
@@ -96,7 +96,7 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
               f"concurrency 1, × baseline on the same greedy prompts (gated: {cfg.gate.get('output_length') or 'off'})."]
-    lines += _noise(gate) + _host_steal(results) + _levels_table(results) + _gguf_measures(cfg, results)
+    lines += _noise(gate) + _host_moves(results) + _host_steal(results) + _levels_table(results) + _gguf_measures(cfg, results)
     lines += _speculation(gate) + _verdicts(table, gate)
     if phase_times:
         cols = sorted({c for t in phase_times.values() for c in t})
@@ -141,6 +141,31 @@ def _noise(gate: dict) -> list[str]:
         lines.append("| first (idle neighbours) vs alone | " + " | ".join(
             f"{alone[k]:.1f} %" if k in alone else "–" for k in keys) + " |")
     return lines
+
+
+def _host_moves(results: dict) -> list[str]:
+    """Per baseline level, each later sweep against the first: its output throughput beside the host's CPU
+    speed (evalgate.profile.cpu_probe_us: the time of a fixed Python loop, lower is faster) and the card's
+    SM clock, so a reader sees whether the machine or the engine moved between two sweeps of one server."""
+    m = results.get(BASELINE, {}).get("metrics", {})
+    rows = []
+    for lv in levels_of(results):
+        for s in AGAIN:
+            if f"sweep_{s}/{lv}/output_throughput" not in m:
+                continue
+            cells = []
+            for k, f in (("output_throughput", "{:.0f}"), ("cpu_probe_us", "{:.0f} µs"), ("sm_clock_mhz", "{:.0f} MHz")):
+                a, b = m.get(f"{lv}/{k}"), m.get(f"sweep_{s}/{lv}/{k}")
+                if a is None or b is None:
+                    cells.append("–")
+                else:
+                    cells.append(f"{f.format(a)} → {f.format(b)}" + (f" ({100 * (b - a) / a:+.1f} %)" if a else ""))
+            rows.append(f"| {lv} | {s} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "What moved between the baseline's sweeps (first → again): its output tok/s, the host's CPU speed "
+            "(a fixed Python loop, lower is faster) and the card's SM clock, per level:", "",
+            "| level | sweep | output tok/s | CPU loop | SM clock |", "|---|---|---|---|---|", *rows]
 
 
 STEAL_PCT = 0.5   # H100 host, 2026-11-26: sweeps 15-48 % slower had 0.7-2.6 % steal, quiet ones <= 0.2 %

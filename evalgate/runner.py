@@ -410,6 +410,7 @@ def output_agreement(base: dict | None, var: dict) -> dict[str, float]:
 
 
 AA_METRICS = ("output_throughput", "request_throughput", "request_goodput")
+SWEEP_KEYS = ("/output_throughput", "/host_steal_pct", "/cpu_probe_us", "/sm_clock_mhz")
 
 
 def aa_floor(first: dict, second: dict, prefix: str = "aa") -> dict[str, float]:
@@ -441,9 +442,10 @@ def finish(job: Job, times: dict[str, float], final: bool = True) -> dict:
             again = out.profile(sweep)
             if again is not None:
                 metrics.update(aa_floor(prof, again, sweep))
-                # the host's steal in that sweep too: the report names the levels a shared host disturbed
+                # that sweep's throughput beside the host's state (steal, CPU speed, the card's clock): the
+                # report shows what moved between the two sweeps of one server
                 metrics.update({f"sweep_{sweep}/{k}": v for k, v in again["summary"].items()
-                                if k.endswith("/host_steal_pct")})
+                                if k.endswith(SWEEP_KEYS)})
     metrics.update({f"time/{k}": v for k, v in {**q["times"], **times}.items()})
     out.write_metrics(metrics)
     out.succeed(q.get("early"))

@@ -304,3 +304,16 @@ def test_the_card_asked_about_is_the_one_cuda_visible_devices_names(monkeypatch)
     for hidden in ("", "-1", "7"):     # no card visible: no capacity figure, never another card's
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
         assert VLLMEngine.device_memory() is None
+
+
+def test_the_sm_clock_is_read_from_the_handle_and_absent_without_one(monkeypatch):
+    import sys
+    import types
+
+    from evalgate.gpu import sm_clock_mhz
+
+    fake = types.SimpleNamespace(NVML_CLOCK_SM=1, nvmlDeviceGetClockInfo=lambda h, kind: {("card", 1): 1755}[(h, kind)])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert sm_clock_mhz("card") == 1755.0
+    assert sm_clock_mhz(None) is None
+    assert sm_clock_mhz("other card") is None   # NVML refuses: no figure, no failure

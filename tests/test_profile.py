@@ -391,3 +391,24 @@ def test_no_driver_polling_while_a_sweep_runs(monkeypatch):
     finally:
         sampler.stop()
     assert sampler.peak_mb == 512
+
+
+def test_a_level_records_the_hosts_cpu_speed_and_the_cards_mean_clock():
+    """Each level keeps the host's CPU speed (the faster of a probe before and after it) and, where the
+    engine reads one after each round, the card's mean SM clock: the report sets them beside the A/A."""
+    class Clocked(FakeEndpoint):
+        clocks = iter([1980.0, 1500.0, 1200.0])
+
+        def run_requests(self, *a, **k):
+            recs, t, _ = super().run_requests(*a, **k)
+            return recs, t, {"sm_clock_mhz": next(self.clocks)}
+
+    probes = iter([900.0, 700.0])
+    lvl = P.run_level(Clocked(jitter=0.9), REQS, {**LOAD, "requests": {"min": 8, "max": 16}, "target_ci_pct": 0.01},
+                      {}, False, concurrency=1, probe=lambda: next(probes))
+    s = lvl["summary"]
+    assert s["rounds"] == 2 and s["sm_clock_mhz"] == pytest.approx(1740.0)   # the two rounds' reads, not the third
+    assert s["cpu_probe_us"] == 700.0
+    plain = P.run_level(FakeEndpoint(), REQS, LOAD, {}, False, concurrency=2)["summary"]
+    assert "sm_clock_mhz" not in plain and 0 < plain["cpu_probe_us"] < 1e6   # the real probe, in µs
+

@@ -87,3 +87,20 @@ def test_a_verdicts_warnings_are_in_the_summary():
     at = lines.index("- `draft`: **accept**")
     assert lines[at + 1:at + 3] == [f"  - ✅ {check['reason']}", f"  - ⚠ warning: {warning}"]
     assert not [x for x in lines[lines.index("- `fp8`: **accept**"):] if "⚠" in x]
+
+
+def test_what_moved_between_the_baselines_sweeps_is_shown_per_level():
+    """Per level: the A/A sweep's output tok/s against the first, beside the host's CPU loop time and the
+    card's clock (signed changes); the copied `sweep_aa/…` keys are no level of their own."""
+    from evalgate.report import _host_moves, levels_of
+
+    m = {"c1/output_throughput": 400.0, "sweep_aa/c1/output_throughput": 300.0,
+         "c1/cpu_probe_us": 1000.0, "sweep_aa/c1/cpu_probe_us": 1250.0,
+         "c1/sm_clock_mhz": 1980.0, "sweep_aa/c1/sm_clock_mhz": 1980.0,
+         "c16/output_throughput": 3000.0, "c16/cpu_probe_us": 900.0}   # c16: no second sweep
+    results = {"baseline": {"metrics": m}}
+    assert levels_of(results) == ["c1", "c16"]
+    text = "\n".join(_host_moves(results))
+    assert "| c1 | aa | 400 → 300 (-25.0 %) | 1000 µs → 1250 µs (+25.0 %) | 1980 MHz → 1980 MHz (+0.0 %) |" in text
+    assert "| c16 |" not in text
+    assert _host_moves({"baseline": {"metrics": {"c1/output_throughput": 1.0}}}) == []

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from evalgate.config import ConfigError, ModelSpec, Variant
 from evalgate.engines.base import Endpoint, Engine, ServeInfo, VariantUnsupported, wait_healthy
+from evalgate.gpu import sm_clock_mhz, visible_device
 from evalgate.models import resolve_model
 
 QUANT = {"none": [], "fp8": ["--quantization", "fp8"], "w4a16": [], "w8a8": [], "checkpoint": []}
@@ -298,6 +299,10 @@ class VLLMEndpoint(Endpoint):
         return cls(rec["base_url"], rec["model_path"], Path(rec["log_path"]),
                    ServeInfo(start_seconds=rec.get("start_seconds", 0.0)), rec.get("options", {}))
 
+    @functools.cached_property
+    def _card_handle(self):
+        return visible_device()
+
     def _tokenizer(self):
         if self._tok is None:
             from vllm.tokenizers import get_tokenizer
@@ -329,6 +334,9 @@ class VLLMEndpoint(Endpoint):
             f.write(log.getvalue())
         extras = {k: result[k] for k in SPEC_KEYS if k in result}
         extras["client_cpu_s"] = client_cpu_s
+        clock = sm_clock_mhz(self._card_handle)
+        if clock is not None:
+            extras["sm_clock_mhz"] = clock
         extras["vllm"] = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return records_from_bench(result, requests), float(result["duration"]), extras
 
@@ -552,8 +560,6 @@ class VLLMEngine(Engine):
     def device_memory() -> tuple[int, int] | None:
         """(free, total) bytes of the card the servers will use (CUDA_VISIBLE_DEVICES honoured) through
         NVML; None without one."""
-        from evalgate.gpu import visible_device
-
         try:
             import pynvml
 
