@@ -13,6 +13,7 @@ quality workers (`python -m evalgate run VARIANT --attach …`, one per server) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.connection
@@ -103,6 +104,31 @@ def _main(
         atexit._run_exitfuncs()  # end-of-run and flush handlers
 
 
+@contextlib.contextmanager
+def _stdio_to_devnull():
+    """This process's stdout and stderr on /dev/null for a moment: what it starts then inherits those.
+
+    Why: the forkserver (and multiprocessing's resource tracker, which it starts) would hold this process's
+    stdout and stderr open until their own exit, which comes ≈ 2 s after ours (the server tears down torch
+    and the other preloads): whoever reads our output to its end (CI, a pipe, bench/gpu_verdict.py) waited
+    that long. Seen on an H200 (2026-11-27): `evalgate repro` gone 0.2-0.4 s after its last line, its output
+    closed 1.1-1.7 s later; on the CPU the holders were these two processes. The workers get their stdout
+    and stderr passed when they start (`_main`), so the server itself needs neither."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (null, *saved):
+            os.close(fd)
+
+
 class Launcher:
     """Starts workers from the forkserver (started, with its imports, on creation)."""
 
@@ -111,7 +137,8 @@ class Launcher:
         self.ctx.set_forkserver_preload(preload)
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()  # now, so that it is not counted among the worker's descendants
+        with _stdio_to_devnull():   # now, so that it is not counted among the worker's descendants
+            forkserver.ensure_running()
 
     def start(self, cmd: list[str], fault_fd: int | None, memory_limit_mb: int | None,
               output: int | None = None, env: dict[str, str] | None = None) -> Worker:

@@ -243,3 +243,28 @@ def test_a_helper_process_dies_with_the_process_that_started_it():
         for p in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_the_forkserver_does_not_hold_the_callers_output_open():
+    """Whoever reads a run's output to its end waits for every process that holds it: the forkserver (and
+    the resource tracker it starts) must not inherit the caller's stdout/stderr, which outlived the run by
+    1-2 s (H200 and CPU, 2026-11-27). A forked worker's output still reaches the caller."""
+    code = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+from multiprocessing import forkserver, resource_tracker
+from evalgate.forkserver import Launcher
+lch = Launcher(preload=[])
+mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (1, 2)}
+for pid in (forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid):
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    print("holds" if held & mine else "free", flush=True)
+w = lch.start([sys.executable, "-c", "print('from the worker')"], None, None)
+print("worker exit", w.wait(60), flush=True)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.split()
+    assert p.stdout.splitlines()[:2] == ["free", "free"], p.stdout
+    assert "from the worker" in p.stdout and "exit 0" in p.stdout, lines
