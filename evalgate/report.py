@@ -404,9 +404,13 @@ def pareto_png(points: list[dict], path: Path) -> None:
                     alpha=0.6, lw=1.5, zorder=2, label="Pareto frontier")
         ax.scatter([p["peak_tok_s"] for p in front], [p["value"] for p in front], s=260, facecolors="none",
                    edgecolors="tab:blue", linewidths=1.5, zorder=2)   # frontier points ringed (one alone too)
+        for star in (False, True):   # one scatter per marker, not per point: the artists are most of the drawing
+            group = [p for p in pts if (p["variant"] == BASELINE) == star]
+            if group:
+                ax.scatter([p["peak_tok_s"] for p in group], [p["value"] for p in group], s=90 if star else 50,
+                           c=[COLORS[p["status"]] for p in group], marker="*" if star else "o", edgecolors="black",
+                           linewidths=0.4, zorder=3)
         for p in pts:
-            ax.scatter(p["peak_tok_s"], p["value"], s=90 if p["variant"] == BASELINE else 50, c=COLORS[p["status"]],
-                       marker="*" if p["variant"] == BASELINE else "o", edgecolors="black", linewidths=0.4, zorder=3)
             ax.annotate(p["variant"], (p["peak_tok_s"], p["value"]), textcoords="offset points",
                         xytext=(6, 3 + 10 * p.get("label_row", 0)),
                         fontsize=7.5, zorder=4)
