@@ -42,6 +42,8 @@ PRELOAD = [
     "evalgate.evaluate",
     "evalgate.sequential",
     "evalgate.tracking",
+    "evalgate.report",       # the report's pictures (evalgate.repro._picture_pool)
+    "matplotlib.pyplot",
 ]
 
 
@@ -175,3 +177,8 @@ def shared() -> Launcher | None:
     except (OSError, ValueError) as e:
         print(f"no forkserver ({e}); each worker imports on its own", flush=True)
         return None
+
+
+def running() -> Launcher | None:
+    """The shared forkserver's launcher if this process has started it; never starts one."""
+    return shared() if shared.cache_info().currsize else None

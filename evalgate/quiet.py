@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 # logger → messages dropped from it
 NOISE = {
@@ -16,6 +17,15 @@ NOISE = {
     # torchao registers its enums as pytree constants, which torch now handles natively
     "torch.utils._pytree": [r".* is an Enum subclass and is now natively supported by torch\.compile"],
 }
+
+# Python warnings dropped (category, message regex): MLflow's, on every variant's dataset inputs
+# (evalgate.tracking._datasets), four lines a variant in a scheduled GPU run's log (2026-11-27)
+WARNINGS = [
+    # its registry holds LocalArtifactDatasetSource twice; either one reads a local path the same way
+    (UserWarning, r"The specified dataset source can be interpreted in multiple ways"),
+    # about serving a model on data with missing values; these datasets are logged, never served
+    (UserWarning, r"Hint: Inferred schema contains integer column\(s\)"),
+]
 
 
 class _Drop(logging.Filter):
@@ -28,6 +38,8 @@ class _Drop(logging.Filter):
 
 
 def quiet_third_party() -> None:
+    for category, message in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for name, patterns in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):

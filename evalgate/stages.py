@@ -44,10 +44,11 @@ def gate(cfg, results: Path, out: Path) -> dict:
     return verdicts
 
 
-def report(cfg, results: Path, gate: Path, out: Path, checkpoints: Path, params: Path) -> int:
-    """The summary, DVC's metrics and plots data, the pictures; then the MLflow parent run, and the best
-    accepted variant registered (evalgate.registry). Returns 75 when MLflow stopped answering while it
-    logged (not recorded as done, so the next repro runs the report again), else 0."""
+def report(cfg, results: Path, gate: Path, out: Path, checkpoints: Path, params: Path, pool=None) -> int:
+    """The summary, DVC's metrics and plots data, the pictures (in `pool`'s processes when given:
+    evalgate.report.draw); then the MLflow parent run, and the best accepted variant registered
+    (evalgate.registry). Returns 75 when MLflow stopped answering while it logged (not recorded as done,
+    so the next repro runs the report again), else 0."""
     import json
 
     from evalgate import tracking
@@ -57,7 +58,7 @@ def report(cfg, results: Path, gate: Path, out: Path, checkpoints: Path, params:
     tracking.check_reachable(cfg.mlflow)  # a tracking server that does not answer: one line, exit 2 (gate.json stays)
     verdicts = json.loads(gate.read_text())
     store = Results(results)
-    table, files = write_report(cfg, store, verdicts, out)
+    table, files = write_report(cfg, store, verdicts, out, pool)
     print((out / "summary.md").read_text())
     names = list(cfg.variants)
     parent = tracking.log_report(

@@ -70,6 +70,25 @@ def test_unknown_gated_metric_is_refused_with_what_the_task_computes(tmp_path):
         check_gated_metrics(tm, ["my_add/exact_match/strict"])
 
 
+def test_gated_metrics_that_passed_are_not_loaded_again_and_a_bad_one_is_refused_every_time(tmp_path, monkeypatch):
+    """The scheduler prepares every variant with the same keys: the tasks are loaded to check them once per
+    task index; a key that failed is refused again, not remembered as checked."""
+    from evalgate.evaluate import check_gated_metrics, task_manager
+
+    write_task(tmp_path / "t", "my_add", [{"q": "1+1=", "a": "2"}])
+    tm = task_manager(["my_add"], [str(tmp_path / "t")])
+    loads = []
+    real = tm.load
+    monkeypatch.setattr(tm, "load", lambda names: loads.append(names) or real(names))
+    for _ in range(3):
+        check_gated_metrics(tm, ["my_add/exact_match"])
+    assert loads == [["my_add"]]
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="not 'exact_matc'"):
+            check_gated_metrics(tm, ["my_add/exact_matc"])
+    assert len(loads) == 3
+
+
 # -- 2. the README's dvc exp run example; Hydra's error on one line; params.yaml put back -------------------
 def test_nested_override_reaches_a_gated_metric_and_slash_form_says_what_to_write():
     p = compose(["gate.quality.fx_add.exact_match.max_loss_abs=0.05"], ROOT / "conf")

@@ -104,3 +104,35 @@ def test_what_moved_between_the_baselines_sweeps_is_shown_per_level():
     assert "| c1 | aa | 400 → 300 (-25.0 %) | 1000 µs → 1250 µs (+25.0 %) | 1980 MHz → 1980 MHz (+0.0 %) |" in text
     assert "| c16 |" not in text
     assert _host_moves({"baseline": {"metrics": {"c1/output_throughput": 1.0}}}) == []
+
+
+def _square(data, path):   # module level: a pool's worker imports it by name
+    path.write_text(str(data * data))
+
+
+def _fails(data, path):
+    raise ValueError(f"no picture of {data}")
+
+
+def test_pictures_drawn_in_worker_processes_are_the_ones_drawn_inline(tmp_path):
+    """evalgate.report.draw: each picture function gets its data and its path, in the pool's processes
+    when there is one (evalgate repro: forked from its forkserver) and here otherwise; the same files
+    either way, and a picture's error is raised to the caller in both."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pytest
+
+    from evalgate.report import draw, pareto_png
+
+    points = quality_points(TABLE, KEYS, {KEYS[0]: True, KEYS[1]: False})
+    jobs = [(pareto_png, points), (_square, 7)]
+    inline, pooled = [tmp_path / "a.png", tmp_path / "a.txt"], [tmp_path / "b.png", tmp_path / "b.txt"]
+    draw(jobs, inline)
+    with ProcessPoolExecutor(2) as pool:
+        draw(jobs, pooled, pool)
+        with pytest.raises(ValueError, match="no picture of 3"):
+            draw([(_fails, 3)], [tmp_path / "c"], pool)
+    assert pooled[0].read_bytes() == inline[0].read_bytes() and pooled[0].stat().st_size > 1000
+    assert pooled[1].read_text() == inline[1].read_text() == "49"
+    with pytest.raises(ValueError, match="no picture of 3"):
+        draw([(_fails, 3)], [tmp_path / "c"])

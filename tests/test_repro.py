@@ -183,3 +183,34 @@ def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled,
     assert repro._repro(cfg()) == repro.EX_TEMPFAIL
     assert ("run", "run@int8") not in scheduled.log and not any(c[0] == "commit" for c in scheduled.log)
     assert ("repro", "--single-item", "gate") in scheduled.log
+
+
+def test_one_commit_reads_gits_index_and_each_params_file_once_and_puts_both_back(monkeypatch):
+    """repro._read_once: within one commit DVC's per-output `is_tracked` reads git's index once and its
+    per-dependency params reads parse each file once (each caller gets its own copy); afterwards both
+    read afresh again."""
+    from dvc.dependency import param
+
+    class Index(list):
+        pass
+
+    class DulwichRepo:
+        opened = 0
+
+        def open_index(self):
+            DulwichRepo.opened += 1
+            return Index([b"dvc.yaml"])
+
+    parsed = []
+    monkeypatch.setattr(param, "load_path", lambda path, fs, **kw: parsed.append(path) or {"a": {"b": [1]}})
+    dul = DulwichRepo()
+    repo = types.SimpleNamespace(scm=types.SimpleNamespace(dulwich=types.SimpleNamespace(repo=dul)))
+    with repro._read_once(repo):
+        assert all(list(dul.open_index()) == [b"dvc.yaml"] for _ in range(13))
+        first = param.load_path("params.yaml", None)
+        first["a"]["b"].append(2)   # a caller changing its copy changes nobody else's
+        assert [param.load_path("params.yaml", None) for _ in range(26)][-1] == {"a": {"b": [1]}}
+        param.load_path("other.yaml", None)
+    assert DulwichRepo.opened == 1 and parsed == ["params.yaml", "other.yaml"]
+    dul.open_index(), param.load_path("params.yaml", None)
+    assert DulwichRepo.opened == 2 and parsed[-1] == "params.yaml" and len(parsed) == 3

@@ -129,3 +129,27 @@ def test_scheduled_variants_share_one_host_monitor_on_the_parent(tmp_path, store
     finally:
         shared.close(True)
         own.close(True)
+
+
+def test_mlflows_warnings_on_the_dataset_inputs_are_dropped(tmp_path):
+    """evalgate.quiet.WARNINGS: the two UserWarnings MLflow raises for every variant's dataset inputs (a
+    source its registry resolves twice, an integer-column schema hint) are not shown; without the filters
+    they are."""
+    import warnings
+
+    from evalgate.quiet import quiet_third_party
+    from evalgate.tracking import _datasets
+
+    workload = tmp_path / "workload.jsonl"
+    workload.write_text(json.dumps({"prompt": "1+1=", "max_tokens": 4, "source": "fx_add"}) + "\n")
+
+    def shown(quiet: bool) -> list[str]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if quiet:
+                quiet_third_party()
+            assert len(_datasets(workload, ["fx_add"], {"fx_add": 1})) == 2
+        return [str(w.message) for w in seen if "dataset source" in str(w.message) or "Inferred schema" in str(w.message)]
+
+    assert shown(False)
+    assert shown(True) == []

@@ -1,0 +1,130 @@
+"""Do idle neighbours change a profile? (issue 11 item 2: a baseline profiled beside idle neighbours
+against one profiled alone, within ±3 %)
+
+A scheduled run profiles each server while the others sit up and idle. Comparing one sweep beside them with
+a later sweep after stopping them (`load.alone_check`) mixes their effect with the host's drift between
+the two sweeps: on these shared hosts two sweeps of one server minutes apart differ by 5-40 %
+(docs/results/h200-2026-11-27-11: alone check c16 -28.7 %, while the A/A in the same run was +12.0 %).
+
+Here the two conditions take turns, round by round, on one server: the profiled server and `--neighbours`
+idle servers of the same model, each with the memory share of one among 1 + neighbours (the scheduled
+run's split). Before each round the neighbours are either left running (idle, as in a scheduled run) or
+stopped with SIGSTOP (their whole process groups: no CPU time, no GPU work; their memory stays held, and
+the profiled server's own memory is what its start gave it either way). A stopped process is, for the
+profiled server's speed, what a terminated one is: it runs nothing on the host's cores or the card; what
+it still holds (memory, a CUDA context with nothing queued) takes no time from another context. The
+conditions alternate in pairs, their order reversed every other pair (AB BA AB …), each pair on the same
+request slice, each round from an empty prefix cache. The host's drift then falls on both conditions
+alike; what is left is the noise of single rounds, which many pairs average down.
+
+Per level (the ladder of params.yaml's load.concurrency): per pair, the ratio running / stopped of output
+throughput, median TPOT and median TTFT; their geometric mean as a % difference, with its 95 % confidence
+interval (Student's t on the log-ratios, scipy.stats). Within ±3 % when that interval lies inside ±3 %.
+
+    python bench/neighbours.py [--neighbours 6] [--seconds 120] [--out F.json]
+
+Run in the pipeline's working copy on the GPU host once the fixture and workload exist (gpu/session.sh
+bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other servers between rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
+
+METRICS = ("output_throughput", "median_tpot_ms", "median_ttft_ms")
+
+
+def pause(servers, stopped: bool) -> None:
+    """SIGSTOP / SIGCONT to each server's process group (`vllm serve` starts its own session)."""
+    for s in servers:
+        os.killpg(s.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+
+def compare(pairs: list[dict], metric: str) -> dict:
+    """The running/stopped difference over the pairs: geometric mean ratio in %, its 95 % CI (t on the
+    log-ratios), and whether that CI lies inside ±3 %."""
+    from scipy import stats
+
+    logs = [math.log(p["running"][metric] / p["stopped"][metric]) for p in pairs
+            if p["running"].get(metric) and p["stopped"].get(metric)]
+    if len(logs) < 3:
+        return {"n": len(logs)}
+    res = stats.ttest_1samp(logs, 0.0)
+    lo, hi = res.confidence_interval(0.95)
+    pct = lambda x: round(100 * (math.exp(x) - 1), 2)   # noqa: E731
+    mean = sum(logs) / len(logs)
+    return {"n": len(logs), "diff_pct": pct(mean), "ci95_pct": [pct(lo), pct(hi)],
+            "within_3pct": bool(-3 <= pct(lo) and pct(hi) <= 3), "p": round(float(res.pvalue), 3),
+            "round_sd_pct": round(100 * float(stats.tstd(logs)), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--neighbours", type=int, default=6, help="idle servers beside the profiled one")
+    ap.add_argument("--seconds", type=float, default=120, help="per level: pairs are run until this much time has gone")
+    ap.add_argument("--levels", default=None, help="comma-separated concurrencies (default: load.concurrency)")
+    ap.add_argument("--settle", type=float, default=0.3, help="seconds after stopping or resuming the neighbours")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args(argv)
+
+    from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
+
+    from evalgate.profile import SWEEPING, level_warmup, summarize
+
+    n = 1 + a.neighbours
+    t0, levels = time.time(), {}
+    with baseline_servers(a.params, n, n, "neighbours-") as (cfg, _, requests, servers, eps):
+        up_s = round(time.time() - t0, 1)
+        print(f"neighbours: {n} server(s) up in {up_s} s; profiling the first, {a.neighbours} idle beside it", flush=True)
+        ignore_eos = bool(cfg.workload.get("ignore_eos", False))
+        load_cfg, slo, ep, others = cfg.load, cfg.slo, eps[0], servers[1:]
+        ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in load_cfg.get("concurrency", [1])]
+        lo = int(load_cfg.get("requests", {}).get("min", 16))
+        SWEEPING.set()   # nothing of ours polls the driver while rounds run
+        try:
+            for i, c in enumerate(ladder):
+                size = max(lo, int(load_cfg.get("waves", 4)) * c)
+                slices = max(1, len(requests) // size)
+                ep.reset_cache()
+                ep.run_requests(requests[:size], concurrency=c, ignore_eos=ignore_eos, warmup=level_warmup(load_cfg, i, c))
+                pairs, start = [], time.time()
+                while time.time() - start < a.seconds or len(pairs) < 4:
+                    k = len(pairs)
+                    batch = requests[(k % slices) * size:(k % slices + 1) * size]
+                    pair = {}
+                    for stopped in ((False, True) if k % 2 == 0 else (True, False)):
+                        pause(others, stopped)
+                        time.sleep(a.settle)
+                        ep.reset_cache()
+                        recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=ignore_eos)
+                        pair["stopped" if stopped else "running"] = {
+                            m: summarize(recs, dur, slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
+                    pause(others, False)
+                    pairs.append(pair)
+                levels[f"c{c}"] = {"pairs": pairs, "requests_per_round": size,
+                                   "compare": {m: compare(pairs, m) for m in METRICS}}
+                print(f"neighbours: c{c:<4d} {len(pairs)} pairs  " + "  ".join(
+                    f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
+                    for m, r in levels[f"c{c}"]["compare"].items() if "ci95_pct" in r), flush=True)
+        finally:
+            SWEEPING.clear()
+            pause(others, False)   # stopped servers cannot stop themselves on SIGTERM
+    out = {"neighbours": a.neighbours, "seconds_per_level": a.seconds, "servers_up_s": up_s, "levels": levels,
+           "seconds": round(time.time() - t0, 1)}
+    print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))
+    if a.out:
+        a.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""bench/neighbours.py's two parts that decide its answer, on CPU: the neighbours' process groups really stop
+(no CPU time while stopped) and resume, and the paired comparison says "within ±3 %" only when its 95 %
+interval lies inside ±3 %."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import neighbours  # noqa: E402
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+def test_stopped_neighbours_run_nothing_until_resumed():
+    """A busy "server" with a busy child in its own session (as `vllm serve` and its engine core): after
+    pause(…, True) neither gets CPU time; after pause(…, False) both run again."""
+    code = "import os\nos.fork()\nwhile True: pass"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        pids = [proc.pid, *map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())]
+        assert len(pids) == 2
+        server = types.SimpleNamespace(proc=proc)
+        neighbours.pause([server], True)
+        time.sleep(0.3)
+        before = [_cpu_ticks(p) for p in pids]
+        time.sleep(1.0)
+        assert [_cpu_ticks(p) for p in pids] == before
+        assert all(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for p in pids)
+        neighbours.pause([server], False)
+        time.sleep(1.0)
+        assert all(_cpu_ticks(p) > b for p, b in zip(pids, before))
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def pairs(ratios: list[float]) -> list[dict]:
+    return [{"running": {"output_throughput": 100 * r}, "stopped": {"output_throughput": 100.0}} for r in ratios]
+
+
+def test_within_3pct_only_when_the_whole_interval_is():
+    tight = neighbours.compare(pairs([1.01, 0.99, 1.005, 0.995, 1.0, 1.01, 0.99, 1.0]), "output_throughput")
+    assert tight["n"] == 8 and abs(tight["diff_pct"]) < 0.5 and tight["within_3pct"]
+    assert tight["ci95_pct"][0] < tight["diff_pct"] < tight["ci95_pct"][1]
+    noisy = neighbours.compare(pairs([1.2, 0.8, 1.15, 0.85, 1.1, 0.9]), "output_throughput")   # mean ≈ 0, wide
+    assert abs(noisy["diff_pct"]) < 3 and not noisy["within_3pct"]
+    shifted = neighbours.compare(pairs([1.05, 1.051, 1.049, 1.05, 1.052]), "output_throughput")  # tight, but +5 %
+    assert 4.5 < shifted["diff_pct"] < 5.5 and not shifted["within_3pct"]
+    assert neighbours.compare(pairs([1.0, 1.0]), "output_throughput") == {"n": 2}
