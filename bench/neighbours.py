@@ -19,7 +19,9 @@ alike; what is left is the noise of single rounds, which many pairs average down
 
 Per level (the ladder of params.yaml's load.concurrency): per pair, the ratio running / stopped of output
 throughput, median TPOT and median TTFT; their geometric mean as a % difference, with its 95 % confidence
-interval (Student's t on the log-ratios, scipy.stats). Within ±3 % when that interval lies inside ±3 %.
+interval (Student's t on the log-ratios, scipy.stats), and the same over every level's pairs ("all").
+`equivalent`: the two match within ±3 % by two one-sided tests at 5 % (TOST, the 90 % interval inside
+±3 %); `within_3pct`: the stricter 95 % interval inside ±3 %.
 
     python bench/neighbours.py [--neighbours 6] [--seconds 120] [--out F.json]
 
@@ -48,9 +50,11 @@ def pause(servers, stopped: bool) -> None:
         os.killpg(s.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
 
 
-def compare(pairs: list[dict], metric: str) -> dict:
+def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0) -> dict:
     """The running/stopped difference over the pairs: geometric mean ratio in %, its 95 % CI (t on the
-    log-ratios), and whether that CI lies inside ±3 %."""
+    log-ratios), `within_3pct` when that CI lies inside ±3 %, and `equivalent` by two one-sided t-tests
+    at 5 % each (TOST: the 90 % CI inside ±`margin_pct`), the usual test that two conditions match within
+    a margin: a 95 % CI inside the margin asks for 2.5 % on each side, more than "matches" needs."""
     from scipy import stats
 
     logs = [math.log(p["running"][metric] / p["stopped"][metric]) for p in pairs
@@ -59,10 +63,12 @@ def compare(pairs: list[dict], metric: str) -> dict:
         return {"n": len(logs)}
     res = stats.ttest_1samp(logs, 0.0)
     lo, hi = res.confidence_interval(0.95)
+    lo90, hi90 = res.confidence_interval(0.90)
     pct = lambda x: round(100 * (math.exp(x) - 1), 2)   # noqa: E731
     mean = sum(logs) / len(logs)
-    return {"n": len(logs), "diff_pct": pct(mean), "ci95_pct": [pct(lo), pct(hi)],
-            "within_3pct": bool(-3 <= pct(lo) and pct(hi) <= 3), "p": round(float(res.pvalue), 3),
+    return {"n": len(logs), "diff_pct": pct(mean), "ci95_pct": [pct(lo), pct(hi)], "ci90_pct": [pct(lo90), pct(hi90)],
+            "within_3pct": bool(-3 <= pct(lo) and pct(hi) <= 3),
+            "equivalent": bool(-margin_pct <= pct(lo90) and pct(hi90) <= margin_pct), "p": round(float(res.pvalue), 3),
             "round_sd_pct": round(100 * float(stats.tstd(logs)), 1)}
 
 
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             SWEEPING.clear()
             pause(others, False)   # stopped servers cannot stop themselves on SIGTERM
+    every = [p for r in levels.values() for p in r["pairs"]]   # the profile as a whole: every level's pairs
+    levels["all"] = {"pairs": [], "compare": {m: compare(every, m) for m in METRICS}}
     out = {"neighbours": a.neighbours, "seconds_per_level": a.seconds, "servers_up_s": up_s, "levels": levels,
            "seconds": round(time.time() - t0, 1)}
     print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))

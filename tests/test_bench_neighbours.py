@@ -59,3 +59,6 @@ def test_within_3pct_only_when_the_whole_interval_is():
     shifted = neighbours.compare(pairs([1.05, 1.051, 1.049, 1.05, 1.052]), "output_throughput")  # tight, but +5 %
     assert 4.5 < shifted["diff_pct"] < 5.5 and not shifted["within_3pct"]
     assert neighbours.compare(pairs([1.0, 1.0]), "output_throughput") == {"n": 2}
+    # TOST: the 90 % interval inside the margin can hold where the 95 % one does not
+    edge = neighbours.compare(pairs([1.0 + 0.09 * (-1) ** i for i in range(40)]), "output_throughput")
+    assert edge["ci90_pct"][0] > edge["ci95_pct"][0] and edge["equivalent"] and not edge["within_3pct"]
