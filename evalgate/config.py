@@ -472,6 +472,7 @@ class Load(Section):
     waves: PositiveInt = 4
     aa: bool = False
     alone_check: bool = False  # scheduled runs: the baseline a third time, every other server stopped
+    hold_neighbours: bool = True  # scheduled runs: the idle servers SIGSTOPped while another is profiled
 
     @field_validator("concurrency")
     @classmethod

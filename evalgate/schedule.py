@@ -112,7 +112,7 @@ class Scheduler:
 
     def __init__(self, slots: list[Slot], capacity: int | None, *, start: Callable, quality: Callable,
                  profile: Callable, finish: Callable, fail: Callable, aa: bool = True, alone: bool = False,
-                 log: Callable = print,
+                 hold: bool = False, log: Callable = print,
                  poll_s: float = 0.2, policy: dict | None = None, retry: Callable | None = None,
                  again_alone: Callable | None = None):
         self.slots = slots
@@ -121,6 +121,7 @@ class Scheduler:
         self.backoff_s = float((policy or {}).get("backoff_s", 0))
         self.retry_fn = retry or (lambda s: None)
         self.again = (["aa", "alone"] if alone else ["aa"]) if aa else []
+        self.hold = hold
         self.capacity = capacity
         self.start_fn, self.quality_fn, self.profile_fn = start, quality, profile
         self.finish_fn, self.fail_fn, self.log, self.poll_s = finish, fail, log, poll_s
@@ -195,11 +196,27 @@ class Scheduler:
         s.state, s.again, s.transient = "failed", [], kind
         self.fail_fn(s, phase, error)
 
+    def _hold(self, slots: list[Slot], stopped: bool) -> None:
+        """SIGSTOP / SIGCONT these idle servers (`server.hold`); one that cannot is left running, said."""
+        for x in slots:
+            try:
+                x.server.hold(stopped)
+            except Exception as e:  # noqa: BLE001 - holding only takes the neighbours off the host
+                self.log(f"schedule: {'stopping' if stopped else 'continuing'} {x.name}'s processes: {e}")
+
     def _profile(self, s: Slot, sweep: str = "") -> None:
         s.state, t0 = "profiling", time.time()
         phase = f"profile_{sweep}" if sweep else "profile"
+        # the idle neighbours held still (SIGSTOP) for the profile: running but idle, six vLLM servers beside
+        # one took 3.4 % of its throughput at c128 and cut its TTFT at c1 by 3.3 % (H200, two leases,
+        # bench/neighbours.py, docs/results/h200-2026-11-27-18); stopped, they run nothing, as if not there.
+        # Only idle servers are up during a profile (nothing starts or evaluates then): none is mid-request.
+        held = [x for x in self.slots if x is not s and x.server is not None and hasattr(x.server, "hold")] \
+            if self.hold else []
         self.log(f"schedule: profiling {s.name}" + {"": "", "aa": " again (A/A)",
-                                                   "alone": " once more, every other server stopped"}[sweep])
+                                                   "alone": " once more, every other server stopped"}[sweep]
+                 + (f" ({len(held)} idle neighbour(s) held)" if held else ""))
+        self._hold(held, True)
         try:
             if not s.server.alive():
                 raise RuntimeError("the server died before its profile")
@@ -207,10 +224,15 @@ class Scheduler:
             if not s.server.alive():
                 raise RuntimeError("the server died during its profile")
         except Exception as e:  # noqa: BLE001
+            self._hold(held, False)
             s.mark(phase, t0)
             self.profiles.append((s.name, t0, time.time()))
             self._fail(s, "profile", f"{type(e).__name__}: {e}")
             return
+        except BaseException:   # interrupted: the stops that follow need them continued
+            self._hold(held, False)
+            raise
+        self._hold(held, False)
         t1 = time.time()
         s.mark(phase, t0, t1)
         self.profiles.append((s.name, t0, t1))
@@ -486,7 +508,8 @@ def scheduled(cfg, engine, slots: list[Slot], paths: dict):
                     quality=tracking(quality),
                     profile=tracking(lambda s, ep, sweep: runner.profile(s.job, ep, sweep)),
                     finish=tracking(finish), fail=tracking(fail), aa=bool(cfg.load.get("aa")),
-                    alone=bool(cfg.load.get("alone_check")), policy=cfg.faults,
+                    alone=bool(cfg.load.get("alone_check")), hold=bool(cfg.load.get("hold_neighbours", True)),
+                    policy=cfg.faults,
                     retry=lambda s: s.job.out.clear_phases(), again_alone=again_alone)
     tracked.start()
     try:

@@ -193,17 +193,18 @@ def test_start_failures_are_clear(model_dir, tmp_path, monkeypatch, mode, err):
 def test_stop_waits_for_the_whole_group_then_kills_what_is_left(tmp_path):
     """A server whose child takes a moment to exit on SIGTERM (vLLM's engine core freeing the GPU) gets that
     moment, not a SIGKILL as soon as the leader is gone; a child that ignores SIGTERM is killed after the grace
-    time; a child whose parent died already is found by its group and stopped too."""
+    time; a child whose parent died already is found by its group and stopped too; a group held still (SIGSTOP:
+    the scheduler's idle neighbours during a profile) is continued, so it stops as cleanly as a running one."""
     import subprocess
 
-    from evalgate.engines.vllm import stop_process_group
+    from evalgate.engines.vllm import hold_process_group, stop_process_group
 
     script = tmp_path / "group.py"
     script.write_text("""
 import os, signal, sys, time
 mode = sys.argv[1]
 if os.fork() == 0:                                   # the child: slow to stop, or deaf to SIGTERM
-    if mode == "slow":
+    if mode in ("slow", "held"):
         signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), open(sys.argv[2], "w").write("clean"), os._exit(0)))
     else:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -214,7 +215,7 @@ if mode == "orphan":
     sys.exit(0)                                      # the leader is gone before the stop
 time.sleep(3600)
 """)
-    for mode, grace in (("slow", 10), ("deaf", 1), ("orphan", 1)):
+    for mode, grace in (("slow", 10), ("deaf", 1), ("orphan", 1), ("held", 10)):
         mark = tmp_path / mode
         proc = subprocess.Popen([sys.executable, str(script), mode, str(mark)], start_new_session=True)
         for _ in range(200):   # the file exists before its pid is written: wait for the content
@@ -222,11 +223,15 @@ time.sleep(3600)
                 break
             time.sleep(0.05)
         child = int(Path(f"{mark}.pid").read_text())
+        if mode == "held":
+            hold_process_group(proc, True)
+            time.sleep(0.2)
+            assert Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
         t0 = time.monotonic()
         stop_process_group(proc, grace_s=grace)
         took = time.monotonic() - t0
         assert not _alive(child), mode
-        if mode == "slow":
+        if mode in ("slow", "held"):
             assert mark.read_text() == "clean" and took < 5      # it finished its own stop, then the wait ended
         if mode == "deaf":
             assert 1 <= took < 5                                  # killed after the grace time

@@ -31,6 +31,10 @@ class FakeServer:
     def alive(self):
         return self._alive
 
+    def hold(self, stopped):
+        self.held = stopped
+        self.holds.append((self.name, stopped))
+
     def stop(self):
         self._alive = False
         time.sleep(self.stop_s)   # a real server's processes take a while to exit
@@ -53,6 +57,8 @@ class Recorder:
         self.log, self.lock, self.live, self.max_live = [], threading.Lock(), set(), 0
         self.finished, self.failed = {}, {}
         self.neighbours = []   # (sweep, variant, the servers up while it was profiled)
+        self.held = []         # (variant, the servers held still while it was profiled, the other servers up)
+        self.holds = []        # (server, stopped): every hold and continue, in order
 
     def _note(self, phase, name, t0):
         with self.lock:
@@ -64,6 +70,7 @@ class Recorder:
             self.max_live = max(self.max_live, len(self.live))
         srv = FakeServer(s.name, self.starts.get(s.name, 0.05), s.name in self.fail_start, s.name in self.die, self.live,
                          self.stop_s)
+        srv.holds = self.holds
         t0 = time.time()
         orig = srv.wait
 
@@ -85,6 +92,9 @@ class Recorder:
         t0 = time.time()
         with self.lock:
             self.neighbours.append((sweep, s.name, set(self.live)))
+            slots = getattr(self, "slots", [])   # set by scheduler(); tests that build their own leave it out
+            self.held.append((s.name, {x.name for x in slots if x.server is not None and getattr(x.server, "held", False)},
+                              {x.name for x in slots if x.server is not None and x is not s}))
         time.sleep(self.p)
         if s.name in self.die:
             s.server._alive = False
@@ -96,9 +106,11 @@ class Recorder:
     def fail(self, s, phase, error):
         self.failed[s.name] = (phase, error)
 
-    def scheduler(self, slots, capacity=None, aa=True, alone=False):
+    def scheduler(self, slots, capacity=None, aa=True, alone=False, hold=False):
+        self.slots = slots
         return Scheduler(slots, capacity, start=self.start, quality=self.quality, profile=self.profile,
-                         finish=self.finish, fail=self.fail, aa=aa, alone=alone, log=lambda *a: None, poll_s=0.01)
+                         finish=self.finish, fail=self.fail, aa=aa, alone=alone, hold=hold, log=lambda *a: None,
+                         poll_s=0.01)
 
 
 def overlaps(a, b):
@@ -356,3 +368,22 @@ def test_the_variants_runs_open_without_monitors_and_the_host_gets_one(tmp_path,
     schedule._track_all(SimpleNamespace(track=track), slots, host)
     assert asked == [("baseline", False), ("a", False)]
     assert host == [("monitor", {"system_metrics": True}, "P")]
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_idle_neighbours_are_held_still_during_each_profile_and_continued_after(tmp_path, hold):
+    """load.hold_neighbours: while one server is profiled every other server that is up (idle: nothing
+    starts or evaluates during a profile) is held (SIGSTOP), and continued when the profile ends, also
+    when it fails; without it none is held. The profiled server itself is never held."""
+    names = ["baseline", "a", "b", "c"]
+    rec = Recorder(starts={}, die={"b"})
+    slots = [slot(n, tmp_path) for n in names]
+    rec.scheduler(slots, hold=hold).run()
+    assert [n for n, _, _ in rec.held] == ["baseline", "a", "b", "c", "baseline"]
+    for name, held, up in rec.held:
+        assert name not in held and (held == up if hold else not held), (name, held, up)
+        assert up   # there were neighbours to hold
+    assert rec.failed["b"][0] == "profile"   # b died in its profile: the others were continued all the same
+    for n in names:   # each hold was followed by its continue, the last one included
+        seq = [stopped for x, stopped in rec.holds if x == n]
+        assert seq == [True, False] * (len(seq) // 2) and (len(seq) > 0) == hold, (n, seq)

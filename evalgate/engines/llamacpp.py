@@ -39,7 +39,7 @@ from pathlib import Path
 
 from evalgate.config import GGUF_KV_TYPES, GGUF_TYPES, ConfigError, ModelSpec, Variant
 from evalgate.engines.base import Endpoint, Engine, Generation, ServeInfo, VariantUnsupported, record, wait_healthy
-from evalgate.engines.vllm import _free_port, _get, stop_process_group
+from evalgate.engines.vllm import _free_port, _get, hold_process_group, stop_process_group
 
 KV = {"auto": None, "int8": "q8_0", "int4": "q4_0", **{t: t for t in GGUF_KV_TYPES}}
 UNQUANTIZED_KV = ("f32", "f16", "bf16")
@@ -424,6 +424,9 @@ class LlamaCppServer:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def hold(self, stopped: bool) -> None:
+        hold_process_group(self.proc, stopped)
 
     def stop(self) -> None:
         stop_process_group(self.proc, grace_s=10)

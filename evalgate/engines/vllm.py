@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -432,6 +433,9 @@ class VLLMServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def hold(self, stopped: bool) -> None:
+        hold_process_group(self.proc, stopped)
+
     def stop(self) -> None:
         self.sampler.stop()
         stop_process_group(self.proc)
@@ -585,6 +589,14 @@ class VLLMEngine(Engine):
             server.stop()
 
 
+def hold_process_group(proc: subprocess.Popen, stopped: bool) -> None:
+    """SIGSTOP (`stopped`) or SIGCONT to the server's whole process group (it starts its own session): a
+    stopped server runs nothing on the host's cores and queues nothing on the card, while keeping its memory
+    and its state. The scheduler holds the idle neighbours of each profile this way (evalgate.schedule)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
     """Stop the server and every process of its group (psutil): SIGTERM to all of them, then wait up to
     `grace_s` for all of them (not only the leader: vLLM's engine core frees the GPU after it), then
@@ -604,6 +616,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
     for p in running():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
+            p.resume()   # a held (SIGSTOPped) process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace_s
     while (left := running()) and time.monotonic() < deadline:
         time.sleep(0.1)
