@@ -96,7 +96,7 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
               f"concurrency 1, × baseline on the same greedy prompts (gated: {cfg.gate.get('output_length') or 'off'})."]
-    lines += _noise(gate) + _host_moves(results) + _host_steal(results) + _levels_table(results) + _gguf_measures(cfg, results)
+    lines += _noise(gate, bool(cfg.load.get("hold_neighbours", True))) + _host_moves(results) + _host_steal(results) + _levels_table(results) + _gguf_measures(cfg, results)
     lines += _speculation(gate) + _verdicts(table, gate)
     if phase_times:
         cols = sorted({c for t in phase_times.values() for c in t})
@@ -127,14 +127,16 @@ def _per_level(gate: dict) -> list[str]:
                     "difference on that metric and the level's 95 % interval; otherwise \"no difference\".", ""]
 
 
-def _noise(gate: dict) -> list[str]:
+def _noise(gate: dict, held: bool = True) -> list[str]:
+    """The A/A table; `held`: the scheduled sweeps ran with the idle neighbours held still (SIGSTOP)."""
     floor, alone = gate.get("noise_floor_pct") or {}, gate.get("alone_check_pct") or {}
     keys = [k for k in ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms",
                         "median_tpot_ms", "median_e2el_per_token_ms", "p99_e2el_ms") if k in floor]
     if not keys:
         return []
+    beside = "the same idle neighbours held still" if held else "beside the same idle neighbours"
     lines = ["", "## Noise floor (A/A)", "", "The baseline profiled twice in this run — scheduled: first and last, "
-             "beside the same idle neighbours; serial: back to back — as |A − A′| / mean, per metric:", "",
+             f"{beside}; serial: back to back — as |A − A′| / mean, per metric:", "",
              "| sweeps | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
              "| A/A | " + " | ".join(f"{floor[k]:.1f} %" for k in keys) + " |"]
     if alone:   # load.alone_check: what the idle neighbours did to the first sweep

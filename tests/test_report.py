@@ -136,3 +136,11 @@ def test_pictures_drawn_in_worker_processes_are_the_ones_drawn_inline(tmp_path):
     assert pooled[1].read_text() == inline[1].read_text() == "49"
     with pytest.raises(ValueError, match="no picture of 3"):
         draw([(_fails, 3)], [tmp_path / "c"])
+
+
+def test_the_noise_floor_says_whether_the_neighbours_were_held_during_the_sweeps():
+    from evalgate.report import _noise
+
+    gate = {"noise_floor_pct": {"output_throughput": 2.0, "median_tpot_ms": 3.0}}
+    assert "first and last, the same idle neighbours held still;" in "\n".join(_noise(gate, True))
+    assert "first and last, beside the same idle neighbours;" in "\n".join(_noise(gate, False))
