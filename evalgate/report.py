@@ -96,7 +96,8 @@ def markdown(cfg: Config, table: list[dict], gate: dict, results: dict, phase_ti
               f"concurrency 1; ms/token: E2E latency per output token (speed normalised by what was produced); "
               f"goodput: requests/s meeting the SLO ({slo}), the best level. Out tokens: mean output length at "
               f"concurrency 1, × baseline on the same greedy prompts (gated: {cfg.gate.get('output_length') or 'off'})."]
-    lines += _noise(gate, bool(cfg.load.get("hold_neighbours", True))) + _host_moves(results) + _host_steal(results) + _levels_table(results) + _gguf_measures(cfg, results)
+    lines += _noise(gate, bool(cfg.load.get("hold_neighbours", True))) + _host_moves(results) + _host_steal(results)
+    lines += _levels_table(results) + _gguf_measures(cfg, results)
     lines += _speculation(gate) + _verdicts(table, gate)
     if phase_times:
         cols = sorted({c for t in phase_times.values() for c in t})
