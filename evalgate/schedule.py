@@ -14,8 +14,9 @@ through evaluation and bookkeeping, while a 309 M-parameter model fills a fracti
    screen and looks); a variant that is already clearly worse is stopped there and never profiled;
 3. the load profiles run one at a time and only while nothing else touches the card (no server
    starting, no evaluation running): the baseline first, then each variant, then the baseline once
-   more (A/A: the run's noise floor). Every profile sees the same neighbours: a profiled server stays
+   more (A/A: the run's noise floor). Every profile has the same neighbours: a profiled server stays
    up, idle, until the last profile, unless a waiting variant needs its memory (then it is stopped).
+   With `hold` (`load.hold_neighbours`) they are held still (SIGSTOP) for the length of each profile.
    With `alone` (`load.alone_check`), the baseline is then profiled a third time with every other
    server stopped: what idle neighbours do to a profile (`alone/<metric>` beside `aa/<metric>`);
 4. a failure (a server that dies or never becomes healthy, a crashed or hung worker) fails only its
