@@ -393,10 +393,15 @@ def _opened(name: str, since: float, event: threading.Event, stop: threading.Eve
     deadline = time.time() + timeout_s
     while not (event.is_set() or stop.is_set()) and time.time() < deadline:
         with contextlib.suppress(OSError):
-            if path.stat().st_mtime >= since:
+            # the kernel stamps files from its coarse clock, up to a tick (≈ 4 ms) behind time.time(): a file
+            # written just after `since` may carry an earlier mtime (seen: tests/test_lanes.py waited out 60 s)
+            if path.stat().st_mtime >= since - MTIME_SLACK_S:
                 break
         time.sleep(0.2)
     event.set()
+
+
+MTIME_SLACK_S = 0.05
 
 
 def run_stage(cfg: Config, stage: str, **side_by_side) -> int:

@@ -227,3 +227,26 @@ def test_hf_side_by_side_on_the_cpu_only():
     assert HFEngine({"name": "hf", "device": "cpu"}).side_by_side() == lanes.usable_cores()
     assert HFEngine({"name": "hf", "device": "cpu", "side_by_side": 3}).side_by_side() == 3
     assert HFEngine({"name": "hf", "device": "cuda", "side_by_side": 3}).side_by_side() == 1
+
+
+def test_a_run_opened_just_after_the_start_counts_though_its_mtime_lags_the_clock(tmp_path, monkeypatch):
+    """repro._opened: a tracking.json written right after `since` may carry an mtime a kernel tick earlier
+    (files are stamped from the coarse clock); it still counts as opened, at once, not after the timeout.
+    One written well before `since` (an earlier run's) does not."""
+    from evalgate import repro
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "results" / "v0" / "tracking.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{}")
+    since = time.time()
+    os.utime(path, (since - 0.004, since - 0.004))
+    event, stop = threading.Event(), threading.Event()
+    t0 = time.monotonic()
+    repro._opened("v0", since, event, stop, timeout_s=3)
+    assert event.is_set() and time.monotonic() - t0 < 1
+    os.utime(path, (since - 60, since - 60))   # an earlier run's file: waited for until the timeout
+    event.clear()
+    t0 = time.monotonic()
+    repro._opened("v0", since, event, stop, timeout_s=1)
+    assert event.is_set() and time.monotonic() - t0 >= 1
