@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -45,9 +43,11 @@ METRICS = ("output_throughput", "median_tpot_ms", "median_ttft_ms")
 
 
 def pause(servers, stopped: bool) -> None:
-    """SIGSTOP / SIGCONT to each server's process group (`vllm serve` starts its own session)."""
+    """SIGSTOP / SIGCONT to each server's process group, as the scheduler holds a profile's neighbours."""
+    from evalgate.engines.vllm import hold_process_group
+
     for s in servers:
-        os.killpg(s.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+        hold_process_group(s.proc, stopped)
 
 
 def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0) -> dict:

@@ -303,7 +303,7 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             )
             if job is not None:
                 slots.append(schedule.Slot(job))
-        # the gate's and report's heavy imports, while the servers start (≈ 45 s or more before the first
+        # the gate's heavy import, while the servers start (≈ 45 s or more before the first
         # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
         # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
         if slots:  # (with none, gate and report may not even run here)
@@ -516,13 +516,10 @@ def _warm_imports(cfg: Config) -> None:
 
 
 def _warm_report_imports() -> None:
-    """The gate's and the report's heavy imports (scipy.stats, matplotlib), which step 4 would otherwise
-    pay after the last profile, on the critical path; here they load while the servers start, long before
-    the first profile (this process runs the profiles' client, so nothing of ours should compute during one).
-    Not on the CPU path: there the baseline's worker may already be profiling."""
+    """The gate's heavy import (scipy.stats), which step 4 would otherwise pay after the last profile, on
+    the critical path; here it loads while the servers start, long before the first profile (this process
+    runs the profiles' client, so nothing of ours should compute during one). Not matplotlib: the report's
+    pictures are drawn in processes forked from the forkserver, which has it (`_picture_pool`). Not on the
+    CPU path: there the baseline's worker may already be profiling."""
     with contextlib.suppress(Exception):  # only a head start
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
         import scipy.stats  # noqa: F401

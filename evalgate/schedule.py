@@ -217,23 +217,21 @@ class Scheduler:
         self.log(f"schedule: profiling {s.name}" + {"": "", "aa": " again (A/A)",
                                                    "alone": " once more, every other server stopped"}[sweep]
                  + (f" ({len(held)} idle neighbour(s) held)" if held else ""))
-        self._hold(held, True)
         try:
-            if not s.server.alive():
-                raise RuntimeError("the server died before its profile")
-            self.profile_fn(s, s.endpoint, sweep)
-            if not s.server.alive():
-                raise RuntimeError("the server died during its profile")
+            self._hold(held, True)
+            try:
+                if not s.server.alive():
+                    raise RuntimeError("the server died before its profile")
+                self.profile_fn(s, s.endpoint, sweep)
+                if not s.server.alive():
+                    raise RuntimeError("the server died during its profile")
+            finally:   # continued however it ended: an interruption's stops need them running
+                self._hold(held, False)
         except Exception as e:  # noqa: BLE001
-            self._hold(held, False)
             s.mark(phase, t0)
             self.profiles.append((s.name, t0, time.time()))
             self._fail(s, "profile", f"{type(e).__name__}: {e}")
             return
-        except BaseException:   # interrupted: the stops that follow need them continued
-            self._hold(held, False)
-            raise
-        self._hold(held, False)
         t1 = time.time()
         s.mark(phase, t0, t1)
         self.profiles.append((s.name, t0, t1))
