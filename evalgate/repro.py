@@ -393,7 +393,7 @@ def _opened(name: str, since: float, event: threading.Event, stop: threading.Eve
     deadline = time.time() + timeout_s
     while not (event.is_set() or stop.is_set()) and time.time() < deadline:
         with contextlib.suppress(OSError):
-            # the kernel stamps files from its coarse clock, up to a tick (≈ 4 ms) behind time.time(): a file
+            # the kernel stamps files from its coarse clock, up to one timer tick behind time.time(): a file
             # written just after `since` may carry an earlier mtime (seen: tests/test_lanes.py waited out 60 s)
             if path.stat().st_mtime >= since - MTIME_SLACK_S:
                 break
