@@ -35,6 +35,16 @@ def fresh_clone(keep: str | None, prefix: str, rev: str | None = None) -> tuple[
     return work, env
 
 
+def baseline_share(engine, model, variant, shared_by: int) -> dict:
+    """The memory share of one baseline server among `shared_by` (a scheduled run's split)."""
+    from evalgate.schedule import memory_shares
+
+    need = engine.memory_need(model, variant)
+    free_total = engine.device_memory()
+    total = free_total[1] if free_total else 80 * 2**30
+    return memory_shares({f"s{i}": need for i in range(shared_by)}, total)["s0"]
+
+
 @contextlib.contextmanager
 def baseline_servers(params: str, n: int, shared_by: int, prefix: str):
     """`n` servers of the baseline, each with the memory share of one among `shared_by`, their memory
@@ -44,16 +54,12 @@ def baseline_servers(params: str, n: int, shared_by: int, prefix: str):
     sys.path.insert(0, str(ROOT))
     from evalgate.compose import load
     from evalgate.engines import get_engine
-    from evalgate.schedule import memory_shares
 
     cfg = load(Path(params))
     engine = get_engine(cfg.engine["name"], cfg.engine)
     variant, model = cfg.variant("baseline"), cfg.model
     requests = [json.loads(line) for line in open("data/workload.jsonl")]
-    need = engine.memory_need(model, variant)
-    free_total = engine.device_memory()
-    total = free_total[1] if free_total else 80 * 2**30
-    share = memory_shares({f"s{i}": need for i in range(shared_by)}, total)["s0"]
+    share = baseline_share(engine, model, variant, shared_by)
     work = Path(tempfile.mkdtemp(prefix=prefix))
     servers = []
     try:

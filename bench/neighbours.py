@@ -25,6 +25,13 @@ interval (Student's t on the log-ratios, scipy.stats), and the same over every l
 
     python bench/neighbours.py [--neighbours 6] [--seconds 120] [--out F.json]
 
+`--versus gone` asks the next question, now that the scheduler holds the neighbours still during each
+profile (`load.hold_neighbours`): is a profile beside held neighbours the same as one with no neighbour at
+all (terminated)? A terminated server does not come back between two rounds, so there the conditions come
+in blocks (`versus_gone`), and the difference is held / gone.
+
+    python bench/neighbours.py --versus gone [--cycles 2] [--rounds 20] [--levels 1,128] [--out F.json]
+
 Run in the pipeline's working copy on the GPU host once the fixture and workload exist (gpu/session.sh
 bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other servers between rounds.
 """
@@ -50,15 +57,14 @@ def pause(servers, stopped: bool) -> None:
         hold_process_group(s.proc, stopped)
 
 
-def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0) -> dict:
-    """The running/stopped difference over the pairs: geometric mean ratio in %, its 95 % CI (t on the
+def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0, a: str = "running", b: str = "stopped") -> dict:
+    """The `a`/`b` (running/stopped) difference over the pairs: geometric mean ratio in %, its 95 % CI (t on the
     log-ratios), `within_3pct` when that CI lies inside ±3 %, and `equivalent` by two one-sided t-tests
     at 5 % each (TOST: the 90 % CI inside ±`margin_pct`), the usual test that two conditions match within
     a margin: a 95 % CI inside the margin asks for 2.5 % on each side, more than "matches" needs."""
     from scipy import stats
 
-    logs = [math.log(p["running"][metric] / p["stopped"][metric]) for p in pairs
-            if p["running"].get(metric) and p["stopped"].get(metric)]
+    logs = [math.log(p[a][metric] / p[b][metric]) for p in pairs if p[a].get(metric) and p[b].get(metric)]
     if len(logs) < 3:
         return {"n": len(logs)}
     res = stats.ttest_1samp(logs, 0.0)
@@ -72,6 +78,98 @@ def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0) -> dict:
             "round_sd_pct": round(100 * float(stats.tstd(logs)), 1)}
 
 
+def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
+    """Held (SIGSTOP, as the scheduler holds a profile's neighbours) against gone (terminated): what holding
+    leaves of the neighbours, against a profile with no neighbour at all. A terminated server cannot come
+    back between two rounds (a start is a minute), so the conditions come in blocks of `--rounds` rounds per
+    level, in cycles held-gone, gone-held, … (the neighbours stopped or started again between blocks, while
+    nothing is measured); round i of a level in one block is paired with round i in the other block of its
+    cycle, on the same request slice, each from an empty prefix cache, after one warm-up round per level at
+    the start of every block. Reversing the order every other cycle puts a steady drift on both alike.
+    `servers`: the profiled server first; the neighbours after it are stopped and started in place, so the
+    caller's cleanup stops whatever is up."""
+    import tempfile
+    import threading
+
+    from common import baseline_share
+
+    from evalgate.profile import level_warmup, summarize
+
+    ignore_eos, load_cfg, slo = bool(cfg.workload.get("ignore_eos", False)), cfg.load, cfg.slo
+    engine_share = None
+    events = []
+
+    def neighbours_gone() -> None:
+        if len(servers) == 1:
+            return
+        t = time.time()
+        stops = [threading.Thread(target=x.stop) for x in servers[1:]]   # a held group is continued, then ends
+        for th in stops:
+            th.start()
+        for th in stops:
+            th.join()
+        del servers[1:]
+        events.append({"what": "neighbours terminated", "at_s": round(t - t0, 1), "seconds": round(time.time() - t, 1)})
+
+    def neighbours_held() -> None:
+        nonlocal engine_share
+        t = time.time()
+        if len(servers) == 1:
+            from evalgate.engines import get_engine
+
+            engine = get_engine(cfg.engine["name"], cfg.engine)
+            model, variant = cfg.model, cfg.variant("baseline")
+            engine_share = engine_share or baseline_share(engine, model, variant, 1 + a.neighbours)
+            work = Path(tempfile.mkdtemp(prefix="neighbours-again-"))
+            for i in range(a.neighbours):
+                (work / f"s{i}").mkdir()
+                servers.append(engine.start(model, variant, work / f"s{i}", engine_share))
+            for x in servers[1:]:
+                x.wait()
+                x.sampler.stop()
+            events.append({"what": "neighbours started again", "at_s": round(t - t0, 1),
+                           "seconds": round(time.time() - t, 1)})
+        pause(servers[1:], True)
+
+    lo = int(load_cfg.get("requests", {}).get("min", 16))
+    sizes = {c: max(lo, int(load_cfg.get("waves", 4)) * c) for c in ladder}
+    blocks = []   # (cycle, condition, {level: [round metrics]})
+    for cycle in range(a.cycles):
+        for cond in (("held", "gone") if cycle % 2 == 0 else ("gone", "held")):
+            neighbours_held() if cond == "held" else neighbours_gone()
+            time.sleep(a.settle)
+            got = {c: [] for c in ladder}
+            for i, c in enumerate(ladder):   # a warm-up round per level: the server idled while neighbours started
+                ep.reset_cache()
+                ep.run_requests(requests[:sizes[c]], concurrency=c, ignore_eos=ignore_eos,
+                                warmup=level_warmup(load_cfg, i, c))
+            for k in range(a.rounds):
+                for c in ladder:
+                    size = sizes[c]
+                    j = k % max(1, len(requests) // size)
+                    ep.reset_cache()
+                    recs, dur, _ = ep.run_requests(requests[j * size:(j + 1) * size], concurrency=c, ignore_eos=ignore_eos)
+                    got[c].append({m: summarize(recs, dur, slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)})
+            blocks.append((cycle, cond, got))
+            print(f"neighbours: cycle {cycle + 1}/{a.cycles} {cond}: {a.rounds} rounds per level done "
+                  f"at +{time.time() - t0:.0f} s", flush=True)
+    levels = {}
+    for c in ladder:
+        pairs = []
+        for cycle in range(a.cycles):
+            held = next(g[c] for cy, cond, g in blocks if cy == cycle and cond == "held")
+            gone = next(g[c] for cy, cond, g in blocks if cy == cycle and cond == "gone")
+            pairs += [{"held": h, "gone": g, "cycle": cycle} for h, g in zip(held, gone)]
+        levels[f"c{c}"] = {"pairs": pairs, "requests_per_round": sizes[c],
+                           "compare": {m: compare(pairs, m, a="held", b="gone") for m in METRICS}}
+        print(f"neighbours: c{c:<4d} {len(pairs)} pairs  held vs gone  " + "  ".join(
+            f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
+            for m, r in levels[f"c{c}"]["compare"].items() if "ci95_pct" in r), flush=True)
+    every = [p for r in levels.values() for p in r["pairs"]]
+    levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a="held", b="gone") for m in METRICS}}
+    return {"versus": "gone", "cycles": a.cycles, "rounds": a.rounds, "levels": levels, "events": events}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -79,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=120, help="per level: pairs are run until this much time has gone")
     ap.add_argument("--levels", default=None, help="comma-separated concurrencies (default: load.concurrency)")
     ap.add_argument("--settle", type=float, default=0.3, help="seconds after stopping or resuming the neighbours")
+    ap.add_argument("--versus", choices=("running", "gone"), default="running",
+                    help="what the held (stopped) neighbours are compared with: running idle (pairs of rounds), "
+                         "or gone, terminated (blocks of rounds, the neighbours started again between them)")
+    ap.add_argument("--cycles", type=int, default=2, help="--versus gone: blocks held-gone, then gone-held, …")
+    ap.add_argument("--rounds", type=int, default=20, help="--versus gone: rounds per level in each block")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 
@@ -96,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
         ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in load_cfg.get("concurrency", [1])]
         lo = int(load_cfg.get("requests", {}).get("min", 16))
         SWEEPING.set()   # nothing of ours polls the driver while rounds run
+        if a.versus == "gone":
+            try:
+                out = versus_gone(a, cfg, servers, ep, requests, ladder, t0)
+            finally:
+                SWEEPING.clear()
+                pause(servers[1:], False)
+            out |= {"neighbours": a.neighbours, "servers_up_s": up_s, "seconds": round(time.time() - t0, 1)}
+            print(json.dumps({lv: r["compare"] for lv, r in out["levels"].items()}, indent=1))
+            if a.out:
+                a.out.write_text(json.dumps(out, indent=1))
+            return 0
         try:
             for i, c in enumerate(ladder):
                 size = max(lo, int(load_cfg.get("waves", 4)) * c)

@@ -207,7 +207,7 @@ def repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int:
 
 
 def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int:
-    from evalgate import runner, schedule
+    from evalgate import schedule
     from evalgate.engines import get_engine
 
     signal.signal(signal.SIGTERM, _interrupt)
@@ -232,16 +232,23 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     stages = [BASELINE, *[f"run@{n}" for n in cfg.variants if n != BASELINE]]
     hit = changed()
     known = None
-    if any(h.split("@")[0] in INPUT_STAGES for h in hit):
-        step(f"1/5 inputs ({', '.join(INPUT_STAGES)})")
-        # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
-        # every server's first start at once
-        threading.Thread(target=_warm_machine, args=(engine, cfg, t0), daemon=True).start()
-        build_inputs(cfg, step)
-    else:
-        step("1/5 inputs up to date")
-        known = hit
-    todo = stale(stages, known)
+    results = Results(PATHS["results"])
+    early = Early(cfg, engine, results, stages, t0) if engine.attachable and not serial else None
+    try:
+        if any(h.split("@")[0] in INPUT_STAGES for h in hit):
+            step(f"1/5 inputs ({', '.join(INPUT_STAGES)})")
+            # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
+            # every server's first start at once
+            threading.Thread(target=_warm_machine, args=(engine, cfg, t0), daemon=True).start()
+            build_inputs(cfg, step, early)
+        else:
+            step("1/5 inputs up to date")
+            known = hit
+        todo = stale(stages, known)
+    except BaseException:
+        if early is not None:
+            early.stop()
+        raise
     step(f"2/5 stale: {', '.join(todo) or 'none'}")
     if todo and serial:
         # exactly what DVC runs itself, each variant in its own process; --keep-going: a variant that
@@ -259,7 +266,6 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             raise SystemExit(f"dvc repro --keep-going failed with exit code {p.returncode} (see above)")
         print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
         return 0
-    results = Results(PATHS["results"])
     slots = []
     if todo and not engine.attachable:
         # engines that serve in-process (hf) or one CPU server at a time: each stale variant in its own
@@ -288,21 +294,20 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     else:
         if warm is not None:
             warm.join()
-        for st in todo:
-            name = st.removeprefix("run@")
-            job = runner.prepare(
-                cfg,
-                name,
-                results.variant(name),
-                Path(PATHS["workload"]),
-                Path(PATHS["reference"]),
-                str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
-                results.variant(BASELINE),
-                engine,
-                PATHS["gguf"],
-            )
-            if job is not None:
-                slots.append(schedule.Slot(job))
+        prepared = early.take(todo) if early is not None else {}  # name → its slot (its server started)
+        try:
+            for st in todo:
+                name = st.removeprefix("run@")
+                if name in prepared:
+                    slots.append(prepared[name])
+                    continue
+                job = prepare(cfg, name, results, engine)
+                if job is not None:
+                    slots.append(schedule.Slot(job))
+        except BaseException:
+            if early is not None:
+                early.stop()
+            raise
         # the gate's heavy import, while the servers start (≈ 45 s or more before the first
         # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
         # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
@@ -312,7 +317,8 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     code = None
     # gate and report need no server: they run while the servers stop (the stop's log lines land in
     # each variant's server.log, a DVC output, so the commit waits for the stops)
-    with schedule.scheduled(cfg, engine, slots, PATHS) if slots else contextlib.nullcontext():
+    ahead = early.ahead if early is not None else None
+    with schedule.scheduled(cfg, engine, slots, PATHS, ahead) if slots else contextlib.nullcontext():
         failed = transient_failures(todo)
         done = [st for st in todo if st not in failed]
         if done and not failed:
@@ -335,6 +341,109 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             return code
     print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
     return 0
+
+
+def prepare(cfg: Config, name: str, results: Results, engine):
+    """runner.prepare for one variant with this run's paths (a Job, or None: rejected before it starts)."""
+    from evalgate import runner
+
+    return runner.prepare(
+        cfg,
+        name,
+        results.variant(name),
+        Path(PATHS["workload"]),
+        Path(PATHS["reference"]),
+        str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None,
+        results.variant(BASELINE),
+        engine,
+        PATHS["gguf"],
+    )
+
+
+class Early:
+    """The servers of the stale variants that need nothing but the fixture, started as soon as it exists:
+    while the workload stage and the offline checkpoints (quantize@w4a16: ≈ 23 s on an H200) are built,
+    which the scheduled start otherwise waited for (docs/results/h200-2026-11-27-19: the fixture was done
+    at +174.6 s, the schedule began at +197.8 s).
+
+    Only what DVC already calls stale once the fixture is built (`begin`, with its `dvc status` answer): a
+    stage stale then stays stale while the rest of the inputs are built, so no server starts for a variant
+    that will not run; and only variants whose served weights do not come from their quantize@ stage (no
+    offline method, and no checkpoint folder or failed quantization of an earlier configuration there)
+    and that the engine runs (a rejected variant is prepared later: its failed MLflow run names the new
+    workload). Anything that goes wrong here only takes the head start away: `take` then hands over
+    nothing, and the variants are prepared and started as before, where their errors are raised."""
+
+    def __init__(self, cfg: Config, engine, results: Results, stages: list[str], t0: float):
+        self.cfg, self.engine, self.results, self.stages, self.t0 = cfg, engine, results, stages, t0
+        self.ahead = None  # schedule.Ahead: the slots of the servers started
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def candidates(self, hit: set[str]) -> list[str]:
+        from evalgate.config import OFFLINE_QUANT
+        from evalgate.engines.base import VariantUnsupported
+        from evalgate.models import served_model
+        from evalgate.quantize import checkpoint_error
+
+        names = []
+        for st in stale(self.stages, hit):
+            name = st.removeprefix("run@")
+            variant, folder = self.cfg.variant(name), Path(PATHS["checkpoints"]) / name
+            if name != BASELINE and (
+                variant.quantization["method"] in OFFLINE_QUANT or (folder / "config.json").exists() or checkpoint_error(folder)
+            ):
+                continue
+            try:
+                self.engine.check(served_model(self.cfg.model, variant, None, PATHS["gguf"]), variant)
+            except VariantUnsupported:
+                continue
+            names.append(name)
+        return names
+
+    def begin(self, hit: set[str]) -> None:
+        """Prepare and start them in a thread (the workload stage and the quantize stages run beside)."""
+        self.thread = threading.Thread(target=self._start, args=(hit,), daemon=True, name="early-servers")
+        self.thread.start()
+
+    def _start(self, hit: set[str]) -> None:
+        from evalgate import schedule
+
+        try:
+            jobs = [prepare(self.cfg, name, self.results, self.engine) for name in self.candidates(hit)]
+            self.ahead = schedule.start_ahead(self.cfg, self.engine, [j for j in jobs if j is not None], log=self.say)
+        except BaseException as e:  # noqa: BLE001 - only a head start: the variants' own preparation says it
+            self.error = e
+
+    def take(self, todo: list[str]) -> dict:
+        """The slots of the servers started here whose variant `todo` runs, by name; any other is stopped
+        (none, unless dvc.yaml changed meanwhile). Nothing after an error: its servers are stopped."""
+        from evalgate import schedule
+
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            self.say(f"no servers ahead ({type(self.error).__name__}: {self.error}); they start in the schedule")
+            self.stop()
+            self.ahead = None
+            return {}
+        if self.ahead is None:
+            return {}
+        names = {st.removeprefix("run@") for st in todo}
+        schedule.Ahead([s for s in self.ahead.slots if s.name not in names], None).stop()
+        self.ahead.slots = [s for s in self.ahead.slots if s.name in names]
+        return {s.name: s for s in self.ahead.slots}
+
+    def say(self, msg: str) -> None:
+        """A line in the log with the seconds since the start, not a step mark (it happens beside the steps)."""
+        print(f"repro: {msg.removeprefix('schedule: ')} (at +{time.time() - self.t0:.1f} s)", flush=True)
+
+    def stop(self) -> None:
+        """Every server started here stopped (the run failed before its schedule)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.ahead is not None:
+            self.ahead.stop()
 
 
 LOGS = Path(".dvc/tmp/evalgate-logs")  # a side-by-side variant's output (as `dvc queue logs` keeps them)
@@ -465,7 +574,7 @@ def _picture_pool(workers: int = 4):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build_inputs(cfg: Config, step) -> None:
+def build_inputs(cfg: Config, step, early: Early | None = None) -> None:
     """The inputs every variant reads. `dvc repro` builds the fixture and the gguf stage's output (what the
     quantize stages read); then the stale `quantize@<variant>` stages run in this process (a thread) while
     `dvc repro workload` runs beside them, and one `dvc commit` records them. Their command is the stage's
@@ -478,7 +587,10 @@ def build_inputs(cfg: Config, step) -> None:
     from evalgate import stages
 
     dvc("repro", "fixture", "gguf")
-    todo = stale([f"quantize@{n}" for n in cfg.variants if n != BASELINE])
+    hit = changed()
+    todo = stale([f"quantize@{n}" for n in cfg.variants if n != BASELINE], hit)
+    if early is not None:  # the servers that need nothing more start now, beside the rest (Early)
+        early.begin(hit)
 
     def quantize() -> None:
         step(f"1/5 {' '.join(todo)} (in this process, beside the workload stage)")

@@ -67,6 +67,7 @@ class Slot:
     transient: str | None = None      # the kind of its last failure, when transient
     counted: bool = False             # its memory counted in the scheduler's `used`
     alone: bool = False               # its quality phase runs again with the device to itself (deferred → quality)
+    started_at: float | None = None   # its server started before the schedule (`start_ahead`): when
 
     @property
     def name(self) -> str:
@@ -138,14 +139,18 @@ class Scheduler:
 
     # --- transitions ------------------------------------------------------------------------------
     def _launch(self, s: Slot) -> None:
-        s.state, t0 = "starting", time.time()
+        ahead = s.server is not None   # started before the schedule (start_ahead): only waited for here
+        s.state, t0 = "starting", s.started_at if ahead and s.started_at else time.time()
         self.used += s.need.get("total", 0)
         s.counted = True
-        self.log(f"schedule: starting {s.name}" + (f" ({s.need['total'] / GIB:.1f} GiB)" if s.need else ""))
+        self.log(f"schedule: {'started' if ahead else 'starting'} {s.name}"
+                 + (f" ({s.need['total'] / GIB:.1f} GiB)" if s.need else "")
+                 + (f" {time.time() - t0:.1f} s ago, beside the inputs" if ahead else ""))
 
         def go():
             try:
-                s.server = self.start_fn(s)
+                if s.server is None:
+                    s.server = self.start_fn(s)
                 ep = s.server.wait()
                 s.times["start_s"] = time.time() - t0
                 s.mark("start", t0)
@@ -177,6 +182,7 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - stopping is best effort; the stop itself kills the group
                 self.log(f"schedule: stopping {s.name}: {e}")
             s.server = None
+        s.started_at = None
         if s.counted:
             self.used -= s.need.get("total", 0)
             s.counted = False
@@ -282,6 +288,9 @@ class Scheduler:
 
     def _run(self) -> dict:
         t_begin = time.time()
+        for s in self.slots:   # already started (start_ahead): theirs whatever the capacity, they hold it
+            if s.state == "pending" and s.server is not None:
+                self._launch(s)
         while True:
             states = [s.state for s in self.slots]
             if all(st in ("done", "failed") for st in states):
@@ -446,25 +455,82 @@ def _track_all(runner, slots: list[Slot], host: list) -> None:
         host.append(tracking.host_metrics(slots[0].job.cfg.mlflow, parent))
 
 
+def device_capacity(cfg, engine) -> tuple[int, int] | None:
+    """(bytes the servers may hold together, the card's total bytes); None without a card to plan on
+    (then the servers start without shares)."""
+    mem = engine.device_memory() if hasattr(engine, "device_memory") else None
+    if not mem:
+        return None
+    free, total = mem
+    return int(free * float(cfg.engine.get("schedule_memory_fraction", 0.9))), total
+
+
+def _shares(engine, slots: list[Slot], total: int) -> None:
+    """Each slot's memory need and its share of the card (`memory_shares`), where it has none yet."""
+    todo = [s for s in slots if not s.need]
+    needs = {s.name: engine.memory_need(s.job.model, s.job.variant) for s in todo}
+    shares = memory_shares(needs, total)
+    for s in todo:
+        s.need = needs[s.name]
+        s.need["share"] = shares[s.name]
+
+
+@dataclass
+class Ahead:
+    """Servers started before the schedule (`start_ahead`), for `scheduled` to take over; `capacity`:
+    the card as `device_capacity` saw it before they took any of it."""
+    slots: list[Slot]
+    capacity: tuple[int, int] | None
+
+    def stop(self) -> None:
+        """Stop them (the run ended before its schedule began); each stop waits for its server's exit."""
+        stops = [threading.Thread(target=s.server.stop) for s in self.slots if s.server is not None]
+        for t in stops:
+            t.start()
+        for t in stops:
+            t.join()
+        for s in self.slots:
+            s.server = s.started_at = None
+
+
+def start_ahead(cfg, engine, jobs: list, log: Callable = print) -> Ahead:
+    """Start these prepared variants' servers now, before the schedule (evalgate.repro: as soon as the
+    fixture exists, while the workload and the offline checkpoints are built), in order while they fit
+    the card; `scheduled(…, ahead=)` then waits for them instead of starting them. The server start is
+    the schedule's first ≈ 65–80 s on an H200 and needs only the model: after a new fixture it no longer
+    waits for the ≈ 23 s of quantize@w4a16 beside the workload stage (docs/results/h200-2026-11-27-19)."""
+    slots = [Slot(j) for j in jobs]
+    cap = device_capacity(cfg, engine)
+    if cap is not None:
+        _shares(engine, slots, cap[1])
+    used, started = 0, []
+    for s in slots:
+        if cap is not None and used and used + s.need["total"] > cap[0]:
+            continue   # waits for the schedule's own waves
+        s.server = engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
+        s.started_at = time.time()
+        used += s.need.get("total", 0)
+        started.append(s.name)
+    if started:
+        log(f"schedule: started {', '.join(started)} ahead, beside the inputs")
+    return Ahead([s for s in slots if s.server is not None], cap)
+
+
 @contextlib.contextmanager
-def scheduled(cfg, engine, slots: list[Slot], paths: dict):
+def scheduled(cfg, engine, slots: list[Slot], paths: dict, ahead: Ahead | None = None):
     """The prepared variants (`runner.prepare`) through the Scheduler with the real phases: servers from
     the engine, quality in worker processes, profiles and the bookkeeping from evalgate.runner. Yields
     the schedule (also in the baseline's schedule.json) while the servers stop (Scheduler.running);
-    a server's log is a DVC output, so `dvc commit` comes after leaving, not inside."""
+    a server's log is a DVC output, so `dvc commit` comes after leaving, not inside. `ahead`: servers
+    already started (`start_ahead`); `slots` holds them and the card is planned as they found it."""
     from evalgate import forkserver, runner
 
     capacity = None
-    mem = engine.device_memory() if hasattr(engine, "device_memory") else None
+    mem = ahead.capacity if ahead is not None else device_capacity(cfg, engine)
     if mem:
-        free, total = mem
-        capacity = int(free * float(cfg.engine.get("schedule_memory_fraction", 0.9)))
-        needs = {s.name: engine.memory_need(s.job.model, s.job.variant) for s in slots}
-        shares = memory_shares(needs, total)
-        for s in slots:
-            s.need = needs[s.name]
-            s.need["share"] = shares[s.name]
-        waves = plan_memory(needs, capacity)
+        capacity, total = mem
+        _shares(engine, slots, total)
+        waves = plan_memory({s.name: s.need for s in slots}, capacity)
         print(f"schedule: {len(slots)} servers in {len(waves)} wave(s) on {capacity / GIB:.0f} GiB: "
               + " | ".join(", ".join(w) for w in waves), flush=True)
     worker = [sys.executable, "-m", "evalgate", "run", "--params", "params.yaml", "--workload", paths["workload"],

@@ -62,3 +62,57 @@ def test_within_3pct_only_when_the_whole_interval_is():
     # TOST: the 90 % interval inside the margin can hold where the 95 % one does not
     edge = neighbours.compare(pairs([1.0 + 0.09 * (-1) ** i for i in range(40)]), "output_throughput")
     assert edge["ci90_pct"][0] > edge["ci95_pct"][0] and edge["equivalent"] and not edge["within_3pct"]
+
+
+def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbours(monkeypatch):
+    """--versus gone: cycles held-gone then gone-held; between blocks the neighbours are terminated or
+    started again (held at once); round i of a level in one block is paired with round i of the other block
+    of its cycle; every round starts from an empty prefix cache. Held rounds here are 10 % slower, so the
+    comparison must say ≈ -9.1 % (held / gone) on throughput."""
+    started = []
+
+    class Server:
+        def __init__(self):
+            self.proc = types.SimpleNamespace(pid=None)
+            self.sampler = types.SimpleNamespace(stop=lambda: None)
+
+        def wait(self):
+            return None
+
+        def stop(self):
+            self.stopped = True
+
+    class Endpoint:
+        resets = 0
+
+        def reset_cache(self):
+            Endpoint.resets += 1
+            assert all(not getattr(x, "stopped", False) for x in servers)   # terminated ones left the list
+
+        def run_requests(self, batch, concurrency, ignore_eos, warmup=0):
+            assert held["now"] or len(servers) == 1   # neighbours up only while held
+            slow = 1.1 if len(servers) > 1 else 1.0
+            return [{"ok": True}] * len(batch), slow, None
+
+    held = {"now": False}
+    monkeypatch.setattr(neighbours, "pause", lambda servers, stopped: held.update(now=stopped and bool(servers)))
+    monkeypatch.setattr("evalgate.profile.summarize", lambda recs, dur, slo: {
+        "output_throughput": len(recs) / dur, "median_tpot_ms": dur, "median_ttft_ms": dur})
+    monkeypatch.setattr("evalgate.profile.level_warmup", lambda load, i, c: 0)
+    engine = types.SimpleNamespace(start=lambda model, variant, d, share: started.append(d) or Server())
+    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
+    sys.path.insert(0, str(Path(neighbours.__file__).parent))
+    monkeypatch.setattr("common.baseline_share", lambda engine, model, variant, n: {"gpu_memory_utilization": 0.1})
+    cfg = types.SimpleNamespace(workload={}, load={"requests": {"min": 4}, "waves": 1}, slo={}, engine={"name": "vllm"},
+                                model=None, variant=lambda n: None)
+    servers = [Server(), Server(), Server()]   # the profiled one and two neighbours
+    a = types.SimpleNamespace(cycles=2, rounds=3, neighbours=2, settle=0.0)
+    out = neighbours.versus_gone(a, cfg, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)], [1, 8], 0.0)
+    assert [e["what"] for e in out["events"]] == ["neighbours terminated", "neighbours started again"]
+    assert len(started) == 2 and len(servers) == 3            # two neighbours started again, in place
+    for level in ("c1", "c8"):
+        pairs = out["levels"][level]["pairs"]
+        assert len(pairs) == 6 and [p["cycle"] for p in pairs] == [0, 0, 0, 1, 1, 1]
+        r = out["levels"][level]["compare"]["output_throughput"]
+        assert abs(r["diff_pct"] + 9.09) < 0.01
+    assert Endpoint.resets == 4 * (2 + 3 * 2)   # per block: a warm-up per level, then every round

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 import types
 
 import pytest
@@ -67,7 +68,7 @@ def scheduled(monkeypatch, tmp_path):
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
     ran = []
     @contextlib.contextmanager
-    def scheduled(cfg, eng, slots, paths):
+    def scheduled(cfg, eng, slots, paths, ahead=None):
         ran.append(len(slots))
         yield
         log.append(("servers stopped",))
@@ -113,6 +114,93 @@ def test_scheduled_repro_runs_stale_inputs_first(scheduled, monkeypatch):
     assert scheduled.log[5] == ("commit", "quantize@fp8")
     assert scheduled.log[6] == ("status", "--json")   # asked again, after the inputs ran
     assert scheduled.log[-1] == ("commit", "run@fp8", "gate", "report")
+
+
+def early_setup(scheduled, monkeypatch, tmp_path):
+    """The scheduled fixture with a vLLM-like engine and a preset of baseline, fp8 (on the fly) and w4a16
+    (an offline checkpoint, built by quantize@w4a16); servers started ahead are recorded."""
+    from evalgate import schedule
+
+    methods = {"baseline": "none", "fp8": "fp8", "w4a16": "w4a16"}
+    c = types.SimpleNamespace(engine={"name": "vllm"}, variants=dict.fromkeys(methods, {}), eval={"tasks": ["fx_add"]},
+                              model=types.SimpleNamespace(gguf=None),
+                              variant=lambda n: types.SimpleNamespace(name=n, quantization={"method": methods[n]}))
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model: None,
+                                   check=lambda model, variant: None)
+    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
+    monkeypatch.setattr("evalgate.stages.quantize", lambda cfg, variant, out, gguf: scheduled.log.append(("quantize", variant)))
+    monkeypatch.setattr("evalgate.models.served_model", lambda model, variant, checkpoint, gguf: model)
+    prepared, stopped, handed = [], [], []
+
+    def prepare(cfg, name, *a):
+        prepared.append(name)
+        return types.SimpleNamespace(name=name)
+
+    monkeypatch.setattr("evalgate.runner.prepare", prepare)
+
+    def start_ahead(cfg, eng, jobs, log=print):
+        scheduled.log.append(("ahead", *[j.name for j in jobs]))
+        for j in jobs:
+            j.server, j.started_at = types.SimpleNamespace(stop=lambda n=j.name: stopped.append(n)), 1.0
+        return schedule.Ahead(list(jobs), (10, 20))
+
+    monkeypatch.setattr(schedule, "start_ahead", start_ahead)
+
+    @contextlib.contextmanager
+    def scheduled_fn(cfg, eng, slots, paths, ahead=None):
+        handed.append(([s.name for s in slots], ahead))
+        yield
+
+    monkeypatch.setattr(schedule, "scheduled", scheduled_fn)
+    return types.SimpleNamespace(cfg=c, prepared=prepared, stopped=stopped, handed=handed)
+
+
+def test_servers_that_need_only_the_fixture_start_while_the_other_inputs_are_built(scheduled, monkeypatch, tmp_path):
+    """After a new fixture, the baseline's and fp8's servers start as soon as `dvc repro fixture gguf` is
+    done (DVC already calls them stale then), beside the workload stage and quantize@w4a16; w4a16 waits for
+    its checkpoint. The scheduler gets them started, each variant prepared once."""
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+    scheduled.status.update({"fixture", "quantize@fp8", "quantize@w4a16", "baseline", "run@fp8", "run@w4a16"})
+    assert repro._repro(e.cfg) == 0
+    log = scheduled.log
+    assert log[1] == ("repro", "fixture", "gguf") and log[2] == ("status", "--json")
+    ahead_at = log.index(("ahead", "baseline", "fp8"))
+    assert ahead_at > 2 and ahead_at < log.index(("commit", "quantize@fp8", "quantize@w4a16"))
+    assert sorted(e.prepared) == ["baseline", "fp8", "w4a16"]   # once each
+    (names, ahead), = e.handed
+    assert names == ["baseline", "fp8", "w4a16"] and [s.name for s in ahead.slots] == ["baseline", "fp8"]
+    assert ahead.capacity == (10, 20) and e.stopped == []
+
+
+def test_servers_started_ahead_are_stopped_when_the_inputs_fail(scheduled, monkeypatch, tmp_path):
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+    scheduled.status.update({"fixture", "baseline", "run@fp8", "run@w4a16"})
+    real = repro.dvc
+
+    def dvc(*args, check=True, capture=False):
+        if args == ("repro", "workload"):
+            e.handed.append("workload")   # (the servers' thread may still be starting them)
+            time.sleep(0.2)
+            raise SystemExit("dvc repro workload failed with exit code 1")
+        return real(*args, check=check, capture=capture)
+
+    monkeypatch.setattr(repro, "dvc", dvc)
+    with pytest.raises(SystemExit, match="workload"):
+        repro._repro(e.cfg)
+    assert sorted(e.stopped) == ["baseline", "fp8"] and e.handed == ["workload"]
+
+
+def test_no_server_starts_ahead_for_a_variant_whose_folder_holds_an_earlier_checkpoint(scheduled, monkeypatch, tmp_path):
+    """fp8 now, w4a16 before: checkpoints/fp8 still holds the old checkpoint until quantize@fp8 replaces it
+    with a marker, so fp8's server would load the wrong weights ahead; it starts in the schedule instead."""
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+    (tmp_path / "checkpoints" / "fp8").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "fp8" / "config.json").write_text("{}")
+    scheduled.status.update({"fixture", "quantize@fp8", "baseline", "run@fp8", "run@w4a16"})
+    assert repro._repro(e.cfg) == 0
+    assert ("ahead", "baseline") in scheduled.log
+    (names, ahead), = e.handed
+    assert names == ["baseline", "fp8", "w4a16"] and [s.name for s in ahead.slots] == ["baseline"]
 
 
 def test_a_stale_baseline_makes_every_variant_stale_but_no_quantize_stage():

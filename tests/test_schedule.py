@@ -387,3 +387,48 @@ def test_idle_neighbours_are_held_still_during_each_profile_and_continued_after(
     for n in names:   # each hold was followed by its continue, the last one included
         seq = [stopped for x, stopped in rec.holds if x == n]
         assert seq == [True, False] * (len(seq) // 2) and (len(seq) > 0) == hold, (n, seq)
+
+
+def test_servers_started_ahead_are_waited_for_not_started_again_and_hold_their_memory(tmp_path):
+    """evalgate.repro starts the servers that need only the fixture while the other inputs are built
+    (start_ahead, in order while they fit); the scheduler takes them over: no second start, their start
+    counted from when it began, their memory counted first, so a server it starts itself waits for room."""
+    from evalgate.schedule import Ahead, start_ahead
+
+    rec = Recorder(starts={})
+    started = []
+    gib = {"baseline": 8, "a": 8, "c": 4}
+
+    class Engine:
+        def memory_need(self, model, variant):
+            return {"total": gib[variant.name] * GIB, "kv_cache_memory_bytes": 4 * GIB}
+
+        def device_memory(self):
+            return 34 * GIB, 40 * GIB
+
+        def start(self, model, variant, path, share):
+            started.append((variant.name, share["gpu_memory_utilization"]))
+            return rec.start(SimpleNamespace(name=variant.name))
+
+    cfg = SimpleNamespace(engine={"schedule_memory_fraction": 0.5})   # 17 GiB of the 34 free
+    jobs = [slot(n, tmp_path).job for n in gib]
+    for j in jobs:
+        j.model = None
+    ahead = start_ahead(cfg, Engine(), jobs, log=lambda *a: None)
+    assert [s.name for s in ahead.slots] == ["baseline", "a"]          # c (4 GiB more) does not fit now
+    assert started == [("baseline", pytest.approx(0.21)), ("a", pytest.approx(0.21))]
+    assert ahead.capacity == (17 * GIB, 40 * GIB)
+    base = ahead.slots[0]
+    base.started_at -= 5.0   # as if it had started 5 s before the schedule
+    c = slot("c", tmp_path, gib=4)
+    out = rec.scheduler([*ahead.slots, c], capacity=ahead.capacity[0]).run()
+    assert [n for n, _ in started] == ["baseline", "a"]                 # not started again
+    assert sorted(n for p, n, *_ in rec.log if p == "start") == ["a", "baseline", "c"]
+    start = next(e for e in out["variants"]["baseline"]["events"] if e["phase"] == "start")
+    assert start["end"] - start["start"] >= 5.0   # from when it began, not from the schedule's start
+    c_start = next(e for e in out["variants"]["c"]["events"] if e["phase"] == "start")
+    a_profile = next(e for e in out["variants"]["a"]["events"] if e["phase"] == "profile")
+    assert c_start["start"] >= a_profile["end"]   # c waited until a's memory was free
+    assert rec.max_live == 2 and all(v["state"] == "done" for v in out["variants"].values())
+    Ahead([base], None).stop()   # stopping what is already stopped is harmless
+    assert base.server is None and base.started_at is None
