@@ -134,10 +134,13 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
     lo = int(load_cfg.get("requests", {}).get("min", 16))
     sizes = {c: max(lo, int(load_cfg.get("waves", 4)) * c) for c in ladder}
     blocks = []   # (cycle, condition, {level: [round metrics]})
+    last = time.time()   # the end of the last request sent
     for cycle in range(a.cycles):
         for cond in (("held", "gone") if cycle % 2 == 0 else ("gone", "held")):
             neighbours_held() if cond == "held" else neighbours_gone()
-            time.sleep(a.settle)
+            # the same idle spell before every block: on 2026-11-27 (H100, -17) each held block followed one
+            # (the neighbours' start) and each gone block followed rounds, and held came out 6.9 % slower
+            time.sleep(max(a.settle, a.idle_s - (time.time() - last)))
             got = {c: [] for c in ladder}
             for i, c in enumerate(ladder):   # a warm-up round per level: the server idled while neighbours started
                 ep.reset_cache()
@@ -150,6 +153,7 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
                     ep.reset_cache()
                     recs, dur, _ = ep.run_requests(requests[j * size:(j + 1) * size], concurrency=c, ignore_eos=ignore_eos)
                     got[c].append({m: summarize(recs, dur, slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)})
+            last = time.time()
             blocks.append((cycle, cond, got))
             print(f"neighbours: cycle {cycle + 1}/{a.cycles} {cond}: {a.rounds} rounds per level done "
                   f"at +{time.time() - t0:.0f} s", flush=True)
@@ -167,7 +171,8 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
             for m, r in levels[f"c{c}"]["compare"].items() if "ci95_pct" in r), flush=True)
     every = [p for r in levels.values() for p in r["pairs"]]
     levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a="held", b="gone") for m in METRICS}}
-    return {"versus": "gone", "cycles": a.cycles, "rounds": a.rounds, "levels": levels, "events": events}
+    return {"versus": "gone", "cycles": a.cycles, "rounds": a.rounds, "idle_s": a.idle_s, "levels": levels,
+            "events": events}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                          "or gone, terminated (blocks of rounds, the neighbours started again between them)")
     ap.add_argument("--cycles", type=int, default=2, help="--versus gone: blocks held-gone, then gone-held, …")
     ap.add_argument("--rounds", type=int, default=20, help="--versus gone: rounds per level in each block")
+    ap.add_argument("--idle-s", type=float, default=50.0,
+                    help="--versus gone: every block after this long without a request (a restart of the "
+                         "neighbours takes ≈ 48 s; without it only the held blocks followed an idle spell)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 

@@ -377,8 +377,7 @@ class Early:
     def __init__(self, cfg: Config, engine, results: Results, stages: list[str], t0: float):
         self.cfg, self.engine, self.results, self.stages, self.t0 = cfg, engine, results, stages, t0
         self.ahead = None  # schedule.Ahead: the slots of the servers started
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
     def candidates(self, hit: set[str]) -> list[str]:
         from evalgate.config import OFFLINE_QUANT
@@ -402,17 +401,14 @@ class Early:
         return names
 
     def begin(self, hit: set[str]) -> None:
-        """Prepare and start them in a thread (the workload stage and the quantize stages run beside)."""
-        self.thread = threading.Thread(target=self._start, args=(hit,), daemon=True, name="early-servers")
-        self.thread.start()
-
-    def _start(self, hit: set[str]) -> None:
+        """Prepare them and start their servers (a second or two: each start returns once its process is
+        launched), in the caller's thread, before the quantize commands import their libraries."""
         from evalgate import schedule
 
         try:
             jobs = [prepare(self.cfg, name, self.results, self.engine) for name in self.candidates(hit)]
             self.ahead = schedule.start_ahead(self.cfg, self.engine, [j for j in jobs if j is not None], log=self.say)
-        except BaseException as e:  # noqa: BLE001 - only a head start: the variants' own preparation says it
+        except Exception as e:  # noqa: BLE001 - only a head start: the variants' own preparation says it
             self.error = e
 
     def take(self, todo: list[str]) -> dict:
@@ -420,8 +416,6 @@ class Early:
         (none, unless dvc.yaml changed meanwhile). Nothing after an error: its servers are stopped."""
         from evalgate import schedule
 
-        if self.thread is not None:
-            self.thread.join()
         if self.error is not None:
             self.say(f"no servers ahead ({type(self.error).__name__}: {self.error}); they start in the schedule")
             self.stop()
@@ -440,8 +434,6 @@ class Early:
 
     def stop(self) -> None:
         """Every server started here stopped (the run failed before its schedule)."""
-        if self.thread is not None:
-            self.thread.join()
         if self.ahead is not None:
             self.ahead.stop()
 
@@ -589,20 +581,20 @@ def build_inputs(cfg: Config, step, early: Early | None = None) -> None:
     dvc("repro", "fixture", "gguf")
     hit = changed()
     todo = stale([f"quantize@{n}" for n in cfg.variants if n != BASELINE], hit)
-    if early is not None:  # the servers that need nothing more start now, beside the rest (Early)
-        early.begin(hit)
-
-    def quantize() -> None:
-        step(f"1/5 {' '.join(todo)} (in this process, beside the workload stage)")
-        for st in todo:
-            name = st.removeprefix("quantize@")
-            stages.quantize(cfg, name, Path(PATHS["checkpoints"]) / name, Path(PATHS["gguf"]))
-
-    with ThreadPoolExecutor(1, thread_name_prefix="quantize") as pool:
-        done = pool.submit(quantize) if todo else None
-        dvc("repro", "workload")
-        if done is not None:
-            done.result()  # its error, raised here
+    # the workload stage is a process (its thread only waits for it); everything that imports runs in this
+    # thread, one thing after the other: the servers' preparation (lm-eval) and the quantize commands
+    # (transformers, compressed-tensors) side by side raced on transformers' lazily imported attributes
+    # ("module 'transformers' has no attribute 'PreTrainedTokenizerBase'", H100 2026-11-27, h100-2026-11-27-15)
+    with ThreadPoolExecutor(1, thread_name_prefix="workload") as pool:
+        work = pool.submit(dvc, "repro", "workload")
+        if early is not None:  # the servers that need nothing more start now, beside the rest (Early)
+            early.begin(hit)
+        if todo:
+            step(f"1/5 {' '.join(todo)} (in this process, beside the workload stage)")
+            for st in todo:
+                name = st.removeprefix("quantize@")
+                stages.quantize(cfg, name, Path(PATHS["checkpoints"]) / name, Path(PATHS["gguf"]))
+        work.result()  # its error, raised here
     if todo:
         commit(todo)
 

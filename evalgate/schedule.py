@@ -504,13 +504,17 @@ def start_ahead(cfg, engine, jobs: list, log: Callable = print) -> Ahead:
     if cap is not None:
         _shares(engine, slots, cap[1])
     used, started = 0, []
-    for s in slots:
-        if cap is not None and used and used + s.need["total"] > cap[0]:
-            continue   # waits for the schedule's own waves
-        s.server = engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
-        s.started_at = time.time()
-        used += s.need.get("total", 0)
-        started.append(s.name)
+    try:
+        for s in slots:
+            if cap is not None and used and used + s.need["total"] > cap[0]:
+                continue   # waits for the schedule's own waves
+            s.server = engine.start(s.job.model, s.job.variant, s.job.out.path, s.need.get("share"))
+            s.started_at = time.time()
+            used += s.need.get("total", 0)
+            started.append(s.name)
+    except BaseException:   # none left running: the caller never gets them
+        Ahead([s for s in slots if s.server is not None], cap).stop()
+        raise
     if started:
         log(f"schedule: started {', '.join(started)} ahead, beside the inputs")
     return Ahead([s for s in slots if s.server is not None], cap)

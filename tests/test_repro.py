@@ -164,8 +164,10 @@ def test_servers_that_need_only_the_fixture_start_while_the_other_inputs_are_bui
     assert repro._repro(e.cfg) == 0
     log = scheduled.log
     assert log[1] == ("repro", "fixture", "gguf") and log[2] == ("status", "--json")
-    ahead_at = log.index(("ahead", "baseline", "fp8"))
-    assert ahead_at > 2 and ahead_at < log.index(("commit", "quantize@fp8", "quantize@w4a16"))
+    # before the quantize commands, in this thread: their imports and the preparation's must not overlap
+    here = [c for c in log if c != ("repro", "workload")]   # the workload stage: a process, any time beside
+    assert here[3:6] == [("ahead", "baseline", "fp8"), ("quantize", "fp8"), ("quantize", "w4a16")]
+    assert here[6] == ("commit", "quantize@fp8", "quantize@w4a16") and ("repro", "workload") in log[3:7]
     assert sorted(e.prepared) == ["baseline", "fp8", "w4a16"]   # once each
     (names, ahead), = e.handed
     assert names == ["baseline", "fp8", "w4a16"] and [s.name for s in ahead.slots] == ["baseline", "fp8"]
