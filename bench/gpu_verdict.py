@@ -90,6 +90,18 @@ def repro_steps(lines: list[str], wall_s: float | None = None) -> list[dict]:
     return out
 
 
+AHEAD = re.compile(r"^repro: started (.+) ahead, beside the inputs \(at \+([\d.]+) s\)$")
+
+
+def started_ahead(lines: list[str]) -> dict | None:
+    """The servers `evalgate repro` started before its inputs were done (evalgate.repro.Early): which, and
+    when. In such a run part of the schedule lies inside the inputs' span, so its `time_to_verdict_s`
+    (wall time less that span) is not the time to verdict of a run whose fixture existed: compare
+    `with_fixture_s`."""
+    m = next((m for line in lines if (m := AHEAD.match(line.rstrip()))), None)
+    return None if m is None else {"variants": m.group(1).split(", "), "at_s": float(m.group(2))}
+
+
 def inputs_span(seen: list[tuple[float, str]]) -> float:
     """Seconds from `evalgate repro`'s `1/5 inputs (…)` line to its `2/5` line (0 when the
     inputs were up to date): the fixture and the other inputs, as the run built them."""
@@ -139,6 +151,8 @@ def main() -> int:
     verdict_s = wall_s - fixture_s
     b = breakdown(Path("results"), verdict_s)
     b["repro_steps"] = repro_steps([line for _, line in seen], wall_s)
+    if ahead := started_ahead([line for _, line in seen]):
+        b["started_ahead"] = ahead
     done_at = next((t for t, line in seen if DONE.match(line.rstrip())), None)
     if done_at is not None and exited:   # the "after `done`" step: the process's own exit, then its output's close
         b["exit_split_s"] = {"process_exit": round(exited[0] - done_at, 2), "output_closed_after": round(eof - exited[0], 2)}

@@ -251,7 +251,7 @@ def test_aa_sweep_meets_the_first_sweeps_arrival_rates(tmp_path, monkeypatch):
     assert "c1/host_steal_pct" in metrics and "sweep_aa/c1/host_steal_pct" in metrics
 
 
-def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
+def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes(capsys):
     """bench/gpu_verdict.py: `evalgate repro`'s step marks → seconds per step (the figures of
     docs/results/h100-2026-11-26-9, read by hand there, from the `-10` log)."""
     import importlib.util
@@ -275,6 +275,17 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes():
             (180.0, "repro: warm-up beside the inputs: model info … (done at +82.4 s)\n"),
             (352.5, "repro: 2/5 stale: baseline [+254.9 s]\n"), (400.0, "repro: 3/5 running …\n")]
     assert gv.inputs_span(seen) == 252.5 and gv.inputs_span([(1.0, "repro: 1/5 inputs up to date [+2 s]\n")]) == 0.0
+    # servers started before the inputs were done (evalgate.repro.Early), as its line reads
+    import time
+
+    from evalgate import repro
+
+    early = repro.Early(None, None, None, [], time.time() - 203.4)
+    early.say("schedule: started baseline, fp8, kv_fp8 ahead, beside the inputs")   # start_ahead's line
+    line = capsys.readouterr().out
+    got = gv.started_ahead(log[:2] + [line])
+    assert got["variants"] == ["baseline", "fp8", "kv_fp8"] and abs(got["at_s"] - 203.4) < 1.0
+    assert gv.started_ahead(log) is None
 
 
 def test_repro_ab_splits_a_run_at_its_marks():

@@ -414,8 +414,10 @@ def test_servers_started_ahead_are_waited_for_not_started_again_and_hold_their_m
     jobs = [slot(n, tmp_path).job for n in gib]
     for j in jobs:
         j.model = None
-    ahead = start_ahead(cfg, Engine(), jobs, log=lambda *a: None)
+    said = []
+    ahead = start_ahead(cfg, Engine(), jobs, log=said.append)
     assert [s.name for s in ahead.slots] == ["baseline", "a"]          # c (4 GiB more) does not fit now
+    assert said == ["schedule: started baseline, a ahead, beside the inputs"]   # bench/gpu_verdict.py reads it
     assert started == [("baseline", pytest.approx(0.21)), ("a", pytest.approx(0.21))]
     assert ahead.capacity == (17 * GIB, 40 * GIB)
     base = ahead.slots[0]
