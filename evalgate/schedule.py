@@ -251,6 +251,33 @@ class Scheduler:
         s.state = "done"
         self.finish_fn(s, True)
 
+    def _make_room(self) -> bool:
+        """A variant waits for memory that nothing will free: nothing starts, evaluates, waits for or runs a
+        profile, and the memory is held by idle servers kept up as the next profiles' neighbours, or by the
+        baseline kept up for its A/A. Free it, the neighbours first, the A/A last (then the run has no A/A:
+        said in the log and absent from its results); without this the schedule waited forever. True when
+        something was freed."""
+        now = time.time()
+        waiting = [s for s in self.slots if s.state == "pending" and s.retry_at <= now]
+        if not waiting or any(s.state in ("starting", "healthy", "quality", "ready", "profiling", "deferred")
+                              for s in self.slots):
+            return False
+        idle = [s for s in self.slots if s.state == "done" and s.server is not None]
+        if idle:
+            self.log(f"schedule: stopping the idle {', '.join(s.name for s in idle)} to make room for {waiting[0].name}")
+            self._release_all(idle)
+            return True
+        base = self._base()
+        if base is not None and base.state == "ready_again" and base.server is not None:
+            self.log(f"schedule: {waiting[0].name} does not fit beside the baseline: the baseline is stopped, this "
+                     f"run has no {' or '.join(base.again)} sweep")
+            base.again = []
+            self._release(base)
+            base.state = "done"
+            self.finish_fn(base, True)
+            return True
+        return False
+
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> dict:
         with self.running() as out:
@@ -327,6 +354,8 @@ class Scheduler:
                 if sweep == "alone":
                     self._release_all([s for s in self.slots if s is not base])
                 self._profile(base, sweep)
+                continue
+            if self._make_room():
                 continue
             # 4. wait for the next event
             try:

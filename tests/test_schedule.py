@@ -434,3 +434,43 @@ def test_servers_started_ahead_are_waited_for_not_started_again_and_hold_their_m
     assert rec.max_live == 2 and all(v["state"] == "done" for v in out["variants"].values())
     Ahead([base], None).stop()   # stopping what is already stopped is harmless
     assert base.server is None and base.started_at is None
+
+
+def test_a_variant_that_fits_only_without_the_baseline_runs_after_it_and_the_run_has_no_aa(tmp_path):
+    """10 GiB for two 8 GiB servers: the variant cannot start beside the baseline, which is kept up for its
+    A/A. The schedule used to wait for that memory forever; now the baseline stops (the A/A is dropped,
+    said in the log) and the variant runs."""
+    rec = Recorder(starts={})
+    said = []
+    sch = rec.scheduler([slot("baseline", tmp_path), slot("a", tmp_path)], capacity=10 * GIB)
+    sch.log = said.append
+    done = threading.Event()
+    out = {}
+    threading.Thread(target=lambda: (out.update(sch.run()), done.set()), daemon=True).start()
+    assert done.wait(10), "the schedule waited forever"
+    assert all(v["state"] == "done" for v in out["variants"].values()) and rec.max_live == 1
+    assert [p for p, n, *_ in rec.log if n == "baseline" and p.startswith("profile")] == ["profile"]   # no A/A
+    assert any("does not fit beside the baseline" in m for m in said)
+
+
+def test_idle_neighbours_make_room_before_the_baseline_does(tmp_path):
+    """The rule itself (Scheduler._make_room), on a schedule stopped in that state: memory held by an idle
+    profiled server and by the baseline waiting for its A/A, a variant waiting for it, nothing else going on.
+    The idle server goes first; only then the baseline, and with it the A/A."""
+    rec = Recorder(starts={})
+    said = []
+    slots = [slot("baseline", tmp_path), slot("a", tmp_path), slot("b", tmp_path)]
+    sch = rec.scheduler(slots, capacity=16 * GIB)
+    sch.log = said.append
+    base, a, b = slots
+    for x, state in ((base, "ready_again"), (a, "done")):
+        x.server, x.state, x.counted = rec.start(x), state, True
+        sch.used += x.need["total"]
+    base.again = ["aa"]
+    assert sch._make_room() and a.server is None and base.server is not None and sch.used == 8 * GIB
+    assert sch._make_room() is True and base.server is None and base.state == "done" and base.again == []
+    assert rec.finished == {"baseline": True} and sch.used == 0
+    assert sch._make_room() is False   # nothing left to free
+    b.state = "starting"
+    assert sch._make_room() is False   # something going on: its end may free memory
+    assert "stopping the idle a" in said[0] and "no aa sweep" in said[1]
