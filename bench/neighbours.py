@@ -78,7 +78,62 @@ def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0, a: str = "r
             "round_sd_pct": round(100 * float(stats.tstd(logs)), 1)}
 
 
-def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
+def round_size(load_cfg, c: int) -> int:
+    """Requests per round at concurrency `c`: `load.waves` waves, at least `load.requests.min`."""
+    return max(int(load_cfg.get("requests", {}).get("min", 16)), int(load_cfg.get("waves", 4)) * c)
+
+
+def one_round(cfg, ep, batch: list, c: int, t0: float) -> dict:
+    """One round from an empty prefix cache: the METRICS of `batch` at concurrency `c`, and when it ended."""
+    from evalgate.profile import summarize
+
+    ep.reset_cache()
+    recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=bool(cfg.workload.get("ignore_eos", False)))
+    return {m: summarize(recs, dur, cfg.slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
+
+
+def warm_up(cfg, ep, requests: list, i: int, c: int) -> None:
+    """The level's warm-up round (as a profile does), not measured."""
+    from evalgate.profile import level_warmup
+
+    ep.reset_cache()
+    ep.run_requests(requests[:round_size(cfg.load, c)], concurrency=c, ignore_eos=bool(cfg.workload.get("ignore_eos", False)),
+                    warmup=level_warmup(cfg.load, i, c))
+
+
+def level(c: int, pairs: list[dict], a: str, b: str, extra: dict) -> dict:
+    """A level's pairs and their comparison `a` / `b`, said in one line."""
+    out = {"pairs": pairs, **extra, "compare": {m: compare(pairs, m, a=a, b=b) for m in METRICS}}
+    print(f"neighbours: c{c:<4d} {len(pairs)} pairs  {a} vs {b}  " + "  ".join(
+        f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
+        for m, r in out["compare"].items() if "ci95_pct" in r), flush=True)
+    return out
+
+
+def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
+    """Held (SIGSTOP) against running idle, in pairs of rounds taking turns (AB BA …), per level until
+    `--seconds` have gone (at least 4 pairs)."""
+    others, levels = servers[1:], {}
+    for i, c in enumerate(ladder):
+        size = round_size(cfg.load, c)
+        slices = max(1, len(requests) // size)
+        warm_up(cfg, ep, requests, i, c)
+        pairs, start = [], time.time()
+        while time.time() - start < a.seconds or len(pairs) < 4:
+            k = len(pairs)
+            batch = requests[(k % slices) * size:(k % slices + 1) * size]
+            pair = {}
+            for stopped in ((False, True) if k % 2 == 0 else (True, False)):
+                pause(others, stopped)
+                time.sleep(a.settle)
+                pair["stopped" if stopped else "running"] = one_round(cfg, ep, batch, c, t0)
+            pause(others, False)
+            pairs.append(pair)
+        levels[f"c{c}"] = level(c, pairs, "running", "stopped", {"requests_per_round": size})
+    return {"seconds_per_level": a.seconds, "levels": levels, "conditions": ["running", "stopped"]}
+
+
+def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
     """Held (SIGSTOP, as the scheduler holds a profile's neighbours) against gone (terminated): what holding
     leaves of the neighbours, against a profile with no neighbour at all. A terminated server cannot come
     back between two rounds (a start is a minute), so the conditions come in blocks of `--rounds` rounds per
@@ -89,41 +144,30 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
     `servers`: the profiled server first; the neighbours after it are stopped and started in place, so the
     caller's cleanup stops whatever is up."""
     import tempfile
-    import threading
 
     from common import baseline_share
 
-    from evalgate.profile import level_warmup, summarize
+    from evalgate.schedule import stop_servers
 
-    ignore_eos, load_cfg, slo = bool(cfg.workload.get("ignore_eos", False)), cfg.load, cfg.slo
-    engine_share = None
+    model, variant = cfg.model, cfg.variant("baseline")
+    share = baseline_share(engine, model, variant, 1 + a.neighbours)
     events = []
 
     def neighbours_gone() -> None:
         if len(servers) == 1:
             return
         t = time.time()
-        stops = [threading.Thread(target=x.stop) for x in servers[1:]]   # a held group is continued, then ends
-        for th in stops:
-            th.start()
-        for th in stops:
-            th.join()
+        stop_servers(servers[1:])   # a held group is continued, then ends
         del servers[1:]
         events.append({"what": "neighbours terminated", "at_s": round(t - t0, 1), "seconds": round(time.time() - t, 1)})
 
     def neighbours_held() -> None:
-        nonlocal engine_share
         t = time.time()
         if len(servers) == 1:
-            from evalgate.engines import get_engine
-
-            engine = get_engine(cfg.engine["name"], cfg.engine)
-            model, variant = cfg.model, cfg.variant("baseline")
-            engine_share = engine_share or baseline_share(engine, model, variant, 1 + a.neighbours)
             work = Path(tempfile.mkdtemp(prefix="neighbours-again-"))
             for i in range(a.neighbours):
                 (work / f"s{i}").mkdir()
-                servers.append(engine.start(model, variant, work / f"s{i}", engine_share))
+                servers.append(engine.start(model, variant, work / f"s{i}", share))
             for x in servers[1:]:
                 x.wait()
                 x.sampler.stop()
@@ -131,8 +175,7 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
                            "seconds": round(time.time() - t, 1)})
         pause(servers[1:], True)
 
-    lo = int(load_cfg.get("requests", {}).get("min", 16))
-    sizes = {c: max(lo, int(load_cfg.get("waves", 4)) * c) for c in ladder}
+    sizes = {c: round_size(cfg.load, c) for c in ladder}
     blocks = []   # (cycle, condition, {level: [round metrics]})
     last = time.time()   # the end of the last request sent
     for cycle in range(a.cycles):
@@ -141,18 +184,13 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
             # the same idle spell before every block: on 2026-11-27 (H100, -17) each held block followed one
             # (the neighbours' start) and each gone block followed rounds, and held came out 6.9 % slower
             time.sleep(max(a.settle, a.idle_s - (time.time() - last)))
-            got = {c: [] for c in ladder}
             for i, c in enumerate(ladder):   # a warm-up round per level: the server idled while neighbours started
-                ep.reset_cache()
-                ep.run_requests(requests[:sizes[c]], concurrency=c, ignore_eos=ignore_eos,
-                                warmup=level_warmup(load_cfg, i, c))
+                warm_up(cfg, ep, requests, i, c)
+            got = {c: [] for c in ladder}
             for k in range(a.rounds):
                 for c in ladder:
-                    size = sizes[c]
-                    j = k % max(1, len(requests) // size)
-                    ep.reset_cache()
-                    recs, dur, _ = ep.run_requests(requests[j * size:(j + 1) * size], concurrency=c, ignore_eos=ignore_eos)
-                    got[c].append({m: summarize(recs, dur, slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)})
+                    j = k % max(1, len(requests) // sizes[c])
+                    got[c].append(one_round(cfg, ep, requests[j * sizes[c]:(j + 1) * sizes[c]], c, t0))
             last = time.time()
             blocks.append((cycle, cond, got))
             print(f"neighbours: cycle {cycle + 1}/{a.cycles} {cond}: {a.rounds} rounds per level done "
@@ -164,15 +202,9 @@ def versus_gone(a, cfg, servers: list, ep, requests: list, ladder: list[int], t0
             held = next(g[c] for cy, cond, g in blocks if cy == cycle and cond == "held")
             gone = next(g[c] for cy, cond, g in blocks if cy == cycle and cond == "gone")
             pairs += [{"held": h, "gone": g, "cycle": cycle} for h, g in zip(held, gone)]
-        levels[f"c{c}"] = {"pairs": pairs, "requests_per_round": sizes[c],
-                           "compare": {m: compare(pairs, m, a="held", b="gone") for m in METRICS}}
-        print(f"neighbours: c{c:<4d} {len(pairs)} pairs  held vs gone  " + "  ".join(
-            f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
-            for m, r in levels[f"c{c}"]["compare"].items() if "ci95_pct" in r), flush=True)
-    every = [p for r in levels.values() for p in r["pairs"]]
-    levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a="held", b="gone") for m in METRICS}}
+        levels[f"c{c}"] = level(c, pairs, "held", "gone", {"requests_per_round": sizes[c]})
     return {"versus": "gone", "cycles": a.cycles, "rounds": a.rounds, "idle_s": a.idle_s, "levels": levels,
-            "events": events}
+            "events": events, "conditions": ["held", "gone"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,61 +227,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
 
-    from evalgate.profile import SWEEPING, level_warmup, summarize
+    from evalgate.profile import SWEEPING
 
     n = 1 + a.neighbours
-    t0, levels = time.time(), {}
-    with baseline_servers(a.params, n, n, "neighbours-") as (cfg, _, requests, servers, eps):
+    t0 = time.time()
+    with baseline_servers(a.params, n, n, "neighbours-") as (cfg, engine, requests, servers, eps):
         up_s = round(time.time() - t0, 1)
         print(f"neighbours: {n} server(s) up in {up_s} s; profiling the first, {a.neighbours} idle beside it", flush=True)
-        ignore_eos = bool(cfg.workload.get("ignore_eos", False))
-        load_cfg, slo, ep, others = cfg.load, cfg.slo, eps[0], servers[1:]
-        ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in load_cfg.get("concurrency", [1])]
-        lo = int(load_cfg.get("requests", {}).get("min", 16))
+        ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in cfg.load.get("concurrency", [1])]
         SWEEPING.set()   # nothing of ours polls the driver while rounds run
-        if a.versus == "gone":
-            try:
-                out = versus_gone(a, cfg, servers, ep, requests, ladder, t0)
-            finally:
-                SWEEPING.clear()
-                pause(servers[1:], False)
-            out |= {"neighbours": a.neighbours, "servers_up_s": up_s, "seconds": round(time.time() - t0, 1)}
-            print(json.dumps({lv: r["compare"] for lv, r in out["levels"].items()}, indent=1))
-            if a.out:
-                a.out.write_text(json.dumps(out, indent=1))
-            return 0
         try:
-            for i, c in enumerate(ladder):
-                size = max(lo, int(load_cfg.get("waves", 4)) * c)
-                slices = max(1, len(requests) // size)
-                ep.reset_cache()
-                ep.run_requests(requests[:size], concurrency=c, ignore_eos=ignore_eos, warmup=level_warmup(load_cfg, i, c))
-                pairs, start = [], time.time()
-                while time.time() - start < a.seconds or len(pairs) < 4:
-                    k = len(pairs)
-                    batch = requests[(k % slices) * size:(k % slices + 1) * size]
-                    pair = {}
-                    for stopped in ((False, True) if k % 2 == 0 else (True, False)):
-                        pause(others, stopped)
-                        time.sleep(a.settle)
-                        ep.reset_cache()
-                        recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=ignore_eos)
-                        pair["stopped" if stopped else "running"] = {
-                            m: summarize(recs, dur, slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
-                    pause(others, False)
-                    pairs.append(pair)
-                levels[f"c{c}"] = {"pairs": pairs, "requests_per_round": size,
-                                   "compare": {m: compare(pairs, m) for m in METRICS}}
-                print(f"neighbours: c{c:<4d} {len(pairs)} pairs  " + "  ".join(
-                    f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
-                    for m, r in levels[f"c{c}"]["compare"].items() if "ci95_pct" in r), flush=True)
+            out = (versus_gone if a.versus == "gone" else versus_running)(a, cfg, engine, servers, eps[0], requests,
+                                                                          ladder, t0)
         finally:
             SWEEPING.clear()
-            pause(others, False)   # stopped servers cannot stop themselves on SIGTERM
+            pause(servers[1:], False)   # stopped servers cannot stop themselves on SIGTERM
+    levels, (first, second) = out["levels"], out.pop("conditions")
     every = [p for r in levels.values() for p in r["pairs"]]   # the profile as a whole: every level's pairs
-    levels["all"] = {"pairs": [], "compare": {m: compare(every, m) for m in METRICS}}
-    out = {"neighbours": a.neighbours, "seconds_per_level": a.seconds, "servers_up_s": up_s, "levels": levels,
-           "seconds": round(time.time() - t0, 1)}
+    levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a=first, b=second) for m in METRICS}}
+    out = {"neighbours": a.neighbours, "servers_up_s": up_s, **out, "seconds": round(time.time() - t0, 1)}
     print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))
     if a.out:
         a.out.write_text(json.dumps(out, indent=1))

@@ -512,14 +512,20 @@ class Ahead:
     capacity: tuple[int, int] | None
 
     def stop(self) -> None:
-        """Stop them (the run ended before its schedule began); each stop waits for its server's exit."""
-        stops = [threading.Thread(target=s.server.stop) for s in self.slots if s.server is not None]
-        for t in stops:
-            t.start()
-        for t in stops:
-            t.join()
+        """Stop them (the run ended before its schedule began)."""
+        stop_servers([s.server for s in self.slots if s.server is not None])
         for s in self.slots:
             s.server = s.started_at = None
+
+
+def stop_servers(servers: list) -> None:
+    """Stop these servers side by side, returning once every one has exited (each `stop` waits for its
+    process group); one after another, seven vLLM servers took ≈ 6 s."""
+    stops = [threading.Thread(target=x.stop) for x in servers]
+    for t in stops:
+        t.start()
+    for t in stops:
+        t.join()
 
 
 def start_ahead(cfg, engine, jobs: list, log: Callable = print) -> Ahead:

@@ -100,14 +100,13 @@ def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbour
         "output_throughput": len(recs) / dur, "median_tpot_ms": dur, "median_ttft_ms": dur})
     monkeypatch.setattr("evalgate.profile.level_warmup", lambda load, i, c: 0)
     engine = types.SimpleNamespace(start=lambda model, variant, d, share: started.append(d) or Server())
-    monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     sys.path.insert(0, str(Path(neighbours.__file__).parent))
     monkeypatch.setattr("common.baseline_share", lambda engine, model, variant, n: {"gpu_memory_utilization": 0.1})
     cfg = types.SimpleNamespace(workload={}, load={"requests": {"min": 4}, "waves": 1}, slo={}, engine={"name": "vllm"},
                                 model=None, variant=lambda n: None)
     servers = [Server(), Server(), Server()]   # the profiled one and two neighbours
     a = types.SimpleNamespace(cycles=2, rounds=3, neighbours=2, settle=0.0, idle_s=0.0)
-    out = neighbours.versus_gone(a, cfg, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)], [1, 8], 0.0)
+    out = neighbours.versus_gone(a, cfg, engine, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)], [1, 8], 0.0)
     assert [e["what"] for e in out["events"]] == ["neighbours terminated", "neighbours started again"]
     assert len(started) == 2 and len(servers) == 3            # two neighbours started again, in place
     for level in ("c1", "c8"):
