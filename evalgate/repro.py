@@ -245,57 +245,52 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             step("1/5 inputs up to date")
             known = hit
         todo = stale(stages, known)
-    except BaseException:
-        if early is not None:
-            early.stop()
-        raise
-    step(f"2/5 stale: {', '.join(todo) or 'none'}")
-    if todo and serial:
-        # exactly what DVC runs itself, each variant in its own process; --keep-going: a variant that
-        # failed transiently (exit 75) does not stop the others
-        step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
-        if no_run_cache:  # each stale variant's command runs: `dvc repro` would check its outputs out of
-            # DVC's cache (dvc.lock still names them) and `--no-run-cache` does not stop that (DVC 3.67)
-            for st in todo:
-                dvc("repro", "--force", "--single-item", st, check=False)
-        p = dvc("repro", "--keep-going", check=False)
-        if p.returncode:
-            failed = transient_failures(todo)
-            if failed and (BASELINE in failed or set(stale(stages)) <= set(failed)):
-                return finish_incomplete(failed, t0)
-            raise SystemExit(f"dvc repro --keep-going failed with exit code {p.returncode} (see above)")
-        print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
-        return 0
-    slots = []
-    if todo and not engine.attachable:
-        # engines that serve in-process (hf) or one CPU server at a time: each stale variant in its own
-        # supervised worker process, as its stage runs it (`evalgate run`: the fault policy's timeout,
-        # memory limit and retries; an in-process model is freed with its process) but forked from one
-        # forkserver that imported what a worker needs once (run_stage, evalgate.forkserver), then gate,
-        # report and one `dvc commit`, as below. `dvc repro --keep-going` around the same runs cost ≈ 49 s
-        # of a 438 s CPU default (2026-11-27: per-stage lock and hash work, a process per stage)
-        rest = [st for st in todo if st != BASELINE]
-        lanes = min(engine.side_by_side(), len(rest))
-        step(
-            f"3/5 running {len(todo)} variant(s) "
-            + (f"({lanes} side by side after the baseline; each profile alone)" if lanes > 1 else "one at a time")
-        )
-        if BASELINE in todo:  # alone: every variant compares with its results
-            step(f"3/5 {BASELINE}")
-            run_stage(cfg, BASELINE)
-            if failed := transient_failures([BASELINE]):
-                return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
-        if lanes > 1:
-            run_side_by_side(cfg, rest, lanes, step)
+        step(f"2/5 stale: {', '.join(todo) or 'none'}")
+        if todo and serial:
+            # exactly what DVC runs itself, each variant in its own process; --keep-going: a variant that
+            # failed transiently (exit 75) does not stop the others
+            step(f"3/5 running {len(todo)} variant(s) one at a time (dvc repro --keep-going)")
+            if no_run_cache:  # each stale variant's command runs: `dvc repro` would check its outputs out of
+                # DVC's cache (dvc.lock still names them) and `--no-run-cache` does not stop that (DVC 3.67)
+                for st in todo:
+                    dvc("repro", "--force", "--single-item", st, check=False)
+            p = dvc("repro", "--keep-going", check=False)
+            if p.returncode:
+                failed = transient_failures(todo)
+                if failed and (BASELINE in failed or set(stale(stages)) <= set(failed)):
+                    return finish_incomplete(failed, t0)
+                raise SystemExit(f"dvc repro --keep-going failed with exit code {p.returncode} (see above)")
+            print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
+            return 0
+        slots = []
+        if todo and not engine.attachable:
+            # engines that serve in-process (hf) or one CPU server at a time: each stale variant in its own
+            # supervised worker process, as its stage runs it (`evalgate run`: the fault policy's timeout,
+            # memory limit and retries; an in-process model is freed with its process) but forked from one
+            # forkserver that imported what a worker needs once (run_stage, evalgate.forkserver), then gate,
+            # report and one `dvc commit`, as below. `dvc repro --keep-going` around the same runs cost ≈ 49 s
+            # of a 438 s CPU default (2026-11-27: per-stage lock and hash work, a process per stage)
+            rest = [st for st in todo if st != BASELINE]
+            lanes = min(engine.side_by_side(), len(rest))
+            step(
+                f"3/5 running {len(todo)} variant(s) "
+                + (f"({lanes} side by side after the baseline; each profile alone)" if lanes > 1 else "one at a time")
+            )
+            if BASELINE in todo:  # alone: every variant compares with its results
+                step(f"3/5 {BASELINE}")
+                run_stage(cfg, BASELINE)
+                if failed := transient_failures([BASELINE]):
+                    return finish_incomplete(failed, t0)  # nothing to compare with: DVC would stop here too
+            if lanes > 1:
+                run_side_by_side(cfg, rest, lanes, step)
+            else:
+                for st in rest:
+                    step(f"3/5 {st}")
+                    run_stage(cfg, st)
         else:
-            for st in rest:
-                step(f"3/5 {st}")
-                run_stage(cfg, st)
-    else:
-        if warm is not None:
-            warm.join()
-        prepared = early.take(todo) if early is not None else {}  # name → its slot (its server started)
-        try:
+            if warm is not None:
+                warm.join()
+            prepared = early.take(todo) if early is not None else {}  # name → its slot (its server started)
             for st in todo:
                 name = st.removeprefix("run@")
                 if name in prepared:
@@ -304,43 +299,42 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
                 job = prepare(cfg, name, results, engine)
                 if job is not None:
                     slots.append(schedule.Slot(job))
-        except BaseException:
-            if early is not None:
-                early.stop()
-            raise
-        # the gate's heavy import, while the servers start (≈ 45 s or more before the first
-        # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
-        # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
-        if slots:  # (with none, gate and report may not even run here)
-            threading.Thread(target=_warm_report_imports, daemon=True).start()
-        step(f"3/5 running {len(slots)} variant(s) side by side")
-    code = None
-    # gate and report need no server: they run while the servers stop (the stop's log lines land in
-    # each variant's server.log, a DVC output, so the commit waits for the stops)
-    ahead = early.ahead if early is not None else None
-    with schedule.scheduled(cfg, engine, slots, PATHS, ahead) if slots else contextlib.nullcontext():
-        failed = transient_failures(todo)
-        done = [st for st in todo if st not in failed]
-        if done and not failed:
-            step("4/5 gate (while the servers stop)")
-            code = gate_and_report(step)
-            if slots:
-                step("4/5 waiting for the servers to stop")
-    if failed:
-        if done:
-            step(f"4/5 dvc commit {' '.join(done)}")
-            commit(done)
-        return finish_incomplete(failed, t0)
-    if not done:  # nothing ran: gate and report may still be stale (their params or code)
-        step("4/5 dvc repro (gate, report)")
-        dvc("repro")
-    else:
-        step(f"5/5 dvc commit {' '.join(done)}{' gate report' if not code else ' gate'}")
-        commit([*done, "gate", *(["report"] if not code else [])])
-        if code:
-            return code
-    print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
-    return 0
+            # the gate's heavy import, while the servers start (≈ 45 s or more before the first
+            # profile); not beside lm-eval's import above, which the jobs wait for: there, preparing them took
+            # 2.3 s in a warm H100 run against 1.3 s without it (docs/results/h100-2026-11-27-12, -13 and -11)
+            if slots:  # (with none, gate and report may not even run here)
+                threading.Thread(target=_warm_report_imports, daemon=True).start()
+            step(f"3/5 running {len(slots)} variant(s) side by side")
+        code = None
+        # gate and report need no server: they run while the servers stop (the stop's log lines land in
+        # each variant's server.log, a DVC output, so the commit waits for the stops)
+        ahead = early.ahead if early is not None else None
+        with schedule.scheduled(cfg, engine, slots, PATHS, ahead) if slots else contextlib.nullcontext():
+            failed = transient_failures(todo)
+            done = [st for st in todo if st not in failed]
+            if done and not failed:
+                step("4/5 gate (while the servers stop)")
+                code = gate_and_report(step)
+                if slots:
+                    step("4/5 waiting for the servers to stop")
+        if failed:
+            if done:
+                step(f"4/5 dvc commit {' '.join(done)}")
+                commit(done)
+            return finish_incomplete(failed, t0)
+        if not done:  # nothing ran: gate and report may still be stale (their params or code)
+            step("4/5 dvc repro (gate, report)")
+            dvc("repro")
+        else:
+            step(f"5/5 dvc commit {' '.join(done)}{' gate report' if not code else ' gate'}")
+            commit([*done, "gate", *(["report"] if not code else [])])
+            if code:
+                return code
+        print(f"repro: done in {time.time() - t0:.1f} s", flush=True)
+        return 0
+    finally:  # a server started ahead and not handed to the scheduler, whatever ended the run: stopped here
+        if early is not None:  # (those the scheduler took, it stopped: nothing is left of them)
+            early.stop()
 
 
 def prepare(cfg: Config, name: str, results: Results, engine):
@@ -433,7 +427,7 @@ class Early:
         print(f"repro: {msg.removeprefix('schedule: ')} (at +{time.time() - self.t0:.1f} s)", flush=True)
 
     def stop(self) -> None:
-        """Every server started here stopped (the run failed before its schedule)."""
+        """Every server started here that is still up stopped (the scheduler stops those it took over)."""
         if self.ahead is not None:
             self.ahead.stop()
 

@@ -150,6 +150,8 @@ def early_setup(scheduled, monkeypatch, tmp_path):
     def scheduled_fn(cfg, eng, slots, paths, ahead=None):
         handed.append(([s.name for s in slots], ahead))
         yield
+        for s in slots:   # the Scheduler stops every server it ran (Scheduler.running), its own way
+            s.server = None
 
     monkeypatch.setattr(schedule, "scheduled", scheduled_fn)
     return types.SimpleNamespace(cfg=c, prepared=prepared, stopped=stopped, handed=handed)
@@ -190,6 +192,24 @@ def test_servers_started_ahead_are_stopped_when_the_inputs_fail(scheduled, monke
     with pytest.raises(SystemExit, match="workload"):
         repro._repro(e.cfg)
     assert sorted(e.stopped) == ["baseline", "fp8"] and e.handed == ["workload"]
+
+
+def test_servers_started_ahead_are_stopped_when_the_schedule_fails_to_begin(scheduled, monkeypatch, tmp_path):
+    """Handed over but the scheduler never took them (its setup failed): they are stopped, not left running."""
+    from evalgate import schedule
+
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+
+    @contextlib.contextmanager
+    def broken(cfg, eng, slots, paths, ahead=None):
+        raise RuntimeError("no forkserver")
+        yield
+
+    monkeypatch.setattr(schedule, "scheduled", broken)
+    scheduled.status.update({"fixture", "baseline", "run@fp8", "run@w4a16"})
+    with pytest.raises(RuntimeError, match="forkserver"):
+        repro._repro(e.cfg)
+    assert sorted(e.stopped) == ["baseline", "fp8"]
 
 
 def test_no_server_starts_ahead_for_a_variant_whose_folder_holds_an_earlier_checkpoint(scheduled, monkeypatch, tmp_path):
