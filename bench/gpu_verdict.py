@@ -163,6 +163,9 @@ def main() -> int:
     print_table(b)
     if a.out:
         Path(a.out).write_text(json.dumps(b, indent=1))
+        # every line with the seconds since the start: where the time between two step marks goes (the
+        # fixture stage's own output, DVC's lock update and the gguf stage carry no marks of their own)
+        Path(a.out).with_name("times.log").write_text("".join(f"{t - t0:8.1f}  {line}" for t, line in seen))
     return 0
 
 

@@ -100,7 +100,7 @@ case "${1:-}" in
     deadline=$(( $(date +%s) + ${2:-540} ))
     name=$(cat out/running 2>/dev/null || ls -t out | grep -v running | head -1)
     while [ -f out/running ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
-    for f in verdict.log verdict.json bench.json collect.log session.log gpu.txt; do
+    for f in verdict.log verdict.json times.log bench.json collect.log session.log gpu.txt; do
       [ -f "out/$name/$f" ] && cp "out/$name/$f" "$OUT/$name-$f"; done
     [ -f "out/$name/results.tgz" ] && cp "out/$name/results.tgz" "$OUT/$name.tgz"
     [ -d "$WK-serial/out/$name-serial" ] && tar czf "$OUT/$name-all.tgz" -C / "${WK#/}/out" "${WK#/}-serial/out" 2>/dev/null
