@@ -254,7 +254,7 @@ def test_draft_server_prompt_logprobs_compared_per_prompt():
 
 def test_warm_machine_inspects_the_models_architectures_once_it_exists(tmp_path, monkeypatch):
     """vLLM's model-info cache filled once, beside the inputs: it waits for the model's config.json (the
-    fixture writes it when trained), passes its architectures to vLLM's registry, and does nothing where
+    fixture writes it before training), passes its architectures to vLLM's registry, and does nothing where
     the cache already exists or the model is a hub id. A fake `vllm` registry records the call."""
     import threading
 

@@ -246,3 +246,27 @@ def test_deterministic_fixture_trains_under_torch_deterministic_algorithms_and_p
     for folder in ("model", "draft"):
         a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("plain", "strict"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_models_config_is_written_before_it_trains(tmp_path, monkeypatch):
+    """The engine's per-machine warm-up (vLLM's model-info cache) needs only the model's config.json; the
+    fixture writes it before training, so the warm-up runs while the model trains, not after. The trained
+    model's config.json is the same but for its weights' dtype."""
+    import json
+
+    import yaml
+
+    import evalgate.toymodel as toymodel
+
+    seen, real = [], toymodel.train
+
+    def spy(*args):
+        config = tmp_path / "model" / "config.json"
+        seen.append(config.read_text() if config.exists() else None)
+        return real(*args)
+
+    monkeypatch.setattr(toymodel, "train", spy)
+    build({**yaml.safe_load(open("conf/fixture/tiny.yaml")), "draft": None}, tmp_path)
+    assert seen[0] is not None and json.loads(seen[0])["architectures"] == ["LlamaForCausalLM"]
+    final = json.loads((tmp_path / "model" / "config.json").read_text())   # saving the weights adds their dtype
+    assert final.pop("dtype") == "float32" and final == json.loads(seen[0])

@@ -462,7 +462,7 @@ class VLLMEngine(Engine):
         own (a fresh interpreter importing vLLM: 16.8 s for one server, 25.7 s beside a compile, H100
         2026-11-27, docs/results/h100-2026-11-27-4) and caches it in VLLM_CACHE_ROOT/modelinfos; seven
         servers started at once each pay it. Here it is paid once, while the inputs are built: as soon as
-        the model's config.json exists (the fixture writes it when trained), its architectures are
+        the model's config.json exists (the fixture writes it before training), its architectures are
         inspected as vLLM's registry does and the cache is filled. Skipped where the cache exists or the
         model is a hub id (its config is not local). Returns what it did, for the log."""
         root = Path(os.environ.get("VLLM_CACHE_ROOT")
