@@ -234,12 +234,14 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     known = None
     results = Results(PATHS["results"])
     early = Early(cfg, engine, results, stages, t0) if engine.attachable and not serial else None
+    warm_stop, warming = threading.Event(), None
     try:
         if any(h.split("@")[0] in INPUT_STAGES for h in hit):
             step(f"1/5 inputs ({', '.join(INPUT_STAGES)})")
             # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
             # every server's first start at once
-            threading.Thread(target=_warm_machine, args=(engine, cfg, t0), daemon=True).start()
+            warming = threading.Thread(target=_warm_machine, args=(engine, cfg, t0, warm_stop), daemon=True)
+            warming.start()
             build_inputs(cfg, step, early)
         else:
             step("1/5 inputs up to date")
@@ -335,6 +337,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     finally:  # a server started ahead and not handed to the scheduler, whatever ended the run: stopped here
         if early is not None:  # (those the scheduler took, it stopped: nothing is left of them)
             early.stop()
+        if warming is not None:  # and the engine's warm-up server, if it is still up
+            warm_stop.set()
+            warming.join(timeout=60)
 
 
 def prepare(cfg: Config, name: str, results: Results, engine):
@@ -593,11 +598,11 @@ def build_inputs(cfg: Config, step, early: Early | None = None) -> None:
         commit(todo)
 
 
-def _warm_machine(engine, cfg: Config, t0: float) -> None:
-    """Engine.warm_machine, its outcome in the log (not a step mark: it runs beside the steps); never
-    fatal (a server fills the caches itself)."""
+def _warm_machine(engine, cfg: Config, t0: float, stop: threading.Event) -> None:
+    """Engine.warm_machine for the baseline (the first server profiled), its outcome in the log (not a step
+    mark: it runs beside the steps); never fatal (a server fills the caches itself)."""
     try:
-        said = engine.warm_machine(cfg.model)
+        said = engine.warm_machine(cfg.model, cfg.variant(BASELINE), LOGS / "warm-up", stop)
     except Exception as e:  # noqa: BLE001 - only a head start
         said = f"failed ({type(e).__name__}: {e}); each server fills its caches itself"
     if said:

@@ -285,6 +285,39 @@ def test_warm_machine_inspects_the_models_architectures_once_it_exists(tmp_path,
     assert "not cached (exit 1: ModuleNotFoundError" in engine.warm_machine(ModelSpec(source="local", id=str(model)))
 
 
+def test_warm_machine_starts_the_variant_with_random_weights_while_the_model_trains(tmp_path, monkeypatch):
+    """While the model folder has no weights yet (the fixture trains them), the warm-up is the variant's own
+    server started with random weights (vLLM keys its compile cache on the configuration, with the same
+    KV-cache bytes the scheduler gives it), up and then stopped; `stop` ends it at once, server and all."""
+    import threading
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_VLLM_PIDFILE", str(tmp_path / "child.pid"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (model / "tokenizer_config.json").write_text("{}")
+    engine = get_engine("vllm", {"cli": FAKE, "start_timeout_s": 30, "kv_cache_memory_gb": 2})
+    said = engine.warm_machine(ModelSpec(source="local", id=str(model)), parse_variant("baseline", {}), tmp_path / "w")
+    assert "baseline server with random weights up in" in said
+    cmd = json.loads((tmp_path / "w" / "server_cmd.json").read_text())
+    assert cmd[cmd.index("--load-format") + 1] == "dummy"
+    assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(2 * 2**30)   # the scheduled server's own
+    assert not _alive(int((tmp_path / "child.pid").read_text()))
+
+    monkeypatch.setenv("FAKE_VLLM_MODE", "hang")   # never healthy: the caller's stop ends it
+    stop, out = threading.Event(), []
+    t = threading.Thread(target=lambda: out.append(engine.warm_machine(
+        ModelSpec(source="local", id=str(model)), parse_variant("baseline", {}), tmp_path / "w2", stop)))
+    t.start()
+    while not (tmp_path / "w2" / "server.pid").exists():
+        time.sleep(0.1)
+    stop.set()
+    t.join(timeout=20)
+    assert not t.is_alive() and out[0].startswith("warm-up server stopped before it was up")
+    assert not _alive(int((tmp_path / "child.pid").read_text()))
+
+
 def test_the_card_asked_about_is_the_one_cuda_visible_devices_names(monkeypatch):
     """NVML numbers every card of the host; a run pinned to card 1 must read card 1's free memory (and
     idle share), not card 0's: each entry of CUDA_VISIBLE_DEVICES is an NVML index or a UUID."""

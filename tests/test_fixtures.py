@@ -248,12 +248,10 @@ def test_deterministic_fixture_trains_under_torch_deterministic_algorithms_and_p
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_models_config_is_written_before_it_trains(tmp_path, monkeypatch):
-    """The engine's per-machine warm-up (vLLM's model-info cache) needs only the model's config.json; the
-    fixture writes it before training, so the warm-up runs while the model trains, not after. The trained
-    model's config.json is the same but for its weights' dtype."""
-    import json
-
+def test_all_but_the_weights_is_written_before_the_model_trains(tmp_path, monkeypatch):
+    """The engine's per-machine warm-up (vLLM: the model started with random weights) needs the model's
+    folder without its weights; the fixture writes it before training, so the warm-up runs while the model
+    trains, not after. Those files are the bytes the trained model writes again."""
     import yaml
 
     import evalgate.toymodel as toymodel
@@ -261,12 +259,12 @@ def test_the_models_config_is_written_before_it_trains(tmp_path, monkeypatch):
     seen, real = [], toymodel.train
 
     def spy(*args):
-        config = tmp_path / "model" / "config.json"
-        seen.append(config.read_text() if config.exists() else None)
+        seen.append({f.name: f.read_bytes() for f in (tmp_path / "model").iterdir()})
         return real(*args)
 
     monkeypatch.setattr(toymodel, "train", spy)
     build({**yaml.safe_load(open("conf/fixture/tiny.yaml")), "draft": None}, tmp_path)
-    assert seen[0] is not None and json.loads(seen[0])["architectures"] == ["LlamaForCausalLM"]
-    final = json.loads((tmp_path / "model" / "config.json").read_text())   # saving the weights adds their dtype
-    assert final.pop("dtype") == "float32" and final == json.loads(seen[0])
+    early = seen[0]
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(early)
+    assert not any(name.endswith(".safetensors") for name in early)
+    assert all((tmp_path / "model" / name).read_bytes() == data for name, data in early.items())

@@ -22,7 +22,7 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(repro, "dvc", dvc)
     monkeypatch.setattr(repro, "stale", lambda names, known=None: list(names))
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model, *a: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     return log
 
@@ -63,7 +63,7 @@ def scheduled(monkeypatch, tmp_path):
 
     monkeypatch.setattr(repro, "dvc", dvc)
     monkeypatch.setattr(repro, "commit", lambda targets: log.append(("commit", *targets)))
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model: None)
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model, *a: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.runner.prepare", lambda cfg, name, *a: types.SimpleNamespace(name=name))
     ran = []
@@ -125,7 +125,7 @@ def early_setup(scheduled, monkeypatch, tmp_path):
     c = types.SimpleNamespace(engine={"name": "vllm"}, variants=dict.fromkeys(methods, {}), eval={"tasks": ["fx_add"]},
                               model=types.SimpleNamespace(gguf=None),
                               variant=lambda n: types.SimpleNamespace(name=n, quantization={"method": methods[n]}))
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model: None,
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=True, warm_machine=lambda model, *a: None,
                                    check=lambda model, variant: None)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr("evalgate.stages.quantize", lambda cfg, variant, out, gguf: scheduled.log.append(("quantize", variant)))
@@ -243,7 +243,7 @@ def test_in_process_engines_run_each_stage_command_here_then_one_commit(schedule
     """Engines that cannot share a device (hf, llamacpp) run the stale stages one at a time, each through
     its stage's own command (a supervised worker process), without `dvc repro` around them; then gate
     and report in this process and one `dvc commit` (that wrapper cost ≈ 49 s of a 438 s CPU default)."""
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model, *a: None,
                                    side_by_side=lambda: 1)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
@@ -259,7 +259,7 @@ def test_in_process_engines_run_variants_side_by_side_after_the_baseline(schedul
     """With `Engine.side_by_side` > 1 (hf on a CPU of that many cores): the baseline alone first (every
     variant compares with it), then the variants in lanes (run_side_by_side), then the same gate, report
     and one commit."""
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model, *a: None,
                                    side_by_side=lambda: 4)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
     monkeypatch.setattr(repro, "run_stage", lambda cfg, st: scheduled.log.append(("run", st)) or 0)
@@ -277,7 +277,7 @@ def test_in_process_engines_stop_when_the_baseline_failed_transiently(scheduled,
     committed, gate and report run on what there is, and the command exits 75 (the next repro retries)."""
     import json
 
-    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model: None,
+    engine = types.SimpleNamespace(preflight=lambda: None, attachable=False, warm_machine=lambda model, *a: None,
                                    side_by_side=lambda: 2)
     monkeypatch.setattr("evalgate.engines.get_engine", lambda name, options: engine)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -165,10 +166,12 @@ class Engine(abc.ABC):
     def warm_client(self) -> None:  # noqa: B027 - an optional hook
         """Import what the profile's client needs; the scheduler runs it in a thread while servers start."""
 
-    def warm_machine(self, model: ModelSpec, wait_s: float = 900.0) -> str | None:  # noqa: B027 - optional
-        """Fill this machine's per-machine caches that every server's first start would fill on its own;
-        `evalgate repro` runs it in a thread while the inputs are built (the model may appear only
-        `wait_s` later). Returns a line for the log, or None where there was nothing to do."""
+    def warm_machine(self, model: ModelSpec, variant: Variant | None = None, workdir: Path | None = None,  # noqa: B027
+                     stop: threading.Event | None = None, wait_s: float = 900.0) -> str | None:
+        """Fill this machine's per-machine caches that every server's first start would fill on its own
+        (`variant`'s server, the first profiled, most of all; `workdir` for what it writes); `evalgate
+        repro` runs it in a thread while the inputs are built (the model may appear only `wait_s` later)
+        and sets `stop` when it ends. Returns a line for the log, or None where there was nothing to do."""
         return None
 
     def export_model(self, model: ModelSpec, out: Path) -> dict | None:

@@ -49,6 +49,10 @@ VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]  # the offline bu
 GIB = 2**30
 
 
+class _Stopped(Exception):
+    """warm_machine's caller ended: its warm-up server stops at once."""
+
+
 def _flag(key: str, value) -> list[str]:
     """engine_args entry → CLI flag(s): booleans become --x / --no-x, dicts JSON."""
     name = "--" + key.replace("_", "-")
@@ -457,27 +461,47 @@ class VLLMEngine(Engine):
         with contextlib.suppress(ImportError):
             import vllm.benchmarks.serve  # noqa: F401
 
-    def warm_machine(self, model: ModelSpec, wait_s: float = 900.0) -> str | None:
-        """On a machine's first start, each `vllm serve` inspects the model's class in a subprocess of its
-        own (a fresh interpreter importing vLLM: 16.8 s for one server, 25.7 s beside a compile, H100
-        2026-11-27, docs/results/h100-2026-11-27-4) and caches it in VLLM_CACHE_ROOT/modelinfos; seven
-        servers started at once each pay it. Here it is paid once, while the inputs are built: as soon as
-        the model's config.json exists (the fixture writes it before training), its architectures are
-        inspected as vLLM's registry does and the cache is filled. Skipped where the cache exists or the
-        model is a hub id (its config is not local). Returns what it did, for the log."""
+    def warm_machine(self, model: ModelSpec, variant: Variant | None = None, workdir: Path | None = None,
+                     stop: threading.Event | None = None, wait_s: float = 900.0) -> str | None:
+        """A machine's first vLLM servers fill per-machine caches, each on its own and on the critical path:
+        the model class's inspection (a fresh interpreter importing vLLM: 27 s in the baseline's start,
+        H200 docs/results/h200-2026-11-27-21), torch.compile's artifacts (14.5 s) and Triton's kernels
+        (13 s between CUDA graphs and ready), against a 31 s start once they exist (-22). Here they are
+        filled once, while the inputs are built, as soon as the model's config.json exists (the fixture
+        writes it, its tokenizer and generation config before training):
+
+        - while the model's weights are not written yet (the fixture trains them): `variant`'s own server
+          started with random weights (`--load-format dummy`, in `workdir`), up, then stopped. vLLM keys
+          its compile cache on the configuration, not the weights (LoadConfig hashes nothing), so the
+          scheduled server of `variant` (the baseline, profiled first) finds its graphs compiled, and every
+          server finds the inspection and the Triton kernels;
+        - otherwise (the weights exist: servers may start any moment) the inspection alone, as vLLM's
+          registry does it, in a subprocess.
+
+        Skipped where the cache exists or the model is a hub id (its config is not local). `stop` (set by
+        the caller when it ends) stops the warm-up server at once. Returns what it did, for the log."""
         root = Path(os.environ.get("VLLM_CACHE_ROOT")
                     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vllm").expanduser()
         if any((root / "modelinfos").glob("*.json")) or model.source != "local":
             return None
-        config, deadline = Path(model.id) / "config.json", time.time() + wait_s
-        while not config.exists():
-            if time.time() > deadline:
+        stop = stop or threading.Event()
+        folder, deadline = Path(model.id), time.time() + wait_s
+        while not (folder / "config.json").exists():
+            if time.time() > deadline or stop.wait(2.0):
                 return None
-            time.sleep(2.0)
         t0 = time.time()
+        if variant is not None and workdir is not None and not any(folder.glob("*.safetensors")):
+            try:
+                return self._warm_server(model, variant, workdir, stop, deadline, t0)
+            except Exception as e:  # noqa: BLE001 - only a head start: the inspection alone, below
+                failed = f"warm-up server failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                if stop.is_set():
+                    return failed.rstrip("; ")
+        else:
+            failed = ""
         for tries_left in (2, 1, 0):   # seen before save_pretrained finished writing it: read again
             try:
-                archs = json.loads(config.read_text()).get("architectures") or []
+                archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
                 break
             except json.JSONDecodeError:
                 if not tries_left:
@@ -491,8 +515,40 @@ class VLLMEngine(Engine):
                            timeout=600)
         if p.returncode:
             tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-            return f"model info for {', '.join(archs)} not cached (exit {p.returncode}: {tail[0][:200]})"
-        return f"model info for {', '.join(archs)} cached in {time.time() - t0:.1f} s"
+            return f"{failed}model info for {', '.join(archs)} not cached (exit {p.returncode}: {tail[0][:200]})"
+        return f"{failed}model info for {', '.join(archs)} cached in {time.time() - t0:.1f} s"
+
+    def _warm_server(self, model: ModelSpec, variant: Variant, workdir: Path, stop: threading.Event,
+                     deadline: float, t0: float) -> str:
+        """warm_machine's server: `variant` with random weights once its tokenizer exists, until healthy."""
+        folder = Path(model.id)
+        while not (folder / "tokenizer_config.json").exists():
+            if time.time() > deadline or stop.wait(1.0):
+                return "warm-up server not started (no tokenizer)"
+        need = self.memory_need(model, variant)
+        _, total = self.device_memory() or (0, 0)
+        # the KV-cache bytes are part of vLLM's compile-cache key (CacheConfig), so the scheduled server's
+        # own; the fraction only has to pass vLLM's free-memory check beside the fixture's training
+        util = min(0.95, 1.05 * (need["kv_cache_memory_bytes"] + need["overhead"] + GIB) / total) if total else None
+        memory = {"kv_cache_memory_bytes": need["kv_cache_memory_bytes"], **({"gpu_memory_utilization": util} if util else {})}
+        dummy = dataclasses.replace(variant, engine_args={**variant.engine_args, "load_format": "dummy"})
+        workdir.mkdir(parents=True, exist_ok=True)
+        server = self.start(model, dummy, workdir, memory)
+        try:
+            def healthy() -> bool:
+                if stop.is_set():
+                    raise _Stopped
+                return _get(f"{server.base_url}/health", timeout=2) is not None
+
+            try:
+                wait_healthy(server.proc, server.log_path, healthy, max(1.0, deadline - time.time()),
+                             "vllm serve (warm-up, dummy weights)")
+            except _Stopped:
+                return f"warm-up server stopped before it was up ({time.time() - t0:.1f} s)"
+            return (f"a {variant.name} server with random weights up in {time.time() - t0:.1f} s: vLLM's model "
+                    f"info, compile and kernel caches filled ({server.log_path})")
+        finally:
+            server.stop()
 
     def check(self, model: ModelSpec, variant: Variant) -> None:
         v = variant
