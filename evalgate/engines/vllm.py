@@ -465,16 +465,16 @@ class VLLMEngine(Engine):
                      stop: threading.Event | None = None, wait_s: float = 900.0) -> str | None:
         """A machine's first vLLM servers fill per-machine caches, each on its own and on the critical path:
         the model class's inspection (a fresh interpreter importing vLLM: 27 s in the baseline's start,
-        H200 docs/results/h200-2026-11-27-21), torch.compile's artifacts (14.5 s) and Triton's kernels
-        (13 s between CUDA graphs and ready), against a 31 s start once they exist (-22). Here they are
-        filled once, while the inputs are built, as soon as the model's config.json exists (the fixture
-        writes it, its tokenizer and generation config before training):
+        H200 docs/results/h200-2026-11-27-21) and torch.compile's artifacts (14.5 s), against a 31 s start
+        once they exist (-22). Here they are filled once, while the inputs are built, as soon as the model's
+        config.json exists (the fixture writes it, its tokenizer and generation config before training):
 
         - while the model's weights are not written yet (the fixture trains them): `variant`'s own server
           started with random weights (`--load-format dummy`, in `workdir`), up, then stopped. vLLM keys
           its compile cache on the configuration, not the weights (LoadConfig hashes nothing), so the
           scheduled server of `variant` (the baseline, profiled first) finds its graphs compiled, and every
-          server finds the inspection and the Triton kernels;
+          server finds the inspection done (H100 docs/results/h100-2026-11-27-18: the baseline started in
+          51.9 s, its graphs loaded from the cache; the 13 s between CUDA graphs and ready stayed);
         - otherwise (the weights exist: servers may start any moment) the inspection alone, as vLLM's
           registry does it, in a subprocess.
 
