@@ -546,7 +546,7 @@ class VLLMEngine(Engine):
             except _Stopped:
                 return f"warm-up server stopped before it was up ({time.time() - t0:.1f} s)"
             return (f"a {variant.name} server with random weights up in {time.time() - t0:.1f} s: vLLM's model "
-                    f"info, compile and kernel caches filled ({server.log_path})")
+                    f"info and compile caches filled ({server.log_path})")
         finally:
             server.stop()
 
