@@ -154,7 +154,7 @@ def early_setup(scheduled, monkeypatch, tmp_path):
             s.server = None
 
     monkeypatch.setattr(schedule, "scheduled", scheduled_fn)
-    return types.SimpleNamespace(cfg=c, prepared=prepared, stopped=stopped, handed=handed)
+    return types.SimpleNamespace(cfg=c, prepared=prepared, stopped=stopped, handed=handed, engine=engine)
 
 
 def test_servers_that_need_only_the_fixture_start_while_the_other_inputs_are_built(scheduled, monkeypatch, tmp_path):
@@ -192,6 +192,32 @@ def test_servers_started_ahead_are_stopped_when_the_inputs_fail(scheduled, monke
     with pytest.raises(SystemExit, match="workload"):
         repro._repro(e.cfg)
     assert sorted(e.stopped) == ["baseline", "fp8"] and e.handed == ["workload"]
+
+
+def test_the_engines_warm_up_is_stopped_and_awaited_when_the_run_ends(scheduled, monkeypatch, tmp_path):
+    """The engine's warm-up (vLLM: the baseline's server with random weights while the fixture trains) runs
+    beside the inputs for the baseline; when the run ends (here: an input failed) it is told to stop and the
+    run waits for it, so no warm-up server outlives the run."""
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+    got = []
+
+    def warm_machine(model, variant, workdir, stop):
+        got.append(variant.name)
+        got.append("stopped" if stop.wait(30) else "never stopped")
+
+    e.engine.warm_machine = warm_machine
+    scheduled.status.update({"fixture", "baseline", "run@fp8", "run@w4a16"})
+    real = repro.dvc
+
+    def dvc(*args, check=True, capture=False):
+        if args == ("repro", "workload"):
+            raise SystemExit("dvc repro workload failed with exit code 1")
+        return real(*args, check=check, capture=capture)
+
+    monkeypatch.setattr(repro, "dvc", dvc)
+    with pytest.raises(SystemExit, match="workload"):
+        repro._repro(e.cfg)
+    assert got == ["baseline", "stopped"]
 
 
 def test_servers_started_ahead_are_stopped_when_the_schedule_fails_to_begin(scheduled, monkeypatch, tmp_path):
