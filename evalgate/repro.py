@@ -238,8 +238,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
     try:
         if any(h.split("@")[0] in INPUT_STAGES for h in hit):
             step(f"1/5 inputs ({', '.join(INPUT_STAGES)})")
-            # the engine's per-machine caches (vLLM: its model-info cache) filled beside the inputs, not by
-            # every server's first start at once
+            # the engine's per-machine caches (vLLM: model info and the baseline's compiled graphs, from a
+            # server with random weights while the fixture trains) filled beside the inputs, not by every
+            # server's first start at once, on the critical path
             warming = threading.Thread(target=_warm_machine, args=(engine, cfg, t0, warm_stop), daemon=True)
             warming.start()
             build_inputs(cfg, step, early)

@@ -317,6 +317,12 @@ def test_warm_machine_starts_the_variant_with_random_weights_while_the_model_tra
     assert not t.is_alive() and out[0].startswith("warm-up server stopped before it was up")
     assert not _alive(int((tmp_path / "child.pid").read_text()))
 
+    monkeypatch.setenv("FAKE_VLLM_MODE", "crash")   # a failed warm-up server: the inspection alone, both said
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nothing"))   # (no vLLM here: that fails too, and says so)
+    said = engine.warm_machine(ModelSpec(source="local", id=str(model)), parse_variant("baseline", {}), tmp_path / "w3")
+    assert said.startswith("warm-up server failed (RuntimeError: vllm serve (warm-up, dummy weights) exited with 3")
+    assert "; model info for LlamaForCausalLM not cached (exit 1: ModuleNotFoundError" in said
+
 
 def test_the_card_asked_about_is_the_one_cuda_visible_devices_names(monkeypatch):
     """NVML numbers every card of the host; a run pinned to card 1 must read card 1's free memory (and

@@ -489,16 +489,15 @@ class VLLMEngine(Engine):
         while not (folder / "config.json").exists():
             if time.time() > deadline or stop.wait(2.0):
                 return None
-        t0 = time.time()
+        t0, failed = time.time(), ""
         if variant is not None and workdir is not None and not any(folder.glob("*.safetensors")):
             try:
                 return self._warm_server(model, variant, workdir, stop, deadline, t0)
             except Exception as e:  # noqa: BLE001 - only a head start: the inspection alone, below
-                failed = f"warm-up server failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                failed = f"warm-up server failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
                 if stop.is_set():
-                    return failed.rstrip("; ")
-        else:
-            failed = ""
+                    return failed
+                failed += "; "
         for tries_left in (2, 1, 0):   # seen before save_pretrained finished writing it: read again
             try:
                 archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
