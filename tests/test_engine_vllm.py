@@ -323,6 +323,10 @@ def test_warm_machine_starts_the_variant_with_random_weights_while_the_model_tra
     assert said.startswith("warm-up server failed (RuntimeError: vllm serve (warm-up, dummy weights) exited with 3")
     assert "; model info for LlamaForCausalLM not cached (exit 1: ModuleNotFoundError" in said
 
+    (model / "pytorch_model.bin").write_bytes(b"")   # weights there (any format vLLM loads): no server, the inspection
+    said = engine.warm_machine(ModelSpec(source="local", id=str(model)), parse_variant("baseline", {}), tmp_path / "w4")
+    assert said.startswith("model info for LlamaForCausalLM not cached") and not (tmp_path / "w4").exists()
+
 
 def test_the_card_asked_about_is_the_one_cuda_visible_devices_names(monkeypatch):
     """NVML numbers every card of the host; a run pinned to card 1 must read card 1's free memory (and

@@ -490,7 +490,8 @@ class VLLMEngine(Engine):
             if time.time() > deadline or stop.wait(2.0):
                 return None
         t0, failed = time.time(), ""
-        if variant is not None and workdir is not None and not any(folder.glob("*.safetensors")):
+        weights = any(f.suffix in (".safetensors", ".bin", ".pt") for f in folder.iterdir())   # what vLLM loads
+        if variant is not None and workdir is not None and not weights:
             try:
                 return self._warm_server(model, variant, workdir, stop, deadline, t0)
             except Exception as e:  # noqa: BLE001 - only a head start: the inspection alone, below
