@@ -150,8 +150,9 @@ def main() -> int:
     fixture_s = inputs_span(seen)
     verdict_s = wall_s - fixture_s
     b = breakdown(Path("results"), verdict_s)
-    b["repro_steps"] = repro_steps([line for _, line in seen], wall_s)
-    if ahead := started_ahead([line for _, line in seen]):
+    lines = [line for _, line in seen]
+    b["repro_steps"] = repro_steps(lines, wall_s)
+    if ahead := started_ahead(lines):
         b["started_ahead"] = ahead
     done_at = next((t for t, line in seen if DONE.match(line.rstrip())), None)
     if done_at is not None and exited:   # the "after `done`" step: the process's own exit, then its output's close

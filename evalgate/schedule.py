@@ -35,6 +35,7 @@ GuideLLM and llm-optimizer all run one server at a time).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import queue
 import subprocess
@@ -305,13 +306,7 @@ class Scheduler:
         """Stop these servers side by side: each stop waits for its server's processes to exit (seven one
         after another took ≈ 6 s at the end of a GPU run, side by side ≈ 3 s with writing the schedule).
         `wait=False`: the stops still running are returned, to be joined."""
-        stops = [threading.Thread(target=self._release, args=(s,)) for s in slots if s.server is not None or s.counted]
-        for t in stops:
-            t.start()
-        if wait:
-            for t in stops:
-                t.join()
-        return stops
+        return side_by_side([functools.partial(self._release, s) for s in slots if s.server is not None or s.counted], wait)
 
     def _run(self) -> dict:
         t_begin = time.time()
@@ -518,14 +513,22 @@ class Ahead:
             s.server = s.started_at = None
 
 
-def stop_servers(servers: list) -> None:
-    """Stop these servers side by side, returning once every one has exited (each `stop` waits for its
-    process group), as `Scheduler._release_all` does with its own bookkeeping."""
-    stops = [threading.Thread(target=x.stop) for x in servers]
-    for t in stops:
+def side_by_side(calls: list[Callable[[], None]], wait: bool = True) -> list[threading.Thread]:
+    """Each call in a thread of its own (server stops: each waits for its process group to exit); joined
+    unless `wait` is False, when the threads are returned, to be joined by the caller."""
+    threads = [threading.Thread(target=c) for c in calls]
+    for t in threads:
         t.start()
-    for t in stops:
-        t.join()
+    if wait:
+        for t in threads:
+            t.join()
+    return threads
+
+
+def stop_servers(servers: list) -> None:
+    """Stop these servers side by side, returning once every one has exited (`Scheduler._release_all` is
+    the same with the scheduler's bookkeeping)."""
+    side_by_side([x.stop for x in servers])
 
 
 def start_ahead(cfg, engine, jobs: list, log: Callable = print) -> Ahead:

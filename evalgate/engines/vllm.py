@@ -53,6 +53,14 @@ class _Stopped(Exception):
     """warm_machine's caller ended: its warm-up server stops at once."""
 
 
+def _appears(path: Path, deadline: float, stop: threading.Event, poll_s: float = 1.0) -> bool:
+    """Wait for `path` to exist (a file the fixture writes while it trains); False at `deadline` or `stop`."""
+    while not path.exists():
+        if time.time() > deadline or stop.wait(poll_s):
+            return False
+    return True
+
+
 def _flag(key: str, value) -> list[str]:
     """engine_args entry → CLI flag(s): booleans become --x / --no-x, dicts JSON."""
     name = "--" + key.replace("_", "-")
@@ -486,9 +494,8 @@ class VLLMEngine(Engine):
             return None
         stop = stop or threading.Event()
         folder, deadline = Path(model.id), time.time() + wait_s
-        while not (folder / "config.json").exists():
-            if time.time() > deadline or stop.wait(2.0):
-                return None
+        if not _appears(folder / "config.json", deadline, stop, poll_s=2.0):
+            return None
         t0, failed = time.time(), ""
         weights = any(f.suffix in (".safetensors", ".bin", ".pt") for f in folder.iterdir())   # what vLLM loads
         if variant is not None and workdir is not None and not weights:
@@ -521,10 +528,8 @@ class VLLMEngine(Engine):
     def _warm_server(self, model: ModelSpec, variant: Variant, workdir: Path, stop: threading.Event,
                      deadline: float, t0: float) -> str:
         """warm_machine's server: `variant` with random weights once its tokenizer exists, until healthy."""
-        folder = Path(model.id)
-        while not (folder / "tokenizer_config.json").exists():
-            if time.time() > deadline or stop.wait(1.0):
-                return "warm-up server not started (no tokenizer)"
+        if not _appears(Path(model.id) / "tokenizer_config.json", deadline, stop):
+            return "warm-up server not started (no tokenizer)"
         need = self.memory_need(model, variant)
         _, total = self.device_memory() or (0, 0)
         # the KV-cache bytes are part of vLLM's compile-cache key (CacheConfig), so the scheduled server's
