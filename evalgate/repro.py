@@ -243,7 +243,9 @@ def _repro(cfg: Config, serial: bool = False, no_run_cache: bool = False) -> int
             # server's first start at once, on the critical path
             warming = threading.Thread(target=_warm_machine, args=(engine, cfg, t0, warm_stop), daemon=True)
             warming.start()
-            build_inputs(cfg, step, early)
+            if warm is not None and checkpoints_stale(cfg, hit):
+                warm = _after(warm, _warm_checkpoint_imports)
+            build_inputs(cfg, step, early, warm)
         else:
             step("1/5 inputs up to date")
             known = hit
@@ -361,18 +363,18 @@ def prepare(cfg: Config, name: str, results: Results, engine):
 
 
 class Early:
-    """The servers of the stale variants that need nothing but the fixture, started as soon as it exists:
-    while the workload stage and the offline checkpoints (quantize@w4a16: ≈ 23 s on an H200) are built,
-    which the scheduled start otherwise waited for (docs/results/h200-2026-11-27-19: the fixture was done
-    at +174.6 s, the schedule began at +197.8 s).
+    """The servers of the stale variants, started as soon as their weights exist: once the fixture is built
+    and the stale quantize@ stages have run (build_inputs), while the workload stage is built and before
+    the schedule, which otherwise waited for it (docs/results/h200-2026-11-27-19: the fixture was done at
+    +174.6 s, the schedule began at +197.8 s).
 
     Only what DVC already calls stale once the fixture is built (`begin`, with its `dvc status` answer): a
     stage stale then stays stale while the rest of the inputs are built, so no server starts for a variant
-    that will not run; and only variants whose served weights do not come from their quantize@ stage (no
-    offline method, and no checkpoint folder or failed quantization of an earlier configuration there)
-    and that the engine runs (a rejected variant is prepared later: its failed MLflow run names the new
-    workload). Anything that goes wrong here only takes the head start away: `take` then hands over
-    nothing, and the variants are prepared and started as before, where their errors are raised."""
+    that will not run; and only variants that the engine runs and whose quantize@ stage recorded no error
+    (a rejected variant is prepared later: its failed MLflow run names the new workload). Every checkpoint
+    folder is current by then (its stage ran, or DVC calls it up to date), so each server loads the weights
+    its variant is judged on. Anything that goes wrong here only takes the head start away: `take` then
+    hands over nothing, and the variants are prepared and started as before, where their errors are raised."""
 
     def __init__(self, cfg: Config, engine, results: Results, stages: list[str], t0: float):
         self.cfg, self.engine, self.results, self.stages, self.t0 = cfg, engine, results, stages, t0
@@ -380,7 +382,7 @@ class Early:
         self.error: Exception | None = None
 
     def candidates(self, hit: set[str]) -> list[str]:
-        from evalgate.config import OFFLINE_QUANT
+        from evalgate.config import ConfigError
         from evalgate.engines.base import VariantUnsupported
         from evalgate.models import served_model
         from evalgate.quantize import checkpoint_error
@@ -388,21 +390,20 @@ class Early:
         names = []
         for st in stale(self.stages, hit):
             name = st.removeprefix("run@")
-            variant, folder = self.cfg.variant(name), Path(PATHS["checkpoints"]) / name
-            if name != BASELINE and (
-                variant.quantization["method"] in OFFLINE_QUANT or (folder / "config.json").exists() or checkpoint_error(folder)
-            ):
+            variant = self.cfg.variant(name)
+            folder = str(Path(PATHS["checkpoints"]) / name) if name != BASELINE else None
+            if checkpoint_error(folder):
                 continue
             try:
-                self.engine.check(served_model(self.cfg.model, variant, None, PATHS["gguf"]), variant)
-            except VariantUnsupported:
+                self.engine.check(served_model(self.cfg.model, variant, folder, PATHS["gguf"]), variant)
+            except (VariantUnsupported, ConfigError):  # its own preparation says why, in the schedule
                 continue
             names.append(name)
         return names
 
     def begin(self, hit: set[str]) -> None:
         """Prepare them and start their servers (a second or two: each start returns once its process is
-        launched), in the caller's thread, before the quantize commands import their libraries."""
+        launched), in the caller's thread (the one that imports)."""
         from evalgate import schedule
 
         try:
@@ -566,14 +567,22 @@ def _picture_pool(workers: int = 4):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build_inputs(cfg: Config, step, early: Early | None = None) -> None:
+def build_inputs(cfg: Config, step, early: Early | None = None, warm: threading.Thread | None = None) -> None:
     """The inputs every variant reads. `dvc repro` builds the fixture and the gguf stage's output (what the
-    quantize stages read); then the stale `quantize@<variant>` stages run in this process (a thread) while
-    `dvc repro workload` runs beside them, and one `dvc commit` records them. Their command is the stage's
-    own (evalgate.stages.quantize: a marker, or a checkpoint for an offline method). Under `dvc repro` each
-    would be a process with its own lock and hashing (one `dvc repro` of the CPU default's six: 7.8–8.2 s
-    against 2.2–3.1 s here, docs/results/cpu-2026-11-27-3), one after the other and after the workload
-    (on an H100 the workload stage took 18.1 s and quantize@w4a16 23.7 s, docs/results/h100-2026-11-27-8)."""
+    quantize stages read); then the stale `quantize@<variant>` stages run in this process, one `dvc commit`
+    records them, and `dvc repro workload` runs while the servers that need nothing more start (Early).
+    The quantize commands are the stages' own (evalgate.stages.quantize: a marker, or a checkpoint for an
+    offline method). Under `dvc repro` each would be a process with its own lock and hashing (one `dvc
+    repro` of the CPU default's six: 7.8–8.2 s against 2.2–3.1 s here, docs/results/cpu-2026-11-27-3).
+
+    They run before any server starts, not beside the starts: on an H100 quantize@w4a16 took 34.4 s
+    beside six starting servers, and its server, started after it, was the last one up and held every
+    profile back (docs/results/h100-2026-11-27-18); run first, every checkpoint is current when Early
+    starts the servers, w4a16's among them. The commit comes before the starts too: it relinks the files
+    it records, which a server may be reading. `warm` (this run's imports while the fixture trained) is
+    awaited first: everything that imports runs in this thread, one thing after the other (lm-eval's
+    preparation and transformers' imports side by side raced on transformers' lazily imported attributes:
+    "module 'transformers' has no attribute 'PreTrainedTokenizerBase'", h100-2026-11-27-15)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from evalgate import stages
@@ -581,22 +590,20 @@ def build_inputs(cfg: Config, step, early: Early | None = None) -> None:
     dvc("repro", "fixture", "gguf")
     hit = changed()
     todo = stale([f"quantize@{n}" for n in cfg.variants if n != BASELINE], hit)
-    # the workload stage is a process (its thread only waits for it); everything that imports runs in this
-    # thread, one thing after the other: the servers' preparation (lm-eval) and the quantize commands
-    # (transformers, compressed-tensors) side by side raced on transformers' lazily imported attributes
-    # ("module 'transformers' has no attribute 'PreTrainedTokenizerBase'", H100 2026-11-27, h100-2026-11-27-15)
-    with ThreadPoolExecutor(1, thread_name_prefix="workload") as pool:
-        work = pool.submit(dvc, "repro", "workload")
-        if early is not None:  # the servers that need nothing more start now, beside the rest (Early)
-            early.begin(hit)
-        if todo:
-            step(f"1/5 {' '.join(todo)} (in this process, beside the workload stage)")
-            for st in todo:
-                name = st.removeprefix("quantize@")
-                stages.quantize(cfg, name, Path(PATHS["checkpoints"]) / name, Path(PATHS["gguf"]))
-        work.result()  # its error, raised here
+    if warm is not None:
+        warm.join()
     if todo:
+        step(f"1/5 {' '.join(todo)} (in this process, before the servers start)")
+        for st in todo:
+            name = st.removeprefix("quantize@")
+            stages.quantize(cfg, name, Path(PATHS["checkpoints"]) / name, Path(PATHS["gguf"]))
         commit(todo)
+    step("1/5 workload" + (" (the servers that need nothing more start beside it)" if early is not None else ""))
+    with ThreadPoolExecutor(1, thread_name_prefix="workload") as pool:  # a process: its thread only waits
+        work = pool.submit(dvc, "repro", "workload")
+        if early is not None:  # the servers that need nothing more start now, beside the workload (Early)
+            early.begin(hit)
+        work.result()  # its error, raised here
 
 
 def _warm_machine(engine, cfg: Config, t0: float, stop: threading.Event) -> None:
@@ -617,6 +624,30 @@ def _warm_imports(cfg: Config) -> None:
         from evalgate.evaluate import check_gated_metrics, task_manager
 
         check_gated_metrics(task_manager(cfg.eval["tasks"], cfg.eval.get("include_path")), [th.metric for th in cfg.thresholds])
+
+
+def checkpoints_stale(cfg: Config, hit: set[str]) -> bool:
+    """Whether a stale quantize@ stage writes a compressed-tensors checkpoint (evalgate.quantize.SCHEMES)."""
+    from evalgate.quantize import SCHEMES
+
+    return any(f"quantize@{n}" in hit and cfg.variant(n).quantization["method"] in SCHEMES for n in cfg.variants)
+
+
+def _after(first: threading.Thread, then, *args) -> threading.Thread:
+    """A started thread that runs `then(*args)` once `first` has ended (one import after the other)."""
+    t = threading.Thread(target=lambda: (first.join(), then(*args)), daemon=True)
+    t.start()
+    return t
+
+
+def _warm_checkpoint_imports() -> None:
+    """What a compressed-tensors checkpoint imports (evalgate.quantize.preload), while the fixture trains:
+    after it, they were on the path of that variant's server, the last one up (an H100,
+    docs/results/h100-2026-11-27-18: quantize@w4a16 took 34.4 s)."""
+    with contextlib.suppress(Exception):  # only a head start: the quantize command imports them itself
+        from evalgate.quantize import preload
+
+        preload()
 
 
 def _warm_report_imports() -> None:

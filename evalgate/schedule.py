@@ -533,10 +533,10 @@ def stop_servers(servers: list) -> None:
 
 def start_ahead(cfg, engine, jobs: list, log: Callable = print) -> Ahead:
     """Start these prepared variants' servers now, before the schedule (evalgate.repro: as soon as the
-    fixture exists, while the workload and the offline checkpoints are built), in order while they fit
-    the card; `scheduled(…, ahead=)` then waits for them instead of starting them. The server start is
-    the schedule's first ≈ 65–80 s on an H200 and needs only the model: after a new fixture it no longer
-    waits for the ≈ 23 s of quantize@w4a16 beside the workload stage (docs/results/h200-2026-11-27-19)."""
+    fixture and the checkpoints exist, while the workload is built), in order while they fit the card;
+    `scheduled(…, ahead=)` then waits for them instead of starting them. The server start is the
+    schedule's first ≈ 65–80 s on an H200 and needs only the weights: it need not wait for the workload
+    stage and DVC's status and commit (docs/results/h200-2026-11-27-19)."""
     slots = [Slot(j) for j in jobs]
     cap = device_capacity(cfg, engine)
     if cap is not None:

@@ -19,6 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
+from evalgate.repro import LOGS  # noqa: E402
 from evalgate.results import AGAIN, VariantResults  # noqa: E402
 
 REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
@@ -31,6 +32,14 @@ def write_gz(path: Path, data: bytes) -> None:
     """Logs gzipped: a results folder travels with every later GPU call, beside a ≈ 60 MB bundle part,
     under the tool's 64 MiB (zcat reads them)."""
     path.write_bytes(gzip.compress(data, mtime=0))
+
+
+def write_log(log: Path, dst: Path) -> None:
+    """A server's log, if there is one, gzipped: its head holds the start-up facts, its tail any error."""
+    if log.exists():
+        lines = log.read_text(errors="replace").splitlines()
+        keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
+        write_gz(dst, ("\n".join(keep) + "\n").encode())
 
 
 def card() -> tuple[str, str]:
@@ -107,10 +116,13 @@ def main() -> int:
                 (dst / f"levels{'_' + sweep if sweep else ''}.json").write_text(json.dumps(
                     [{k: v for k, v in lv.items() if k != "requests"} for lv in prof["levels"]], indent=1))
         for log in [d / "server.log", *sorted(d.glob("server.try*.log"))]:   # a failed try's log: its crash
-            if log.exists():  # the head holds the start-up facts, the tail any error
-                lines = log.read_text(errors="replace").splitlines()
-                keep = lines if len(lines) <= 600 else [*lines[:300], f"[… {len(lines) - 600} lines left out …]", *lines[-300:]]
-                write_gz(dst / f"{log.name}.gz", ("\n".join(keep) + "\n").encode())
+            write_log(log, dst / f"{log.name}.gz")
+    # the engine's warm-up server (random weights, while the fixture trained): what it cached, against
+    # what each variant's server then still did itself
+    # (this run's: a run whose fixture existed started none, and the last one's log is still there)
+    warm_up = LOGS / "warm-up" / "server.log"
+    if warm_up.exists() and warm_up.stat().st_mtime >= time.time() - a.seconds:
+        write_log(warm_up, out / "warm-up-server.log.gz")
     versions = {}
     for pkg in ("vllm", "torch", "transformers", "lm_eval", "mlflow", "dvc", "hydra-core", "compressed-tensors"):
         try:

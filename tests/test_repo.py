@@ -67,3 +67,27 @@ def test_collect_keeps_the_samples_of_a_variant_a_look_stopped(tmp_path, monkeyp
     assert sorted(f.name for f in kept.glob("*samples_*")) == ["first.samples_fx_ppl.jsonl.gz",
                                                                "first.samples_fx_ppl.repeat.jsonl.gz"]
     assert json.loads((kept / "unreproducible.first.json").read_text())[0]["changed_docs"] == 26
+
+
+def test_collect_keeps_this_runs_warm_up_server_log_only(tmp_path, monkeypatch):
+    """gpu/collect.py: the engine's warm-up server log (what it cached while the fixture trained) comes with
+    the run that started it; a later run whose fixture existed started none and does not carry the old one."""
+    import gzip
+    import os
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "gpu"))
+    import collect
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(collect, "mlflow_runs", lambda: [])
+    (tmp_path / "results").mkdir()
+    log = tmp_path / collect.LOGS / "warm-up" / "server.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("INFO Graph capturing finished in 2 secs\n")
+    for n, age in ((1, 0), (2, 3600)):
+        os.utime(log, (log.stat().st_atime, log.stat().st_mtime - age))
+        monkeypatch.setattr(sys, "argv", ["collect.py", "--seconds", "600", "--command", "t", "--out", str(tmp_path / f"o{n}")])
+        assert collect.main() == 0
+    assert gzip.decompress((tmp_path / "o1/warm-up-server.log.gz").read_bytes()).startswith(b"INFO Graph")
+    assert not (tmp_path / "o2/warm-up-server.log.gz").exists()

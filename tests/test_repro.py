@@ -82,12 +82,14 @@ def scheduled(monkeypatch, tmp_path):
 
     monkeypatch.setattr(repro, "gate_and_report", gate_and_report)
     monkeypatch.setattr(repro, "_warm_imports", lambda cfg: None)   # lm-eval's task index: not here
+    monkeypatch.setattr(repro, "_warm_checkpoint_imports", lambda: None)   # nor torch's import
     return types.SimpleNamespace(log=log, status=status, ran=ran)
 
 
 def scheduled_cfg():
     return types.SimpleNamespace(engine={"name": "vllm"}, variants={"baseline": {}, "fp8": {}},
-                                 eval={"tasks": ["fx_add"]}, model=None)
+                                 eval={"tasks": ["fx_add"]}, model=None,
+                                 variant=lambda n: types.SimpleNamespace(name=n, quantization={"method": n}))
 
 
 def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report_at_once(scheduled):
@@ -103,15 +105,14 @@ def test_scheduled_repro_skips_fresh_inputs_and_commits_variants_gate_and_report
 
 def test_scheduled_repro_runs_stale_inputs_first(scheduled, monkeypatch):
     """The fixture and gguf through `dvc repro`; the stale quantize@ stages through their command in this
-    process, beside `dvc repro workload`, and one `dvc commit` (a process and a lock per variant otherwise)."""
+    process and one `dvc commit` (a process and a lock per variant otherwise), then `dvc repro workload`."""
     monkeypatch.setattr("evalgate.stages.quantize", lambda cfg, variant, out, gguf: scheduled.log.append(
         ("quantize", variant, str(out))))
     scheduled.status.update({"quantize@fp8", "run@fp8"})
     assert repro._repro(scheduled_cfg()) == 0
-    assert scheduled.log[1:3] == [("repro", "fixture", "gguf"), ("status", "--json")]
-    # the quantize command (a thread) and `dvc repro workload` side by side, in either order; then the commit
-    assert sorted(scheduled.log[3:5]) == [("quantize", "fp8", "checkpoints/fp8"), ("repro", "workload")]
-    assert scheduled.log[5] == ("commit", "quantize@fp8")
+    assert scheduled.log[1:6] == [("repro", "fixture", "gguf"), ("status", "--json"),
+                                  ("quantize", "fp8", "checkpoints/fp8"), ("commit", "quantize@fp8"),
+                                  ("repro", "workload")]
     assert scheduled.log[6] == ("status", "--json")   # asked again, after the inputs ran
     assert scheduled.log[-1] == ("commit", "run@fp8", "gate", "report")
 
@@ -157,23 +158,59 @@ def early_setup(scheduled, monkeypatch, tmp_path):
     return types.SimpleNamespace(cfg=c, prepared=prepared, stopped=stopped, handed=handed, engine=engine)
 
 
-def test_servers_that_need_only_the_fixture_start_while_the_other_inputs_are_built(scheduled, monkeypatch, tmp_path):
-    """After a new fixture, the baseline's and fp8's servers start as soon as `dvc repro fixture gguf` is
-    done (DVC already calls them stale then), beside the workload stage and quantize@w4a16; w4a16 waits for
-    its checkpoint. The scheduler gets them started, each variant prepared once."""
+def test_every_stale_variants_server_starts_once_its_checkpoint_is_built_beside_the_workload(scheduled, monkeypatch, tmp_path):
+    """After a new fixture, the stale quantize@ stages run first and are committed (before any server reads a
+    checkpoint: the commit relinks its files); then every stale variant's server starts, w4a16's on its new
+    checkpoint too, beside the workload stage. Before, quantize@w4a16 ran beside six starting servers (34.4 s
+    on an H100) and its server, started after it, held every profile back. The scheduler gets them all
+    started, each variant prepared once."""
     e = early_setup(scheduled, monkeypatch, tmp_path)
     scheduled.status.update({"fixture", "quantize@fp8", "quantize@w4a16", "baseline", "run@fp8", "run@w4a16"})
     assert repro._repro(e.cfg) == 0
     log = scheduled.log
     assert log[1] == ("repro", "fixture", "gguf") and log[2] == ("status", "--json")
-    # before the quantize commands, in this thread: their imports and the preparation's must not overlap
-    here = [c for c in log if c != ("repro", "workload")]   # the workload stage: a process, any time beside
-    assert here[3:6] == [("ahead", "baseline", "fp8"), ("quantize", "fp8"), ("quantize", "w4a16")]
-    assert here[6] == ("commit", "quantize@fp8", "quantize@w4a16") and ("repro", "workload") in log[3:7]
+    assert log[3:6] == [("quantize", "fp8"), ("quantize", "w4a16"), ("commit", "quantize@fp8", "quantize@w4a16")]
+    # the workload stage: a process, any time beside the starts (in this thread, after the commit)
+    assert sorted(log[6:8]) == [("ahead", "baseline", "fp8", "w4a16"), ("repro", "workload")]
     assert sorted(e.prepared) == ["baseline", "fp8", "w4a16"]   # once each
     (names, ahead), = e.handed
-    assert names == ["baseline", "fp8", "w4a16"] and [s.name for s in ahead.slots] == ["baseline", "fp8"]
+    assert names == ["baseline", "fp8", "w4a16"] and [s.name for s in ahead.slots] == ["baseline", "fp8", "w4a16"]
     assert ahead.capacity == (10, 20) and e.stopped == []
+
+
+def test_the_checkpoints_imports_run_while_the_fixture_trains_after_lm_evals(scheduled, monkeypatch, tmp_path):
+    """With a compressed-tensors checkpoint to build (w4a16), its libraries are imported beside the fixture's
+    training, after lm-eval's warm-up (never beside it: transformers' lazy attributes raced) and before the
+    quantize commands; with none stale, not at all."""
+    e = early_setup(scheduled, monkeypatch, tmp_path)
+    order = []
+
+    def lm_eval_imports(cfg):
+        time.sleep(0.2)
+        order.append("lm-eval")
+
+    def checkpoint_imports():
+        time.sleep(0.2)
+        order.append("checkpoint libraries")
+
+    def fixture(*args, check=True, capture=False):
+        if args == ("repro", "fixture", "gguf"):
+            order.append("fixture built")
+        return real(*args, check=check, capture=capture)
+
+    real = repro.dvc
+    monkeypatch.setattr(repro, "dvc", fixture)
+    monkeypatch.setattr(repro, "_warm_imports", lm_eval_imports)
+    monkeypatch.setattr(repro, "_warm_checkpoint_imports", checkpoint_imports)
+    monkeypatch.setattr("evalgate.stages.quantize", lambda cfg, variant, out, gguf: order.append(f"quantize {variant}"))
+    scheduled.status.update({"fixture", "quantize@fp8", "quantize@w4a16", "baseline", "run@fp8", "run@w4a16"})
+    assert repro._repro(e.cfg) == 0
+    assert order == ["fixture built", "lm-eval", "checkpoint libraries", "quantize fp8", "quantize w4a16"]
+
+    order.clear()
+    scheduled.status.difference_update({"quantize@w4a16"})
+    assert repro._repro(e.cfg) == 0
+    assert order == ["fixture built", "lm-eval", "quantize fp8"]
 
 
 def test_servers_started_ahead_are_stopped_when_the_inputs_fail(scheduled, monkeypatch, tmp_path):
@@ -191,7 +228,7 @@ def test_servers_started_ahead_are_stopped_when_the_inputs_fail(scheduled, monke
     monkeypatch.setattr(repro, "dvc", dvc)
     with pytest.raises(SystemExit, match="workload"):
         repro._repro(e.cfg)
-    assert sorted(e.stopped) == ["baseline", "fp8"] and e.handed == ["workload"]
+    assert sorted(e.stopped) == ["baseline", "fp8", "w4a16"] and e.handed == ["workload"]
 
 
 def test_the_engines_warm_up_is_stopped_and_awaited_when_the_run_ends(scheduled, monkeypatch, tmp_path):
@@ -235,16 +272,30 @@ def test_servers_started_ahead_are_stopped_when_the_schedule_fails_to_begin(sche
     scheduled.status.update({"fixture", "baseline", "run@fp8", "run@w4a16"})
     with pytest.raises(RuntimeError, match="forkserver"):
         repro._repro(e.cfg)
-    assert sorted(e.stopped) == ["baseline", "fp8"]
+    assert sorted(e.stopped) == ["baseline", "fp8", "w4a16"]
 
 
-def test_no_server_starts_ahead_for_a_variant_whose_folder_holds_an_earlier_checkpoint(scheduled, monkeypatch, tmp_path):
-    """fp8 now, w4a16 before: checkpoints/fp8 still holds the old checkpoint until quantize@fp8 replaces it
-    with a marker, so fp8's server would load the wrong weights ahead; it starts in the schedule instead."""
+def test_no_server_starts_ahead_for_a_variant_whose_quantization_failed_or_that_the_engine_cannot_serve(
+        scheduled, monkeypatch, tmp_path):
+    """quantize@w4a16 recorded an error (its variant is rejected with it, prepared in the schedule, where its
+    MLflow run names the new workload), and the engine refuses fp8: only the baseline starts ahead."""
+    import json
+
+    from evalgate.engines.base import VariantUnsupported
+
     e = early_setup(scheduled, monkeypatch, tmp_path)
-    (tmp_path / "checkpoints" / "fp8").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "fp8" / "config.json").write_text("{}")
-    scheduled.status.update({"fixture", "quantize@fp8", "baseline", "run@fp8", "run@w4a16"})
+
+    def quantize(cfg, variant, out, gguf):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoint.json").write_text(json.dumps({"checkpoint": False, "error": "OutOfMemoryError: x"}))
+
+    def check(model, variant):
+        if variant.name == "fp8":
+            raise VariantUnsupported("no fp8 here")
+
+    monkeypatch.setattr("evalgate.stages.quantize", quantize)
+    e.engine.check = check
+    scheduled.status.update({"fixture", "quantize@w4a16", "baseline", "run@fp8", "run@w4a16"})
     assert repro._repro(e.cfg) == 0
     assert ("ahead", "baseline") in scheduled.log
     (names, ahead), = e.handed
