@@ -213,7 +213,7 @@ def test_scheduled_repro_runs_only_what_dvc_finds_stale_and_commits_it(proj):
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh([sys.executable, "-m", "evalgate", "repro"], d).stdout
     assert "stale: run@prompt_lookup [+" in out and "running 1 variant(s) one at a time [+" in out
-    assert "1/5 quantize@prompt_lookup (in this process, beside the workload stage) [+" in out   # its params changed
+    assert "1/5 quantize@prompt_lookup (in this process, before the servers start) [+" in out   # its params changed
     assert json.loads((d / "results/prompt_lookup/timeline.json").read_text())["events"]
     status = sh([sys.executable, "-m", "dvc", "status"], d).stdout
     assert "up to date" in status, status
