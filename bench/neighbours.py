@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
 
 METRICS = ("output_throughput", "median_tpot_ms", "median_ttft_ms")
+CONTEXT = ("sm_clock_mhz", "cpu_probe_us", "client_cpu_s")   # per round, their mean per condition (`level`)
 
 
 def pause(servers, stopped: bool) -> None:
@@ -84,12 +86,16 @@ def round_size(load_cfg, c: int) -> int:
 
 
 def one_round(cfg, ep, batch: list, c: int, t0: float) -> dict:
-    """One round from an empty prefix cache: the METRICS of `batch` at concurrency `c`, and when it ended."""
-    from evalgate.profile import summarize
+    """One round from an empty prefix cache: the METRICS of `batch` at concurrency `c`, when it ended, and
+    what may explain a difference (CONTEXT): the card's SM clock after it, the host core's speed before it
+    (evalgate.profile.cpu_probe_us) and the client's CPU time."""
+    from evalgate.profile import cpu_probe_us, summarize
 
     ep.reset_cache()
-    recs, dur, _ = ep.run_requests(batch, concurrency=c, ignore_eos=bool(cfg.workload.get("ignore_eos", False)))
-    return {m: summarize(recs, dur, cfg.slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
+    probe = cpu_probe_us()
+    recs, dur, extras = ep.run_requests(batch, concurrency=c, ignore_eos=bool(cfg.workload.get("ignore_eos", False)))
+    return ({m: summarize(recs, dur, cfg.slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
+            | {"cpu_probe_us": round(probe, 1)} | {k: extras[k] for k in CONTEXT if k in (extras or {})})
 
 
 def warm_up(cfg, ep, requests: list, i: int, c: int) -> None:
@@ -102,11 +108,16 @@ def warm_up(cfg, ep, requests: list, i: int, c: int) -> None:
 
 
 def level(c: int, pairs: list[dict], a: str, b: str, extra: dict) -> dict:
-    """A level's pairs and their comparison `a` / `b`, said in one line."""
+    """A level's pairs and their comparison `a` / `b`, said in one line, and the CONTEXT means in another."""
     out = {"pairs": pairs, **extra, "compare": {m: compare(pairs, m, a=a, b=b) for m in METRICS}}
+    out["context"] = {k: {cond: round(statistics.fmean(v), 2) for cond in (a, b)
+                          if (v := [p[cond][k] for p in pairs if p[cond].get(k) is not None])}
+                      for k in CONTEXT}
     print(f"neighbours: c{c:<4d} {len(pairs)} pairs  {a} vs {b}  " + "  ".join(
         f"{m.replace('median_', '')} {r.get('diff_pct', '–'):+} % [{r['ci95_pct'][0]:+}, {r['ci95_pct'][1]:+}]"
         for m, r in out["compare"].items() if "ci95_pct" in r), flush=True)
+    print("            " + "  ".join(f"{k} " + " / ".join(f"{cond} {v}" for cond, v in by.items())
+                                     for k, by in out["context"].items() if by), flush=True)
     return out
 
 

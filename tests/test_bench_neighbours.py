@@ -68,7 +68,8 @@ def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbour
     """--versus gone: cycles held-gone then gone-held; between blocks the neighbours are terminated or
     started again (held at once); round i of a level in one block is paired with round i of the other block
     of its cycle; every round starts from an empty prefix cache. Held rounds here are 10 % slower, so the
-    comparison must say ≈ -9.1 % (held / gone) on throughput."""
+    comparison must say ≈ -9.1 % (held / gone) on throughput; the card's clock and the host's core speed
+    come with each round, their means per condition with each level."""
     started = []
 
     class Server:
@@ -92,7 +93,7 @@ def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbour
         def run_requests(self, batch, concurrency, ignore_eos, warmup=0):
             assert held["now"] or len(servers) == 1   # neighbours up only while held
             slow = 1.1 if len(servers) > 1 else 1.0
-            return [{"ok": True}] * len(batch), slow, None
+            return [{"ok": True}] * len(batch), slow, {"sm_clock_mhz": 1755.0 if slow > 1 else 1980.0, "vllm": {}}
 
     held = {"now": False}
     monkeypatch.setattr(neighbours, "pause", lambda servers, stopped: held.update(now=stopped and bool(servers)))
@@ -114,4 +115,7 @@ def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbour
         assert len(pairs) == 6 and [p["cycle"] for p in pairs] == [0, 0, 0, 1, 1, 1]
         r = out["levels"][level]["compare"]["output_throughput"]
         assert abs(r["diff_pct"] + 9.09) < 0.01
+        # what may explain it, per condition: here the card's clock (the host's core speed is measured too)
+        assert out["levels"][level]["context"]["sm_clock_mhz"] == {"held": 1755.0, "gone": 1980.0}
+        assert set(out["levels"][level]["context"]["cpu_probe_us"]) == {"held", "gone"}
     assert Endpoint.resets == 4 * (2 + 3 * 2)   # per block: a warm-up per level, then every round
