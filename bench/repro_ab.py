@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fresh_clone  # bench/common.py (these scripts run as `python bench/X.py`)
+from common import ROOT, fresh_clone  # bench/common.py (these scripts run as `python bench/X.py`)
 
 MARK = re.compile(r"^repro: (\d)/5 .*\[\+([\d.]+) s\]$")
 
@@ -51,8 +51,8 @@ def quality(work: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def one(rev: str, keep: str | None) -> dict:
-    work, env = fresh_clone(keep, "evalgate-ab-", rev)
+def one(rev: str, keep: str | None, commit: str | None = None) -> dict:
+    work, env = fresh_clone(keep, "evalgate-ab-", commit or rev)
     try:
         t = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "evalgate", "repro"], cwd=work, env=env, capture_output=True,
@@ -73,6 +73,14 @@ def one(rev: str, keep: str | None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def pin(rev: str) -> str:
+    """The commit `rev` names in this repository now."""
+    p = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"repro_ab: {rev!r} is not a commit here")
+    return p.stdout.strip()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", help="revision A (e.g. the commit before a change)")
@@ -81,11 +89,14 @@ def main() -> int:
     ap.add_argument("--keep", help="clone into DIR/<n> and keep the clones")
     ap.add_argument("--json", help="also write the runs and the summary here")
     a = ap.parse_args()
+    # each revision as it is now: a commit made while the bench runs (half an hour and more) must not turn
+    # later runs of "HEAD" into another revision (seen 2026-11-28, docs/results/cpu-2026-11-28)
+    pinned = {rev: pin(rev) for rev in (a.a, a.b)}
     runs = []
     for r in range(a.rounds):
         for rev in (a.a, a.b) if r % 2 == 0 else (a.b, a.a):
             keep = f"{a.keep}/{len(runs)}" if a.keep else None
-            runs.append(one(rev, keep))
+            runs.append(one(rev, keep, pinned[rev]))
             x = runs[-1]
             print(f"{x['rev']} ({x['commit']}): fresh {x['fresh_s']} s = inputs {x['inputs_s']} (training "
                   f"{x['train_s']}) + variants {x['variants_s']} + after {x['after_s']}", flush=True)

@@ -313,6 +313,42 @@ def test_repro_ab_splits_a_run_at_its_marks():
         ab.spans("repro: 1/5 inputs [+1.0 s]\nTraceback …\n")
 
 
+def test_repro_ab_runs_each_revision_as_it_was_when_it_started(tmp_path, monkeypatch):
+    """bench/repro_ab.py takes half an hour and more: a commit made meanwhile must not turn the later runs of
+    "HEAD" into another revision (it did on 2026-11-28: HEAD was 49c5745, then 7ad180b)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("repro_ab", bench / "repro_ab.py")
+        ab = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ab)
+    finally:
+        sys.path.remove(str(bench))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for msg in ("a", "b"):
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", msg], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    got = []
+
+    def one(rev, keep, commit=None):
+        got.append((rev, commit))
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "meanwhile"], check=True)   # HEAD moves
+        return {"rev": rev, "commit": commit[:7], "fresh_s": 1.0, "inputs_s": 0.5, "train_s": 0.4, "variants_s": 0.4,
+                "after_s": 0.1, "verdicts": {}, "best": None, "quality": {}}
+
+    monkeypatch.setattr(ab, "ROOT", tmp_path)
+    monkeypatch.setattr(ab, "one", one)
+    monkeypatch.setattr(sys, "argv", ["repro_ab.py", "HEAD~1", "HEAD", "--rounds", "2"])
+    assert ab.main() == 0
+    assert [c for r, c in got if r == "HEAD"] == [head, head]
+    assert len({c for r, c in got if r == "HEAD~1"}) == 1
+
+
 def test_failed_requests_are_said_out_loud(tmp_path, capsys):
     """A level whose requests failed measured less load than meant: the run prints how many and the first
     error (llama-server's dropped keep-alive connections were only a `c4/failed` metric before)."""
