@@ -440,6 +440,7 @@ class Early:
 
 
 LOGS = Path(".dvc/tmp/evalgate-logs")  # a side-by-side variant's output (as `dvc queue logs` keeps them)
+WARM_UP = LOGS / "warm-up"  # what the engine's warm-up writes (_warm_machine; gpu/collect.py keeps its log)
 
 
 def run_side_by_side(cfg: Config, stages: list[str], lanes: int, step) -> None:
@@ -610,7 +611,7 @@ def _warm_machine(engine, cfg: Config, t0: float, stop: threading.Event) -> None
     """Engine.warm_machine for the baseline (the first server profiled), its outcome in the log (not a step
     mark: it runs beside the steps); never fatal (a server fills the caches itself)."""
     try:
-        said = engine.warm_machine(cfg.model, cfg.variant(BASELINE), LOGS / "warm-up", stop)
+        said = engine.warm_machine(cfg.model, cfg.variant(BASELINE), WARM_UP, stop)
     except Exception as e:  # noqa: BLE001 - only a head start
         said = f"failed ({type(e).__name__}: {e}); each server fills its caches itself"
     if said:

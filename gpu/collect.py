@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_verdict import breakdown  # noqa: E402 - the one definition of the phase table
-from evalgate.repro import LOGS  # noqa: E402
+from evalgate.repro import WARM_UP  # noqa: E402
 from evalgate.results import AGAIN, VariantResults  # noqa: E402
 
 REPORTS = ("summary.md", "gate.json", "variants.json", "plots/quality.json", "plots/levels.json", "pareto.png",
@@ -120,7 +120,7 @@ def main() -> int:
     # the engine's warm-up server (random weights, while the fixture trained): what it cached, against
     # what each variant's server then still did itself
     # (this run's: a run whose fixture existed started none, and the last one's log is still there)
-    warm_up = LOGS / "warm-up" / "server.log"
+    warm_up = WARM_UP / "server.log"
     if warm_up.exists() and warm_up.stat().st_mtime >= time.time() - a.seconds:
         write_log(warm_up, out / "warm-up-server.log.gz")
     versions = {}

@@ -288,20 +288,27 @@ def test_gpu_verdict_reads_where_the_time_outside_the_scheduler_goes(capsys):
     assert gv.started_ahead(log) is None
 
 
-def test_repro_ab_splits_a_run_at_its_marks():
-    """bench/repro_ab.py: a run's wall time split into the inputs, the variants and the rest, from the step
-    marks of docs/results/cpu-2026-11-27-4's `after` run."""
+def _repro_ab():
+    """bench/repro_ab.py as a module, with bench/ on the path for its `from common import …` meanwhile (as
+    when it runs as a script)."""
     import importlib.util
     import sys
 
     bench = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench))   # its `from common import …`, as when run as a script
+    sys.path.insert(0, str(bench))
     try:
         spec = importlib.util.spec_from_file_location("repro_ab", bench / "repro_ab.py")
         ab = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(ab)
     finally:
         sys.path.remove(str(bench))
+    return ab
+
+
+def test_repro_ab_splits_a_run_at_its_marks():
+    """bench/repro_ab.py: a run's wall time split into the inputs, the variants and the rest, from the step
+    marks of docs/results/cpu-2026-11-27-4's `after` run."""
+    ab = _repro_ab()
     log = ("repro: 1/5 inputs (fixture, workload, gguf, quantize) [+1.3 s]\n"
            "repro: 2/5 stale: baseline, run@int8 [+142.2 s]\n"
            "repro: 3/5 run@int8 done in 22.5 s (exit 0): run int8: 377.3 tok/s peak [+182.3 s]\n"
@@ -316,18 +323,10 @@ def test_repro_ab_splits_a_run_at_its_marks():
 def test_repro_ab_runs_each_revision_as_it_was_when_it_started(tmp_path, monkeypatch):
     """bench/repro_ab.py takes half an hour and more: a commit made meanwhile must not turn the later runs of
     "HEAD" into another revision (it did on 2026-11-28: HEAD was 49c5745, then 7ad180b)."""
-    import importlib.util
     import subprocess
     import sys
 
-    bench = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("repro_ab", bench / "repro_ab.py")
-        ab = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ab)
-    finally:
-        sys.path.remove(str(bench))
+    ab = _repro_ab()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
     for msg in ("a", "b"):

@@ -82,7 +82,7 @@ def test_collect_keeps_this_runs_warm_up_server_log_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(collect, "mlflow_runs", lambda: [])
     (tmp_path / "results").mkdir()
-    log = tmp_path / collect.LOGS / "warm-up" / "server.log"
+    log = tmp_path / collect.WARM_UP / "server.log"
     log.parent.mkdir(parents=True)
     log.write_text("INFO Graph capturing finished in 2 secs\n")
     for n, age in ((1, 0), (2, 3600)):
