@@ -59,7 +59,8 @@ def checkpoint_error(checkpoint: str | Path | None) -> str | None:
 
 def preload() -> None:
     """Imports what `quantize_checkpoint` needs (torch, compressed-tensors, transformers' auto classes: 6.6 s
-    on the 2-core CPU), so a caller can pay that while it waits for the model (evalgate.repro)."""
+    in a fresh interpreter on the 2-core CPU, 2026-11-28), so a caller can pay that while it waits for the
+    model (evalgate.repro)."""
     import torch  # noqa: F401
     from compressed_tensors.compressors import ModelCompressor  # noqa: F401
     from compressed_tensors.quantization import QuantizationConfig  # noqa: F401
