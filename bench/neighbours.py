@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -48,7 +49,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
 
 METRICS = ("output_throughput", "median_tpot_ms", "median_ttft_ms")
-CONTEXT = ("sm_clock_mhz", "cpu_probe_us", "client_cpu_s")   # per round, their mean per condition (`level`)
+# per round, their mean per condition (`level`): what may explain a difference between the conditions
+CONTEXT = ("sm_clock_mhz", "cpu_probe_us", "client_cpu_s", "server_cpu_s", "server_itl_ms", "server_ttft_ms",
+           "host_cpu_pct", "host_steal_pct")
+SERVER_MEANS = {"server_itl_ms": "vllm:inter_token_latency_seconds", "server_ttft_ms": "vllm:time_to_first_token_seconds"}
 
 
 def pause(servers, stopped: bool) -> None:
@@ -85,17 +89,69 @@ def round_size(load_cfg, c: int) -> int:
     return max(int(load_cfg.get("requests", {}).get("min", 16)), int(load_cfg.get("waves", 4)) * c)
 
 
-def one_round(cfg, ep, batch: list, c: int, t0: float) -> dict:
+def group_cpu_s(server) -> float | None:
+    """CPU seconds (user + system) used so far by every process of the server's process group (the API
+    server and the engine core: `vllm serve` starts its own session), or None without one."""
+    import psutil
+
+    pgid = getattr(getattr(server, "proc", None), "pid", None)
+    if pgid is None:
+        return None
+    total = 0.0
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return total
+
+
+def server_sums(ep) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of the server's own latency histograms (SERVER_MEANS) from its Prometheus /metrics
+    (parsed by prometheus_client, a vLLM dependency), or None for an endpoint without a URL."""
+    base = getattr(ep, "base_url", None)
+    if not base:
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:  # noqa: S310 - loopback only
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for key, name in SERVER_MEANS.items():
+            if fam.name == name.removesuffix("_seconds") or fam.name == name:
+                sums = [s.value for s in fam.samples if s.name.endswith("_sum")]
+                counts = [s.value for s in fam.samples if s.name.endswith("_count")]
+                out[key] = (sum(sums), sum(counts))
+    return out
+
+
+def one_round(cfg, ep, batch: list, c: int, t0: float, server=None) -> dict:
     """One round from an empty prefix cache: the METRICS of `batch` at concurrency `c`, when it ended, and
     what may explain a difference (CONTEXT): the card's SM clock after it, the host core's speed before it
-    (evalgate.profile.cpu_probe_us) and the client's CPU time."""
-    from evalgate.profile import cpu_probe_us, summarize
+    (evalgate.profile.cpu_probe_us), the client's CPU time, the profiled server's CPU time and its own
+    mean inter-token latency and TTFT (its /metrics: they leave out the client, so a difference only the
+    client sees is the client's), and the whole host's busy and stolen CPU share."""
+    from evalgate.profile import _host_cpu, _host_share, cpu_probe_us, summarize
 
     ep.reset_cache()
     probe = cpu_probe_us()
+    host0, cpu0, sums0 = _host_cpu(), group_cpu_s(server), server_sums(ep)
     recs, dur, extras = ep.run_requests(batch, concurrency=c, ignore_eos=bool(cfg.workload.get("ignore_eos", False)))
-    return ({m: summarize(recs, dur, cfg.slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)}
-            | {"cpu_probe_us": round(probe, 1)} | {k: extras[k] for k in CONTEXT if k in (extras or {})})
+    host1, cpu1, sums1 = _host_cpu(), group_cpu_s(server), server_sums(ep)
+    ctx = {"cpu_probe_us": round(probe, 1)} | {k: extras[k] for k in CONTEXT if k in (extras or {})}
+    ctx |= {k: round(v, 2) for k, v in _host_share(host0, host1).items()}
+    if cpu0 is not None and cpu1 is not None:
+        ctx["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    for k, (s1, n1) in (sums1 or {}).items():
+        s0, n0 = (sums0 or {}).get(k, (0.0, 0.0))
+        if n1 > n0:
+            ctx[k] = round(1000 * (s1 - s0) / (n1 - n0), 3)
+    return {m: summarize(recs, dur, cfg.slo).get(m) for m in METRICS} | {"at_s": round(time.time() - t0, 1)} | ctx
 
 
 def warm_up(cfg, ep, requests: list, i: int, c: int) -> None:
@@ -137,7 +193,7 @@ def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: li
             for stopped in ((False, True) if k % 2 == 0 else (True, False)):
                 pause(others, stopped)
                 time.sleep(a.settle)
-                pair["stopped" if stopped else "running"] = one_round(cfg, ep, batch, c, t0)
+                pair["stopped" if stopped else "running"] = one_round(cfg, ep, batch, c, t0, servers[0])
             pause(others, False)
             pairs.append(pair)
         levels[f"c{c}"] = level(c, pairs, "running", "stopped", {"requests_per_round": size})
@@ -201,7 +257,7 @@ def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[
             for k in range(a.rounds):
                 for c in ladder:
                     j = k % max(1, len(requests) // sizes[c])
-                    got[c].append(one_round(cfg, ep, requests[j * sizes[c]:(j + 1) * sizes[c]], c, t0))
+                    got[c].append(one_round(cfg, ep, requests[j * sizes[c]:(j + 1) * sizes[c]], c, t0, servers[0]))
             last = time.time()
             blocks.append((cycle, cond, got))
             print(f"neighbours: cycle {cycle + 1}/{a.cycles} {cond}: {a.rounds} rounds per level done "

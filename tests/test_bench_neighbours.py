@@ -119,3 +119,59 @@ def test_held_against_gone_pairs_rounds_across_blocks_and_restarts_the_neighbour
         assert out["levels"][level]["context"]["sm_clock_mhz"] == {"held": 1755.0, "gone": 1980.0}
         assert set(out["levels"][level]["context"]["cpu_probe_us"]) == {"held", "gone"}
     assert Endpoint.resets == 4 * (2 + 3 * 2)   # per block: a warm-up per level, then every round
+
+
+def test_a_rounds_context_has_the_servers_own_cpu_time_and_latencies(monkeypatch):
+    """What tells a server-side difference from the client's: the CPU seconds of the profiled server's whole
+    process group during the round (a process in its own session burning CPU, its sibling in another session
+    not counted) and the server's own mean inter-token latency and TTFT from its /metrics, as differences
+    of the histograms' sum / count over the round."""
+    import http.server
+    import threading
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(60)"
+    mine = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    scrapes = iter([(0.50, 100, 0.40, 4), (0.80, 200, 0.70, 8)])   # (ITL sum, count, TTFT sum, count)
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):   # noqa: N802 - http.server's name
+            itl_s, itl_n, ttft_s, ttft_n = next(scrapes)
+            body = "".join(f"# TYPE vllm:{n} histogram\nvllm:{n}_sum{{engine=\"0\"}} {s}\nvllm:{n}_count{{engine=\"0\"}} {c}\n"
+                           for n, s, c in (("inter_token_latency_seconds", itl_s, itl_n),
+                                           ("time_to_first_token_seconds", ttft_s, ttft_n))).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    class Endpoint:
+        base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+
+        def reset_cache(self):
+            pass
+
+        def run_requests(self, batch, concurrency, ignore_eos):
+            time.sleep(2.0)   # the server's process burns its 0.6 s meanwhile
+            return [{"ok": True}] * len(batch), 1.0, {"vllm": {}}
+
+    monkeypatch.setattr("evalgate.profile.summarize", lambda recs, dur, slo: {"output_throughput": len(recs) / dur})
+    monkeypatch.setattr("evalgate.profile.cpu_probe_us", lambda: 1.0)
+    cfg = types.SimpleNamespace(workload={}, slo={})
+    try:
+        time.sleep(0.1)
+        r = neighbours.one_round(cfg, Endpoint(), [{}] * 4, 1, 0.0, types.SimpleNamespace(proc=mine))
+    finally:
+        httpd.shutdown()
+        for p in (mine, other):
+            p.kill()
+            p.wait()
+    assert 0.3 < r["server_cpu_s"] < 0.9            # its own 0.6 s, not the other session's too
+    assert r["server_itl_ms"] == 3.0                # (0.80 - 0.50) / (200 - 100) s
+    assert r["server_ttft_ms"] == 75.0              # (0.70 - 0.40) / (8 - 4) s
+    assert {"host_cpu_pct", "cpu_probe_us"} <= set(r)
