@@ -8,6 +8,11 @@ drift better: each run's wall time is split at `evalgate repro`'s own step marks
 both revisions give the same verdicts and the same quality figures (every `lmeval/*` and `fidelity/*`
 metric of every variant), which a change to scheduling must not move.
 
+A revision from before `evalgate repro` (2026-11-22's 08824e3, whose fresh 266.4 s is issue 11's CPU
+reference) runs as it ran then, `dvc repro`, in the same clone and environment: its wall time and verdicts
+count; it has no step marks to split, and its quality figures are its own fixture's, so they are compared
+only between that revision's runs.
+
 usage: python bench/repro_ab.py REV_A [REV_B (default HEAD)] [--rounds N] [--keep DIR] [--json OUT]
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from common import ROOT, fresh_clone  # bench/common.py (these scripts run as `python bench/X.py`)
 
+SPANS = ("inputs_s", "variants_s", "after_s", "repro_s")
 MARK = re.compile(r"^repro: (\d)/5 .*\[\+([\d.]+) s\]$")
 
 
@@ -54,18 +60,20 @@ def quality(work: Path) -> dict[str, dict[str, float]]:
 def one(rev: str, keep: str | None, commit: str | None = None) -> dict:
     work, env = fresh_clone(keep, "evalgate-ab-", commit or rev)
     try:
+        marks = (work / "evalgate/repro.py").exists()   # else a revision from before `evalgate repro`
+        cmd = [sys.executable, "-m", "evalgate", "repro"] if marks else ["dvc", "repro"]
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "evalgate", "repro"], cwd=work, env=env, capture_output=True,
-                           text=True)
+        p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if p.returncode:
             sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
-            raise SystemExit(f"{rev}: evalgate repro failed with exit code {p.returncode}")
+            raise SystemExit(f"{rev}: {' '.join(cmd[-2:])} failed with exit code {p.returncode}")
         gate = json.loads((work / "reports/gate.json").read_text())
         fixture = json.loads((work / "fixtures/metrics.json").read_text())
         return {"rev": rev, "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=work, text=True,
                                                      capture_output=True).stdout.strip(),
-                "fresh_s": round(wall, 1), **spans(p.stdout), "train_s": fixture.get("train_seconds_target"),
+                "fresh_s": round(wall, 1), **(spans(p.stdout) if marks else dict.fromkeys(SPANS)),
+                "train_s": fixture.get("train_seconds_target"), "marks": marks,
                 "verdicts": {n: v["verdict"] for n, v in gate["variants"].items()}, "best": gate["best"],
                 "quality": quality(work)}
     finally:
@@ -101,19 +109,24 @@ def main() -> int:
             print(f"{x['rev']} ({x['commit']}): fresh {x['fresh_s']} s = inputs {x['inputs_s']} (training "
                   f"{x['train_s']}) + variants {x['variants_s']} + after {x['after_s']}", flush=True)
     side = {rev: [x for x in runs if x["rev"] == rev] for rev in (a.a, a.b)}
-    summary = {rev: {k: statistics.median(x[k] for x in xs) for k in ("fresh_s", "inputs_s", "train_s", "variants_s")}
-               for rev, xs in side.items()}
+    summary = {rev: {k: statistics.median(v) if (v := [x[k] for x in xs if x[k] is not None]) else None
+                     for k in ("fresh_s", "inputs_s", "train_s", "variants_s")} for rev, xs in side.items()}
     ref = runs[0]
     summary["same_verdicts"] = all(x["verdicts"] == ref["verdicts"] and x["best"] == ref["best"] for x in runs)
     summary["same_quality"] = all(x["quality"] == ref["quality"] for x in runs)
+    summary["same_quality_per_rev"] = all(x["quality"] == xs[0]["quality"] for xs in side.values() for x in xs)
     # each round is one run of each revision, in either order
     by_rev = [{x["rev"]: x for x in runs[i:i + 2]} for i in range(0, len(runs), 2)]
-    summary["variants_b_over_a_per_pair"] = [round(r[a.b]["variants_s"] / r[a.a]["variants_s"], 3) for r in by_rev]
+    summary["fresh_b_over_a_per_pair"] = [round(r[a.b]["fresh_s"] / r[a.a]["fresh_s"], 3) for r in by_rev]
+    if all(x["marks"] for x in runs):
+        summary["variants_b_over_a_per_pair"] = [round(r[a.b]["variants_s"] / r[a.a]["variants_s"], 3) for r in by_rev]
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": [{k: v for k, v in x.items() if k != "quality"} for x in runs],
                                             "summary": summary}, indent=1) + "\n")
-    return 0 if summary["same_verdicts"] and summary["same_quality"] else 1
+    # a revision from before `evalgate repro` trains another fixture: its quality is checked against itself
+    same = summary["same_quality"] if all(x["marks"] for x in runs) else summary["same_quality_per_rev"]
+    return 0 if summary["same_verdicts"] and same else 1
 
 
 if __name__ == "__main__":

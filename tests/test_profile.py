@@ -2,6 +2,7 @@
 sweep (saturation, rate levels), and the two engines' request paths turned into the same records."""
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -338,7 +339,7 @@ def test_repro_ab_runs_each_revision_as_it_was_when_it_started(tmp_path, monkeyp
         got.append((rev, commit))
         subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "meanwhile"], check=True)   # HEAD moves
         return {"rev": rev, "commit": commit[:7], "fresh_s": 1.0, "inputs_s": 0.5, "train_s": 0.4, "variants_s": 0.4,
-                "after_s": 0.1, "verdicts": {}, "best": None, "quality": {}}
+                "after_s": 0.1, "verdicts": {}, "best": None, "quality": {}, "marks": True}
 
     monkeypatch.setattr(ab, "ROOT", tmp_path)
     monkeypatch.setattr(ab, "one", one)
@@ -346,6 +347,60 @@ def test_repro_ab_runs_each_revision_as_it_was_when_it_started(tmp_path, monkeyp
     assert ab.main() == 0
     assert [c for r, c in got if r == "HEAD"] == [head, head]
     assert len({c for r, c in got if r == "HEAD~1"}) == 1
+
+
+def test_repro_ab_runs_a_revision_from_before_evalgate_repro_as_dvc_repro(tmp_path, monkeypatch, capsys):
+    """Issue 11's CPU reference (266.4 s, 08824e3) predates `evalgate repro`: such a revision runs `dvc repro`
+    and counts by its wall time and verdicts; its quality figures are its own fixture's, checked only against
+    its own other runs. A revision with the marks still has to match the other one's quality exactly."""
+    import json
+    import subprocess
+    import sys
+
+    ab = _repro_ab()
+    ran = []
+
+    def clone(keep, prefix, rev):
+        work = tmp_path / f"{rev}-{len(ran)}"
+        for d in ("reports", "fixtures", "results/baseline", "evalgate"):
+            (work / d).mkdir(parents=True)
+        if rev == "new":
+            (work / "evalgate/repro.py").write_text("")
+        (work / "reports/gate.json").write_text(json.dumps({"variants": {"baseline": {"verdict": "accept"}},
+                                                            "best": "baseline"}))
+        (work / "fixtures/metrics.json").write_text("{}")
+        (work / "results/baseline/metrics.json").write_text(json.dumps({"lmeval/acc": 0.5 if rev == "old" else 0.7}))
+        return work, {}
+
+    def run(cmd, cwd=None, **kw):
+        if cmd[0] == "git":
+            return subprocess.CompletedProcess(cmd, 0, "abc1234\n", "")
+        ran.append(cmd)
+        time.sleep(0.06)   # a wall time to divide by
+        marks = "repro: 2/5 variants [+3.0 s]\nrepro: 4/5 gate [+9.0 s]\nrepro: done in 10.0 s\n"
+        out = "" if cmd[:2] == ["dvc", "repro"] else marks
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(ab, "fresh_clone", clone)
+    monkeypatch.setattr(ab.subprocess, "run", run)
+    monkeypatch.setattr(ab, "pin", lambda rev: rev)
+    monkeypatch.setattr(sys, "argv", ["repro_ab.py", "old", "new", "--rounds", "2"])
+    assert ab.main() == 0
+    assert [c[-2:] for c in ran] == [["dvc", "repro"], ["evalgate", "repro"], ["evalgate", "repro"], ["dvc", "repro"]]
+    summary = json.loads(capsys.readouterr().out.split("\n", 4)[-1])
+    assert summary["old"]["inputs_s"] is None and summary["new"]["inputs_s"] == 3.0
+    assert not summary["same_quality"] and summary["same_quality_per_rev"]
+    assert "variants_b_over_a_per_pair" not in summary and len(summary["fresh_b_over_a_per_pair"]) == 2
+
+    def clone_moved(keep, prefix, rev):   # two revisions with the marks, the second's quality moved
+        work, env = clone(keep, prefix, "new")
+        if rev == "moved":
+            (work / "results/baseline/metrics.json").write_text(json.dumps({"lmeval/acc": 0.6}))
+        return work, env
+
+    monkeypatch.setattr(ab, "fresh_clone", clone_moved)
+    monkeypatch.setattr(sys, "argv", ["repro_ab.py", "new", "moved", "--rounds", "1"])
+    assert ab.main() == 1
 
 
 def test_failed_requests_are_said_out_loud(tmp_path, capsys):
