@@ -179,6 +179,20 @@ def test_the_engine_core_is_forked_unless_the_environment_says_otherwise(monkeyp
     assert server_env()["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
 
 
+def test_every_server_shares_one_triton_cache_unless_the_environment_names_one(monkeypatch, tmp_path):
+    """Left to Inductor, a compiling server's runtime kernels go to its configuration's own folder and the
+    next server compiles them again (14 s a start on an H200): every server gets Triton's default folder
+    by name; a TRITON_HOME or TRITON_CACHE_DIR of the user's wins."""
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert server_env()["TRITON_CACHE_DIR"] == str(tmp_path / ".triton" / "cache")
+    monkeypatch.setenv("TRITON_HOME", str(tmp_path / "th"))
+    assert server_env()["TRITON_CACHE_DIR"] == str(tmp_path / "th" / ".triton" / "cache")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    assert server_env()["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+
+
 @pytest.mark.parametrize("mode, err", [("crash", "exited with 3"), ("hang", "not healthy after")])
 def test_start_failures_are_clear(model_dir, tmp_path, monkeypatch, mode, err):
     monkeypatch.setenv("FAKE_VLLM_PIDFILE", str(tmp_path / "child.pid"))

@@ -286,9 +286,23 @@ SERVER_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_SERVER_DEV_MODE": "1"}
 SERVER_DEFAULTS = {"VLLM_WORKER_MULTIPROC_METHOD": "fork"}
 
 
+def triton_cache_dir() -> str:
+    """Triton's own default cache folder (`$TRITON_HOME` or home, `.triton/cache`), named explicitly for
+    every server. Left unset, a server that compiles its graphs (a configuration new to the machine) has it
+    set process-wide by Inductor (`CachingAutotuner`, only while TRITON_CACHE_DIR is unset) to that
+    configuration's folder under vLLM's compile cache, so the ≈ 24 kernels every server JIT-compiles after
+    its CUDA graphs (the sampler's, the model runner's: the same for every configuration) land there, and
+    the next server of another configuration, or one that loads the cached graphs, compiles them again:
+    13.5 s, then 14.3 s, then 0.2 s for three starts of the baseline on an H200 (random weights first, as
+    the warm-up does), the second compiling the same 24 kernels, hash for hash, into ~/.triton
+    (bench/server_start.py, docs/results/h200-2026-11-28-3). One folder for all: each kernel once a machine."""
+    return str(Path(os.environ.get("TRITON_HOME") or Path.home()) / ".triton" / "cache")
+
+
 def server_env() -> dict[str, str]:
-    """The environment of a `vllm serve` process: SERVER_DEFAULTS under this one's, SERVER_ENV over it."""
-    return {**SERVER_DEFAULTS, **os.environ, **SERVER_ENV}
+    """The environment of a `vllm serve` process: SERVER_DEFAULTS and the shared Triton cache under this
+    one's, SERVER_ENV over it."""
+    return {**SERVER_DEFAULTS, "TRITON_CACHE_DIR": triton_cache_dir(), **os.environ, **SERVER_ENV}
 
 
 SPEC_KEYS = ("spec_decode_num_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens")
