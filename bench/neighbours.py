@@ -32,6 +32,15 @@ in blocks (`versus_gone`), and the difference is held / gone.
 
     python bench/neighbours.py --versus gone [--cycles 2] [--rounds 20] [--levels 1,128] [--out F.json]
 
+In blocks, the pairs of one block are not independent: the host's state in that block (the profiled
+server's own CPU time for the same requests differed by 10-20 % between blocks, 2026-11-28, H200) is
+shared by all its rounds, so the per-pair interval is too narrow. Four runs of 2 cycles, each "significant"
+by its pairs, gave +6.8, +2.3 (H200), +9.4 (H100) and -10.5 % (H200). The unit is the cycle: `by_cycle`
+is each cycle's mean held/gone ratio over all its pairs and the interval over cycles (t, n = cycles), and
+`--pool` does the same over several runs' JSON files:
+
+    python bench/neighbours.py --pool A.json B.json … [--out F.json]
+
 Run in the pipeline's working copy on the GPU host once the fixture and workload exist (gpu/session.sh
 bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other servers between rounds.
 """
@@ -82,6 +91,37 @@ def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0, a: str = "r
             "within_3pct": bool(-3 <= pct(lo) and pct(hi) <= 3),
             "equivalent": bool(-margin_pct <= pct(lo90) and pct(hi90) <= margin_pct), "p": round(float(res.pvalue), 3),
             "round_sd_pct": round(100 * float(stats.tstd(logs)), 1)}
+
+
+def by_cycle(pairs: list[dict], a: str = "held", b: str = "gone") -> dict:
+    """Per METRIC: each cycle's geometric mean ratio `a`/`b` over its pairs (every level's), and `compare`
+    over those cycle means (n = cycles: a block's rounds share the host's state, so its pairs are one
+    observation, not many). Two cycles give no interval (`n` only)."""
+    cycles = sorted({p["cycle"] for p in pairs})
+    out = {}
+    for m in METRICS:
+        means = []
+        for c in cycles:
+            logs = [math.log(p[a][m] / p[b][m]) for p in pairs if p["cycle"] == c and p[a].get(m) and p[b].get(m)]
+            if logs:
+                means.append(math.exp(statistics.fmean(logs)))
+        out[m] = compare([{a: {m: r}, b: {m: 1.0}} for r in means], m, a=a, b=b)
+        if "round_sd_pct" in out[m]:
+            out[m]["cycle_sd_pct"] = out[m].pop("round_sd_pct")
+        out[m]["per_cycle_pct"] = [round(100 * (r - 1), 1) for r in means]
+    return out
+
+
+def pool(files: list[Path]) -> dict:
+    """`by_cycle` over the cycles of several `--versus gone` runs (each run's cycles kept apart)."""
+    pairs = []
+    for i, f in enumerate(files):
+        run = json.loads(f.read_text())
+        if run.get("versus") != "gone":
+            raise SystemExit(f"neighbours: {f} is not a --versus gone run")
+        for lv in run["levels"].values():
+            pairs += [dict(p, cycle=(i, p["cycle"])) for p in lv.get("pairs", [])]
+    return {"files": [str(f) for f in files], "by_cycle": by_cycle(pairs)}
 
 
 def round_size(load_cfg, c: int) -> int:
@@ -289,8 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, default=50.0,
                     help="--versus gone: every block after this long without a request (a restart of the "
                          "neighbours takes ≈ 48 s; without it only the held blocks followed an idle spell)")
+    ap.add_argument("--pool", nargs="+", type=Path, metavar="RUN.json",
+                    help="no servers: `by_cycle` over the cycles of these --versus gone runs together")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if a.pool:
+        out = pool(a.pool)
+        print(json.dumps(out, indent=1))
+        if a.out:
+            a.out.write_text(json.dumps(out, indent=1) + "\n")
+        return 0
 
     from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
 
@@ -312,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     levels, (first, second) = out["levels"], out.pop("conditions")
     every = [p for r in levels.values() for p in r["pairs"]]   # the profile as a whole: every level's pairs
     levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a=first, b=second) for m in METRICS}}
+    if out.get("versus") == "gone":
+        levels["all"]["by_cycle"] = by_cycle(every, first, second)
     out = {"neighbours": a.neighbours, "servers_up_s": up_s, **out, "seconds": round(time.time() - t0, 1)}
     print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))
     if a.out:

@@ -3,11 +3,14 @@
 interval lies inside ±3 %."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 import types
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -175,3 +178,29 @@ def test_a_rounds_context_has_the_servers_own_cpu_time_and_latencies(monkeypatch
     assert r["server_itl_ms"] == 3.0                # (0.80 - 0.50) / (200 - 100) s
     assert r["server_ttft_ms"] == 75.0              # (0.70 - 0.40) / (8 - 4) s
     assert {"host_cpu_pct", "cpu_probe_us"} <= set(r)
+
+
+def test_blocks_count_as_one_observation_each_and_runs_pool_by_cycle(tmp_path):
+    """In blocks every round shares its block's host state: 10 pairs per cycle, held +8 % in one cycle and
+    -6 % in the next, count as 20 pairs pair by pair but are two observations; by cycle there is no
+    interval, and pooled over runs the cycles (not the pairs) are the unit, each run's kept apart."""
+    def run(effects):
+        pairs = [{"held": {m: (1 + e) * (1.001 if k % 2 else 0.999) for m in neighbours.METRICS},
+                  "gone": {m: 1.0 for m in neighbours.METRICS}, "cycle": c}
+                 for c, e in enumerate(effects) for k in range(10)]
+        return {"versus": "gone", "levels": {"c1": {"pairs": pairs}}}
+
+    one = run([0.08, -0.06])["levels"]["c1"]["pairs"]
+    assert neighbours.compare(one, "output_throughput", a="held", b="gone")["n"] == 20
+    cyc = neighbours.by_cycle(one)["output_throughput"]
+    assert cyc == {"n": 2, "per_cycle_pct": [8.0, -6.0]}
+    files = []
+    for i, effects in enumerate(([0.08, -0.06], [0.02, 0.01], [-0.03, 0.04])):
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(json.dumps(run(effects)))
+    pooled = neighbours.pool(files)["by_cycle"]["output_throughput"]
+    assert pooled["n"] == 6 and pooled["per_cycle_pct"] == [8.0, -6.0, 2.0, 1.0, -3.0, 4.0]
+    assert pooled["ci95_pct"][0] < 0 < pooled["ci95_pct"][1] and not pooled["within_3pct"]
+    (tmp_path / "running.json").write_text(json.dumps({"levels": {}}))
+    with pytest.raises(SystemExit, match="not a --versus gone run"):
+        neighbours.pool([tmp_path / "running.json"])
