@@ -41,6 +41,16 @@ is each cycle's mean held/gone ratio over all its pairs and the interval over cy
 
     python bench/neighbours.py --pool A.json B.json … [--out F.json]
 
+`--versus released` keeps the pairs of rounds and still takes the neighbours off the card: between the two
+rounds of a pair it checkpoints their CUDA processes through the driver (cuCheckpointProcessLock and
+…Checkpoint: their device memory copied to their host memory, their allocations and contexts released) or
+restores them, seconds where a restart is a minute. Held against released is held against gone as far
+as the card and the host's cores can tell (a stopped process runs nothing either way), with the host's
+drift on both conditions alike. Not yet run on a GPU (2026-11-28): vLLM's engine cores must allow the
+driver's checkpointing (no UVM, no IPC memory).
+
+    python bench/neighbours.py --versus released [--seconds 120] [--levels 1,16,128] [--out F.json]
+
 Run in the pipeline's working copy on the GPU host once the fixture and workload exist (gpu/session.sh
 bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other servers between rounds.
 """
@@ -217,10 +227,13 @@ def level(c: int, pairs: list[dict], a: str, b: str, extra: dict) -> dict:
     return out
 
 
-def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
-    """Held (SIGSTOP) against running idle, in pairs of rounds taking turns (AB BA …), per level until
-    `--seconds` have gone (at least 4 pairs)."""
-    others, levels = servers[1:], {}
+def paired(a, cfg, ep, servers: list, requests: list, ladder: list[int], t0: float, names: tuple[str, str],
+           set_second) -> dict:
+    """Two conditions of the neighbours in pairs of rounds taking turns (AB BA …), per level until
+    `--seconds` have gone (at least 4 pairs); `set_second(True)` puts the neighbours in the second
+    condition, `set_second(False)` back in the first (each pair needs one change: AB BA AB …)."""
+    first, second = names
+    levels = {}
     for i, c in enumerate(ladder):
         size = round_size(cfg.load, c)
         slices = max(1, len(requests) // size)
@@ -230,14 +243,113 @@ def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: li
             k = len(pairs)
             batch = requests[(k % slices) * size:(k % slices + 1) * size]
             pair = {}
-            for stopped in ((False, True) if k % 2 == 0 else (True, False)):
-                pause(others, stopped)
+            for in_second in ((False, True) if k % 2 == 0 else (True, False)):
+                set_second(in_second)
                 time.sleep(a.settle)
-                pair["stopped" if stopped else "running"] = one_round(cfg, ep, batch, c, t0, servers[0])
-            pause(others, False)
+                pair[second if in_second else first] = one_round(cfg, ep, batch, c, t0, servers[0])
             pairs.append(pair)
-        levels[f"c{c}"] = level(c, pairs, "running", "stopped", {"requests_per_round": size})
+        levels[f"c{c}"] = level(c, pairs, first, second, {"requests_per_round": size})
+    return levels
+
+
+def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
+    """Held (SIGSTOP) against running idle, in pairs of rounds (`paired`)."""
+    others = servers[1:]
+
+    def stopped(yes: bool) -> None:
+        pause(others, yes)
+
+    try:
+        levels = paired(a, cfg, ep, servers, requests, ladder, t0, ("running", "stopped"), stopped)
+    finally:
+        pause(others, False)
     return {"seconds_per_level": a.seconds, "levels": levels, "conditions": ["running", "stopped"]}
+
+
+def cuda_pids(servers: list, driver) -> list[int]:
+    """The processes of these servers' process groups that hold a CUDA context (the engine cores; the
+    API servers have none): those `cuCheckpointProcessGetState` answers for."""
+    import psutil
+
+    groups = {s.proc.pid for s in servers}
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) in groups and driver.cuCheckpointProcessGetState(p.pid)[0] == driver.CUresult.CUDA_SUCCESS:
+                pids.append(p.pid)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return sorted(pids)
+
+
+def gpu_release(servers: list, driver, pids: list[int], release: bool) -> float:
+    """Release (`release`) or take back the card for the held neighbours, through the CUDA driver's
+    process checkpointing: lock and checkpoint copies each process's device memory to its host memory and
+    releases its allocations and context, so the card holds nothing of theirs, as if they were gone;
+    restore and unlock put it all back. A locked or restoring process must run (its driver thread does the
+    work), so the groups are continued for the call and stopped again after it. The processes run nothing
+    else meanwhile: they are idle servers whose CUDA calls the lock blocks. Returns the seconds it took.
+    Hand-written: no serving benchmark releases idle servers' GPU state between rounds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+
+    def one(pid: int) -> None:
+        steps = ((driver.cuCheckpointProcessLock, driver.cuCheckpointProcessCheckpoint) if release else
+                 (driver.cuCheckpointProcessRestore, driver.cuCheckpointProcessUnlock))
+        for step in steps:
+            err = step(pid, None)[0]
+            if err != driver.CUresult.CUDA_SUCCESS:
+                raise RuntimeError(f"{step.__name__}({pid}): {err}")
+
+    pause(servers, False)
+    try:
+        with ThreadPoolExecutor(max(1, len(pids))) as pool:
+            list(pool.map(one, pids))
+    finally:
+        pause(servers, True)
+    return time.perf_counter() - t
+
+
+def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
+    """Held (SIGSTOP, their GPU state on the card) against released (SIGSTOP, their GPU state
+    checkpointed to host memory: no context, no allocation on the card), in pairs of rounds (`paired`).
+    A released neighbour is, for the card, a terminated one, and a stopped process is nothing on the host's
+    cores either way; unlike `--versus gone` the two conditions alternate round by round (a toggle is
+    seconds, a restart a minute), so the host's drift falls on both alike. The card's used memory after each
+    round shows that the release took place."""
+    from cuda.bindings import driver
+
+    from evalgate.gpu import visible_device
+
+    others, handle = servers[1:], visible_device()
+    driver.cuInit(0)   # a restore needs the driver initialised in the calling process (or persistence mode)
+    pids = cuda_pids(others, driver)
+    if not pids:
+        raise SystemExit("neighbours: no neighbour process holds a CUDA context to release")
+    toggles, state = [], {"released": False}
+
+    def used_mib() -> float | None:
+        if handle is None:
+            return None
+        import pynvml
+
+        return round(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20)
+
+    def released(yes: bool) -> None:
+        if yes != state["released"]:
+            seconds = gpu_release(others, driver, pids, yes)
+            toggles.append({"release": yes, "seconds": round(seconds, 2), "card_used_mib": used_mib()})
+            state["released"] = yes
+
+    pause(others, True)
+    try:
+        levels = paired(a, cfg, ep, servers, requests, ladder, t0, ("held", "released"), released)
+    finally:
+        released(False)
+        pause(others, False)
+    return {"versus": "released", "seconds_per_level": a.seconds, "levels": levels,
+            "conditions": ["held", "released"], "cuda_pids": pids, "toggles": toggles}
 
 
 def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
@@ -321,9 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=120, help="per level: pairs are run until this much time has gone")
     ap.add_argument("--levels", default=None, help="comma-separated concurrencies (default: load.concurrency)")
     ap.add_argument("--settle", type=float, default=0.3, help="seconds after stopping or resuming the neighbours")
-    ap.add_argument("--versus", choices=("running", "gone"), default="running",
+    ap.add_argument("--versus", choices=("running", "gone", "released"), default="running",
                     help="what the held (stopped) neighbours are compared with: running idle (pairs of rounds), "
-                         "or gone, terminated (blocks of rounds, the neighbours started again between them)")
+                         "gone, terminated (blocks of rounds, the neighbours started again between them), or "
+                         "released, their GPU state checkpointed to host memory (pairs of rounds)")
     ap.add_argument("--cycles", type=int, default=2, help="--versus gone: blocks held-gone, then gone-held, …")
     ap.add_argument("--rounds", type=int, default=20, help="--versus gone: rounds per level in each block")
     ap.add_argument("--idle-s", type=float, default=50.0,
@@ -352,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in cfg.load.get("concurrency", [1])]
         SWEEPING.set()   # nothing of ours polls the driver while rounds run
         try:
-            out = (versus_gone if a.versus == "gone" else versus_running)(a, cfg, engine, servers, eps[0], requests,
-                                                                          ladder, t0)
+            versus = {"gone": versus_gone, "released": versus_released, "running": versus_running}[a.versus]
+            out = versus(a, cfg, engine, servers, eps[0], requests, ladder, t0)
         finally:
             SWEEPING.clear()
             pause(servers[1:], False)   # stopped servers cannot stop themselves on SIGTERM

@@ -4,6 +4,8 @@ interval lies inside ±3 %."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -204,3 +206,100 @@ def test_blocks_count_as_one_observation_each_and_runs_pool_by_cycle(tmp_path):
     (tmp_path / "running.json").write_text(json.dumps({"levels": {}}))
     with pytest.raises(SystemExit, match="not a --versus gone run"):
         neighbours.pool([tmp_path / "running.json"])
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(monkeypatch):
+    """--versus released: rounds in pairs AB BA …; between the two rounds of a pair the neighbours' CUDA
+    processes (found in their process groups; the profiled server's never touched) are checkpointed off the
+    card (lock, checkpoint) or restored onto it (restore, unlock), while running (the driver's thread in
+    them does the work), and stopped again for every round; at the end all are restored and running."""
+    family = ("import subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)")
+    procs = [subprocess.Popen([sys.executable, "-c", family], start_new_session=True) for _ in range(3)]
+    time.sleep(1.0)   # each has started its child
+
+    def children(p):
+        import psutil
+
+        return [c.pid for c in psutil.Process(p.pid).children()]
+
+    cuda = {children(p)[0] for p in procs}   # the children hold the "CUDA context", as engine cores do
+    expected = sorted(children(procs[1]) + children(procs[2]))   # the neighbours' ones, not the profiled server's
+    calls = []
+
+    class Driver:
+        class CUresult:
+            CUDA_SUCCESS = 0
+
+        @staticmethod
+        def cuInit(flags):
+            return (0,)
+
+        @staticmethod
+        def cuCheckpointProcessGetState(pid):
+            return (0, 0) if pid in cuda else (3, None)
+
+    for name in ("Lock", "Checkpoint", "Restore", "Unlock"):
+        def step(pid, args, name=name):
+            assert _state(pid) != "T", "the driver works through a thread of the process: it must run"
+            calls.append((name, pid))
+            return (0,)
+        step.__name__ = f"cuCheckpointProcess{name}"
+        setattr(Driver, f"cuCheckpointProcess{name}", staticmethod(step))
+
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.driver = Driver
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", Driver)
+    monkeypatch.setattr("evalgate.gpu.visible_device", lambda: None)
+    monkeypatch.setattr("evalgate.profile.summarize", lambda recs, dur, slo: {
+        "output_throughput": len(recs) / dur, "median_tpot_ms": dur, "median_ttft_ms": dur})
+    monkeypatch.setattr("evalgate.profile.level_warmup", lambda load, i, c: 0)
+    monkeypatch.setattr("evalgate.profile.cpu_probe_us", lambda: 1.0)
+    released = {"now": False}
+
+    class Endpoint:
+        def reset_cache(self):
+            pass
+
+        def run_requests(self, batch, concurrency, ignore_eos, warmup=0):
+            assert all(_state(p.pid) == "T" for p in procs[1:]), "neighbours held in both conditions"
+            assert _state(procs[0].pid) != "T"
+            return [{"ok": True}] * len(batch), (1.0 if released["now"] else 1.1), {"vllm": {}}
+
+    servers = [types.SimpleNamespace(proc=p) for p in procs]
+    cfg = types.SimpleNamespace(workload={}, load={"requests": {"min": 4}, "waves": 1}, slo={})
+    a = types.SimpleNamespace(seconds=0.0, settle=0.0)
+    real = neighbours.gpu_release
+
+    def tracked(servers_, driver, pids, release):
+        seconds = real(servers_, driver, pids, release)
+        released["now"] = release
+        return seconds
+
+    monkeypatch.setattr(neighbours, "gpu_release", tracked)
+    try:
+        out = neighbours.versus_released(a, cfg, None, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)],
+                                         [1, 8], 0.0)
+        after = [_state(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGCONT)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert out["cuda_pids"] == expected
+    touched = {pid for _, pid in calls}
+    assert touched == set(out["cuda_pids"]) and len(touched) == 2          # the two neighbours' engine cores only
+    pairs = out["levels"]["c1"]["pairs"] + out["levels"]["c8"]["pairs"]
+    assert len(pairs) == 8                                                  # 4 pairs per level (seconds=0)
+    assert len(out["toggles"]) == len(pairs)                                # one toggle per pair, the last a restore
+    assert [t["release"] for t in out["toggles"]] == [True, False] * 4
+    per_pid = [n for n, pid in calls if pid == out["cuda_pids"][0]]
+    assert per_pid == ["Lock", "Checkpoint", "Restore", "Unlock"] * 4
+    assert abs(out["levels"]["c1"]["compare"]["output_throughput"]["diff_pct"] + 9.09) < 0.01   # held / released
+    assert "T" not in after                                                 # all continued at the end
