@@ -17,7 +17,10 @@ lists what it added to each on-disk cache a start may fill (Triton's, vLLM's, In
 driver's, FlashInfer's, torch's extensions), with the names of the Triton kernels it compiled: which of
 them the next start found, and which it compiled again. On an H100 (2026-11-28, docs/results/h100-2026-11-28)
 the warm-up and then the real baseline each spent 13-14 s between "Graph capturing finished" and "Kernel JIT
-monitor activated" (vLLM's V2 `warmup_kernels`); a warm run's servers spent 1 s.
+monitor activated" (vLLM's V2 `warmup_kernels`); a warm run's servers spent 1 s. On an H200
+(docs/results/h200-2026-11-28-3) the second start compiled the first one's 24 runtime kernels again: the
+first had them in its configuration's folder (Inductor sets TRITON_CACHE_DIR there while it compiles). The
+servers start with the pipeline's environment (`server_env`), which since 92d8ca4 names one Triton folder.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from the repository root
-from evalgate.engines.vllm import VLLM_CLI, stop_process_group  # noqa: E402
+from evalgate.engines.vllm import VLLM_CLI, server_env, stop_process_group  # noqa: E402
 
 CLI = [*VLLM_CLI, "serve"]
 
@@ -75,7 +78,7 @@ def one_start(model: str, extra: list[str], env: dict, port: int, timeout_s: flo
            "--gpu-memory-utilization", "0.3", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            bufsize=1, start_new_session=True, env={**os.environ, **env})
+                            bufsize=1, start_new_session=True, env=env)
     lines: list[tuple[float, str]] = []
 
     def read():
@@ -127,14 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--first-dummy", action="store_true", help="the first run with random weights (--load-format dummy)")
     a = ap.parse_args(own)
-    env = {"VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_USE_FLASHINFER_SAMPLER": "0", "PYTHONUNBUFFERED": "1",
-           **dict(kv.split("=", 1) for kv in a.env)}
-    roots = cache_roots({**os.environ, **env})
+    # the pipeline's own server environment (evalgate.engines.vllm.server_env: fork, the shared Triton cache,
+    # the dev routes), then the bench's and `--env`'s
+    own_env = {"VLLM_LOGGING_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1", **dict(kv.split("=", 1) for kv in a.env)}
+    full = {**server_env(), **own_env}
+    env = {k: full[k] for k in full if k in own_env or k.startswith(("VLLM_", "TRITON_"))}   # what the JSON says
+    roots = cache_roots(full)
     runs = []
     for i in range(a.runs):
         dummy = ["--load-format", "dummy"] if a.first_dummy and i == 0 else []
         before = snapshot(roots)
-        r = one_start(a.model, [*extra, *dummy], env, a.port, a.timeout)
+        r = one_start(a.model, [*extra, *dummy], full, a.port, a.timeout)
         r["caches_added"] = added(before, snapshot(roots))
         runs.append(r)
         print(f"server_start: run {i}{' (random weights)' if dummy else ''}: healthy after {r['healthy_s']} s "

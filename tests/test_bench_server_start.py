@@ -3,6 +3,7 @@ kernels among it by name (what tells whether the next start compiled the same ke
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,3 +44,21 @@ def test_the_out_file_appended_after_vllms_arguments_is_the_benchs(monkeypatch, 
     assert server_start.main(["m", "--runs", "1", "--first-dummy", "--", "--max-num-seqs", "256", "--out", str(out)]) == 0
     assert seen == [["--max-num-seqs", "256", "--load-format", "dummy"]]
     assert json.loads(out.read_text())["extra"] == ["--max-num-seqs", "256"]
+
+
+def test_the_server_starts_with_the_pipelines_environment(monkeypatch, tmp_path):
+    """The bench times a start as the pipeline makes it: evalgate's server_env (the engine core forked, one
+    Triton cache folder named), the bench's DEBUG logging and `--env` over it; the JSON says what was set."""
+    seen = []
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    monkeypatch.setattr(server_start, "one_start", lambda model, extra, env, port, timeout: seen.append(env) or {
+        "healthy_s": 1.0, "completion": "15", "first_line_s": 0.1, "longest_gaps": [], "lines": []})
+    monkeypatch.setattr(server_start, "cache_roots", lambda env: [])
+    out = tmp_path / "bench.json"
+    assert server_start.main(["m", "--runs", "1", "--env", "VLLM_FOO=1", "--out", str(out)]) == 0
+    env = seen[0]
+    assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "fork" and env["TRITON_CACHE_DIR"].endswith(".triton/cache")
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG" and env["VLLM_FOO"] == "1" and env["PATH"] == os.environ["PATH"]
+    said = json.loads(out.read_text())["env"]
+    assert said["TRITON_CACHE_DIR"] == env["TRITON_CACHE_DIR"] and "PATH" not in said
