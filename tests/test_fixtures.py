@@ -199,10 +199,20 @@ def test_varlen_is_refused_off_cuda():
     check_attn("sdpa", torch.device("cpu"), False)
 
 
+def _weights_differ(a: dict, b: dict) -> float:
+    """The largest difference between two state dicts' tensors, relative to each tensor's largest value.
+    Two CPU builds of the tiny fixture from one seed are bitwise equal in most runs, not all: 2 of 15
+    (2026-11-28, this 2-core Xeon, torch 2.13 with MKL) differed by at most 3.5e-5 absolute, 4.2e-4 relative,
+    with the same metrics; MKL_CBWR=AUTO,STRICT did not remove it, and the cause is not found. A
+    different seed, stream or step count moves them by order 1, so 1e-3 still tells "the same model"."""
+    assert a.keys() == b.keys()
+    return max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
+
+
 def test_draft_trained_beside_the_target_is_the_same_draft(tmp_path):
     """On CUDA the draft trains in a second process while the target trains (build's draft_beside):
     the same seed, stream and steps as one after the other, so the same weights and the same metrics
-    (timings aside); here on the CPU with the tiny fixture, where both are exactly reproducible."""
+    (timings aside); here on the CPU with the tiny fixture (the weights to float rounding: `_weights_differ`)."""
     import yaml
     from safetensors.torch import load_file
 
@@ -214,13 +224,13 @@ def test_draft_trained_beside_the_target_is_the_same_draft(tmp_path):
     assert {k: v for k, v in one.items() if k not in timing} == {k: v for k, v in two.items() if k not in timing}
     for folder in ("model", "draft"):
         a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("one", "two"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert _weights_differ(a, b) < 1e-3, folder
 
 
 def test_deterministic_fixture_trains_under_torch_deterministic_algorithms_and_puts_the_setting_back(tmp_path, monkeypatch):
     """`fixture.deterministic: true` trains both models with torch's deterministic algorithms on, strict
     (an op without a deterministic kernel would raise), the spawned draft's process too; the weights are
-    those of a plain build (the CPU is reproducible either way), and the process's own setting is left
+    those of a plain build (to float rounding, `_weights_differ`), and the process's own setting is left
     as it was."""
     import yaml
     from safetensors.torch import load_file
@@ -245,7 +255,7 @@ def test_deterministic_fixture_trains_under_torch_deterministic_algorithms_and_p
     assert plain["target_add_exact_match"] == strict["target_add_exact_match"]
     for folder in ("model", "draft"):
         a, b = (load_file(tmp_path / run / folder / "model.safetensors") for run in ("plain", "strict"))
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert _weights_differ(a, b) < 1e-3, folder
 
 
 def test_all_but_the_weights_is_written_before_the_model_trains(tmp_path, monkeypatch):
