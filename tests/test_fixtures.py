@@ -201,9 +201,10 @@ def test_varlen_is_refused_off_cuda():
 
 def _weights_differ(a: dict, b: dict) -> float:
     """The largest difference between two state dicts' tensors, relative to each tensor's largest value.
-    Two CPU builds of the tiny fixture from one seed are bitwise equal in most runs, not all: 2 of 15
-    (2026-11-28, this 2-core Xeon, torch 2.13 with MKL) differed by at most 3.5e-5 absolute, 4.2e-4 relative,
-    with the same metrics; MKL_CBWR=AUTO,STRICT did not remove it, and the cause is not found. A
+    Two CPU builds of the tiny fixture from one seed are bitwise equal in most runs, not all: in 3 of 25
+    pairs (one after the other against the draft beside; 2026-11-28, this 2-core Xeon, torch 2.13 with MKL)
+    the target or the draft differed, by at most 3.5e-5 absolute, 4.2e-4 relative, with the same metrics;
+    MKL_CBWR=AUTO,STRICT did not remove it (1 of those 10), and the cause is not found. A
     different seed, stream or step count moves them by order 1, so 1e-3 still tells "the same model"."""
     assert a.keys() == b.keys()
     return max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
