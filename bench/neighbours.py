@@ -57,9 +57,9 @@ bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -144,17 +144,16 @@ def group_cpu_s(server) -> float | None:
     server and the engine core: `vllm serve` starts its own session), or None without one."""
     import psutil
 
+    from evalgate.engines.vllm import group_processes
+
     pgid = getattr(getattr(server, "proc", None), "pid", None)
     if pgid is None:
         return None
     total = 0.0
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) == pgid:
-                t = p.cpu_times()
-                total += t.user + t.system
-        except (psutil.Error, ProcessLookupError):
-            continue
+    for p in group_processes({pgid}):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
     return total
 
 
@@ -170,13 +169,11 @@ def server_sums(ep) -> dict[str, tuple[float, float]] | None:
 
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:  # noqa: S310 - loopback only
         text = r.read().decode()
-    out = {}
+    keys, out = {name: key for key, name in SERVER_MEANS.items()}, {}
     for fam in text_string_to_metric_families(text):
-        for key, name in SERVER_MEANS.items():
-            if fam.name == name.removesuffix("_seconds") or fam.name == name:
-                sums = [s.value for s in fam.samples if s.name.endswith("_sum")]
-                counts = [s.value for s in fam.samples if s.name.endswith("_count")]
-                out[key] = (sum(sums), sum(counts))
+        if key := keys.get(fam.name):
+            out[key] = (sum(s.value for s in fam.samples if s.name.endswith("_sum")),
+                        sum(s.value for s in fam.samples if s.name.endswith("_count")))
     return out
 
 
@@ -269,17 +266,10 @@ def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: li
 def cuda_pids(servers: list, driver) -> list[int]:
     """The processes of these servers' process groups that hold a CUDA context (the engine cores; the
     API servers have none): those `cuCheckpointProcessGetState` answers for."""
-    import psutil
+    from evalgate.engines.vllm import group_processes
 
-    groups = {s.proc.pid for s in servers}
-    pids = []
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) in groups and driver.cuCheckpointProcessGetState(p.pid)[0] == driver.CUresult.CUDA_SUCCESS:
-                pids.append(p.pid)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return sorted(pids)
+    return sorted(p.pid for p in group_processes({s.proc.pid for s in servers})
+                  if driver.cuCheckpointProcessGetState(p.pid)[0] == driver.CUresult.CUDA_SUCCESS)
 
 
 def gpu_release(servers: list, driver, pids: list[int], release: bool) -> float:
@@ -317,7 +307,7 @@ def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: l
     A released neighbour is, for the card, a terminated one, and a stopped process is nothing on the host's
     cores either way; unlike `--versus gone` the two conditions alternate round by round (a toggle is
     seconds, a restart a minute), so the host's drift falls on both alike. The card's used memory after each
-    round shows that the release took place."""
+    toggle shows that the release took place."""
     from cuda.bindings import driver
 
     from evalgate.gpu import visible_device

@@ -672,6 +672,20 @@ def hold_process_group(proc: subprocess.Popen, stopped: bool) -> None:
         os.killpg(proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
 
 
+def group_processes(pgids: set[int]) -> list:
+    """The processes (psutil) still running in these process groups, found by group id, so children whose
+    parent already died (no longer in its process tree) count too; a zombie has ended (only its parent's
+    wait is left) and does not."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) in pgids and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
     """Stop the server and every process of its group (psutil): SIGTERM to all of them, then wait up to
     `grace_s` for all of them (not only the leader: vLLM's engine core frees the GPU after it), then
@@ -679,21 +693,12 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
     longer in its process tree) are stopped too: no orphans."""
     import psutil
 
-    def running() -> list:
-        """The group's processes still running (a zombie has ended: only its parent's wait is left)."""
-        out = []
-        for p in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getpgid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-        return out
-
-    for p in running():
+    for p in group_processes({proc.pid}):
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
             p.resume()   # a held (SIGSTOPped) process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace_s
-    while (left := running()) and time.monotonic() < deadline:
+    while (left := group_processes({proc.pid})) and time.monotonic() < deadline:
         time.sleep(0.1)
     for p in left:
         with contextlib.suppress(psutil.NoSuchProcess):
