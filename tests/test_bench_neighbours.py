@@ -231,12 +231,15 @@ def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(mo
     family = ("import subprocess, sys, time\n"
               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)")
     procs = [subprocess.Popen([sys.executable, "-c", family], start_new_session=True) for _ in range(3)]
-    time.sleep(1.0)   # each has started its child
 
     def children(p):
         import psutil
 
         return [c.pid for c in psutil.Process(p.pid).children()]
+
+    end = time.time() + 20
+    while not all(children(p) for p in procs) and time.time() < end:   # each starts its child (slow on a busy CI)
+        time.sleep(0.1)
 
     cuda = {children(p)[0] for p in procs}   # the children hold the "CUDA context", as engine cores do
     expected = sorted(children(procs[1]) + children(procs[2]))   # the neighbours' ones, not the profiled server's
