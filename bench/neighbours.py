@@ -37,7 +37,7 @@ server's own CPU time for the same requests differed by 10-20 % between blocks, 
 shared by all its rounds, so the per-pair interval is too narrow. Four runs of 2 cycles, each "significant"
 by its pairs, gave +6.8, +2.3 (H200), +9.4 (H100) and -10.5 % (H200). The unit is the cycle: `by_cycle`
 is each cycle's mean held/gone ratio over all its pairs and the interval over cycles (t, n = cycles), and
-`--pool` does the same over several runs' JSON files:
+`--pool` does the same over several runs' JSON files of one `--versus`:
 
     python bench/neighbours.py --pool A.json B.json … [--out F.json]
 
@@ -46,8 +46,11 @@ rounds of a pair it checkpoints their CUDA processes through the driver (cuCheck
 …Checkpoint: their device memory copied to their host memory, their allocations and contexts released) or
 restores them, seconds where a restart is a minute. Held against released is held against gone as far
 as the card and the host's cores can tell (a stopped process runs nothing either way), with the host's
-drift on both conditions alike. Not yet run on a GPU (2026-11-28): vLLM's engine cores must allow the
-driver's checkpointing (no UVM, no IPC memory).
+drift on both conditions alike. For the driver it is not: a locked process's state is still kept. On an
+H200 (2026-11-28, docs/results/h200-2026-11-28-4) vLLM's engine cores released and restored 150 times (the
+card's used memory 40.6 GB held, 6.3 GB released; 3.6 s a release, 2.0 s a restore). Consecutive pairs
+of one level are not independent either (lag-1 correlation up to 0.4), so `--pool` takes a run's level as
+the unit.
 
     python bench/neighbours.py --versus released [--seconds 120] [--levels 1,16,128] [--out F.json]
 
@@ -106,8 +109,9 @@ def compare(pairs: list[dict], metric: str, margin_pct: float = 3.0, a: str = "r
 def by_cycle(pairs: list[dict], a: str = "held", b: str = "gone") -> dict:
     """Per METRIC: each cycle's geometric mean ratio `a`/`b` over its pairs (every level's), and `compare`
     over those cycle means (n = cycles: a block's rounds share the host's state, so its pairs are one
-    observation, not many). Two cycles give no interval (`n` only)."""
-    cycles = sorted({p["cycle"] for p in pairs})
+    observation, not many). Two cycles give no interval (`n` only). A pair's `cycle` is any key: pooled
+    paired runs (`pool`) use (run, level), the stretch of minutes one level's pairs take."""
+    cycles = list(dict.fromkeys(p["cycle"] for p in pairs))   # in order of appearance (keys may not sort)
     out = {}
     for m in METRICS:
         means = []
@@ -122,16 +126,33 @@ def by_cycle(pairs: list[dict], a: str = "held", b: str = "gone") -> dict:
     return out
 
 
+CONDITIONS = {"gone": ("held", "gone"), "released": ("held", "released"), "running": ("running", "stopped")}
+
+
 def pool(files: list[Path]) -> dict:
-    """`by_cycle` over the cycles of several `--versus gone` runs (each run's cycles kept apart)."""
-    pairs = []
+    """Several runs of one `--versus` together. `--versus gone`: `by_cycle` over every run's cycles (each
+    run's kept apart). The paired modes (`released`, `running`): the unit is a run's level, the few minutes
+    its pairs take (`by_cycle` keyed by (run, level)): consecutive pairs there are not independent either
+    (lag-1 correlation of the pair ratios up to 0.4 within a level, H200 2026-11-28, and one level's
+    mean moved from +4.6 to -2.7 % between two runs), so the per-pair interval (`by_pair`, kept for
+    reference) is too narrow."""
+    pairs, kinds = [], set()
     for i, f in enumerate(files):
         run = json.loads(f.read_text())
-        if run.get("versus") != "gone":
-            raise SystemExit(f"neighbours: {f} is not a --versus gone run")
-        for lv in run["levels"].values():
-            pairs += [dict(p, cycle=(i, p["cycle"])) for p in lv.get("pairs", [])]
-    return {"files": [str(f) for f in files], "by_cycle": by_cycle(pairs)}
+        kind = run.get("versus", "running")
+        if kind not in CONDITIONS:
+            raise SystemExit(f"neighbours: {f} is not a bench/neighbours.py run (versus {kind!r})")
+        kinds.add(kind)
+        for name, lv in run["levels"].items():
+            pairs += [dict(p, cycle=(i, p["cycle"] if kind == "gone" else name)) for p in lv.get("pairs", [])]
+    if len(kinds) > 1:
+        raise SystemExit(f"neighbours: runs of different --versus cannot be pooled: {', '.join(sorted(kinds))}")
+    kind = kinds.pop()
+    a, b = CONDITIONS[kind]
+    out = {"files": [str(f) for f in files], "versus": kind, "by_cycle": by_cycle(pairs, a, b)}
+    if kind != "gone":
+        out["by_pair"] = {m: compare(pairs, m, a=a, b=b) for m in METRICS}
+    return out
 
 
 def round_size(load_cfg, c: int) -> int:
@@ -433,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--versus gone: every block after this long without a request (a restart of the "
                          "neighbours takes ≈ 48 s; without it only the held blocks followed an idle spell)")
     ap.add_argument("--pool", nargs="+", type=Path, metavar="RUN.json",
-                    help="no servers: `by_cycle` over the cycles of these --versus gone runs together")
+                    help="no servers: these runs (of one --versus) together, `by_cycle`: the cycles of --versus "
+                         "gone runs, each run's levels for the paired modes")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     if a.pool:

@@ -203,9 +203,35 @@ def test_blocks_count_as_one_observation_each_and_runs_pool_by_cycle(tmp_path):
     pooled = neighbours.pool(files)["by_cycle"]["output_throughput"]
     assert pooled["n"] == 6 and pooled["per_cycle_pct"] == [8.0, -6.0, 2.0, 1.0, -3.0, 4.0]
     assert pooled["ci95_pct"][0] < 0 < pooled["ci95_pct"][1] and not pooled["within_3pct"]
-    (tmp_path / "running.json").write_text(json.dumps({"levels": {}}))
-    with pytest.raises(SystemExit, match="not a --versus gone run"):
-        neighbours.pool([tmp_path / "running.json"])
+    (tmp_path / "released.json").write_text(json.dumps({"versus": "released", "levels": {}}))
+    with pytest.raises(SystemExit, match="different --versus cannot be pooled: gone, released"):
+        neighbours.pool(files + [tmp_path / "released.json"])
+
+
+def test_paired_runs_pool_by_level_of_each_run(tmp_path):
+    """Pooled paired runs (held against released) count each run's level as one observation, in the
+    order the runs and levels came; the per-pair comparison over all of them is kept beside it."""
+    def run(effects):
+        levels = {f"c{c}": {"pairs": [{"held": {m: (1 + e) * (1.001 if k % 2 else 0.999) for m in neighbours.METRICS},
+                                       "released": {m: 1.0 for m in neighbours.METRICS}} for k in range(8)]}
+                  for c, e in zip((1, 16), effects)}
+        levels["all"] = {"pairs": []}   # as a run writes it: the pairs are the levels'
+        return {"versus": "released", "levels": levels}
+
+    files = []
+    for i, effects in enumerate(([0.04, -0.02], [0.01, 0.03])):
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(json.dumps(run(effects)))
+    out = neighbours.pool(files)
+    assert out["versus"] == "released"
+    stretch = out["by_cycle"]["output_throughput"]
+    assert stretch["n"] == 4 and stretch["per_cycle_pct"] == [4.0, -2.0, 1.0, 3.0]
+    assert out["by_pair"]["output_throughput"]["n"] == 32
+    assert out["by_pair"]["output_throughput"]["ci95_pct"][1] - out["by_pair"]["output_throughput"]["ci95_pct"][0] \
+        < stretch["ci95_pct"][1] - stretch["ci95_pct"][0]
+    (tmp_path / "bad.json").write_text(json.dumps({"versus": "sideways", "levels": {}}))
+    with pytest.raises(SystemExit, match="not a bench/neighbours.py run"):
+        neighbours.pool([tmp_path / "bad.json"])
 
 
 def _state(pid: int) -> str:
