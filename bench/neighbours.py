@@ -74,6 +74,8 @@ METRICS = ("output_throughput", "median_tpot_ms", "median_ttft_ms")
 # per round, their mean per condition (`level`): what may explain a difference between the conditions
 CONTEXT = ("sm_clock_mhz", "cpu_probe_us", "client_cpu_s", "server_cpu_s", "server_itl_ms", "server_ttft_ms",
            "host_cpu_pct", "host_steal_pct")
+# per --versus: the two conditions, held first (the pairs' keys; a comparison is the first / the second)
+CONDITIONS = {"gone": ("held", "gone"), "released": ("held", "released"), "running": ("running", "stopped")}
 SERVER_MEANS = {"server_itl_ms": "vllm:inter_token_latency_seconds", "server_ttft_ms": "vllm:time_to_first_token_seconds"}
 
 
@@ -126,9 +128,6 @@ def by_cycle(pairs: list[dict], a: str = "held", b: str = "gone") -> dict:
     return out
 
 
-CONDITIONS = {"gone": ("held", "gone"), "released": ("held", "released"), "running": ("running", "stopped")}
-
-
 def pool(files: list[Path]) -> dict:
     """Several runs of one `--versus` together. `--versus gone`: `by_cycle` over every run's cycles (each
     run's kept apart). The paired modes (`released`, `running`): the unit is a run's level, the few minutes
@@ -139,7 +138,7 @@ def pool(files: list[Path]) -> dict:
     pairs, kinds = [], set()
     for i, f in enumerate(files):
         run = json.loads(f.read_text())
-        kind = run.get("versus", "running")
+        kind = run.get("versus", "running")   # runs before 2026-11-28 wrote it for `gone` only
         if kind not in CONDITIONS:
             raise SystemExit(f"neighbours: {f} is not a bench/neighbours.py run (versus {kind!r})")
         kinds.add(kind)
@@ -278,10 +277,10 @@ def versus_running(a, cfg, engine, servers: list, ep, requests: list, ladder: li
         pause(others, yes)
 
     try:
-        levels = paired(a, cfg, ep, servers, requests, ladder, t0, ("running", "stopped"), stopped)
+        levels = paired(a, cfg, ep, servers, requests, ladder, t0, CONDITIONS["running"], stopped)
     finally:
         pause(others, False)
-    return {"seconds_per_level": a.seconds, "levels": levels, "conditions": ["running", "stopped"]}
+    return {"seconds_per_level": a.seconds, "levels": levels}
 
 
 def cuda_pids(servers: list, driver) -> list[int]:
@@ -328,12 +327,10 @@ def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: l
     A released neighbour is, for the card, a terminated one, and a stopped process is nothing on the host's
     cores either way; unlike `--versus gone` the two conditions alternate round by round (a toggle is
     seconds, a restart a minute), so the host's drift falls on both alike. The card's used memory after each
-    toggle shows that the release took place."""
+    toggle (`engine.device_memory`, None without NVML) shows that the release took place."""
     from cuda.bindings import driver
 
-    from evalgate.gpu import visible_device
-
-    others, handle = servers[1:], visible_device()
+    others = servers[1:]
     driver.cuInit(0)   # a restore needs the driver initialised in the calling process (or persistence mode)
     pids = cuda_pids(others, driver)
     if not pids:
@@ -341,11 +338,8 @@ def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: l
     toggles, state = [], {"released": False}
 
     def used_mib() -> float | None:
-        if handle is None:
-            return None
-        import pynvml
-
-        return round(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20)
+        free_total = engine.device_memory()
+        return round((free_total[1] - free_total[0]) / 2**20) if free_total else None
 
     def released(yes: bool) -> None:
         if yes != state["released"]:
@@ -355,12 +349,11 @@ def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: l
 
     pause(others, True)
     try:
-        levels = paired(a, cfg, ep, servers, requests, ladder, t0, ("held", "released"), released)
+        levels = paired(a, cfg, ep, servers, requests, ladder, t0, CONDITIONS["released"], released)
     finally:
         released(False)
         pause(others, False)
-    return {"versus": "released", "seconds_per_level": a.seconds, "levels": levels,
-            "conditions": ["held", "released"], "cuda_pids": pids, "toggles": toggles}
+    return {"seconds_per_level": a.seconds, "levels": levels, "cuda_pids": pids, "toggles": toggles}
 
 
 def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
@@ -433,8 +426,7 @@ def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[
             gone = next(g[c] for cy, cond, g in blocks if cy == cycle and cond == "gone")
             pairs += [{"held": h, "gone": g, "cycle": cycle} for h, g in zip(held, gone)]
         levels[f"c{c}"] = level(c, pairs, "held", "gone", {"requests_per_round": sizes[c]})
-    return {"versus": "gone", "cycles": a.cycles, "rounds": a.rounds, "idle_s": a.idle_s, "levels": levels,
-            "events": events, "conditions": ["held", "gone"]}
+    return {"cycles": a.cycles, "rounds": a.rounds, "idle_s": a.idle_s, "levels": levels, "events": events}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,12 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             SWEEPING.clear()
             pause(servers[1:], False)   # stopped servers cannot stop themselves on SIGTERM
-    levels, (first, second) = out["levels"], out.pop("conditions")
+    levels, (first, second) = out["levels"], CONDITIONS[a.versus]
     every = [p for r in levels.values() for p in r["pairs"]]   # the profile as a whole: every level's pairs
     levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a=first, b=second) for m in METRICS}}
-    if out.get("versus") == "gone":
+    if a.versus == "gone":
         levels["all"]["by_cycle"] = by_cycle(every, first, second)
-    out = {"neighbours": a.neighbours, "servers_up_s": up_s, **out, "seconds": round(time.time() - t0, 1)}
+    out = {"neighbours": a.neighbours, "servers_up_s": up_s, "versus": a.versus, **out,
+           "seconds": round(time.time() - t0, 1)}
     print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))
     if a.out:
         a.out.write_text(json.dumps(out, indent=1))

@@ -296,12 +296,13 @@ def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(mo
     monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", Driver)
-    monkeypatch.setattr("evalgate.gpu.visible_device", lambda: None)
     monkeypatch.setattr("evalgate.profile.summarize", lambda recs, dur, slo: {
         "output_throughput": len(recs) / dur, "median_tpot_ms": dur, "median_ttft_ms": dur})
     monkeypatch.setattr("evalgate.profile.level_warmup", lambda load, i, c: 0)
     monkeypatch.setattr("evalgate.profile.cpu_probe_us", lambda: 1.0)
     released = {"now": False}
+    # the card as NVML reports it (free, total): 6 GiB used with the neighbours released, 40 GiB held
+    engine = types.SimpleNamespace(device_memory=lambda: ((100 if released["now"] else 66) * 2**30, 106 * 2**30))
 
     class Endpoint:
         def reset_cache(self):
@@ -324,7 +325,7 @@ def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(mo
 
     monkeypatch.setattr(neighbours, "gpu_release", tracked)
     try:
-        out = neighbours.versus_released(a, cfg, None, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)],
+        out = neighbours.versus_released(a, cfg, engine, servers, Endpoint(), [{"prompt": str(i)} for i in range(64)],
                                          [1, 8], 0.0)
         after = [_stopped(p.pid, False) for p in procs]
     finally:
@@ -339,6 +340,7 @@ def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(mo
     assert len(pairs) == 8                                                  # 4 pairs per level (seconds=0)
     assert len(out["toggles"]) == len(pairs)                                # one toggle per pair, the last a restore
     assert [t["release"] for t in out["toggles"]] == [True, False] * 4
+    assert [t["card_used_mib"] for t in out["toggles"]] == [6 * 1024, 40 * 1024] * 4   # read after each toggle
     per_pid = [n for n, pid in calls if pid == out["cuda_pids"][0]]
     assert per_pid == ["Lock", "Checkpoint", "Restore", "Unlock"] * 4
     assert abs(out["levels"]["c1"]["compare"]["output_throughput"]["diff_pct"] + 9.09) < 0.01   # held / released
