@@ -35,6 +35,47 @@ def fresh_clone(keep: str | None, prefix: str, rev: str | None = None) -> tuple[
     return work, env
 
 
+def physical_cores(cpus=None, sysfs: Path = Path("/sys/devices/system/cpu")) -> list[list[int]]:
+    """The CPUs this process may run on (or `cpus`) grouped by physical core (SMT siblings together, from
+    sysfs's topology: package and core id), ordered by their first CPU; a CPU sysfs says nothing of is a
+    core of its own."""
+    groups: dict[tuple, list[int]] = {}
+    for c in sorted(os.sched_getaffinity(0) if cpus is None else cpus):
+        topo = sysfs / f"cpu{c}" / "topology"
+        try:
+            key: tuple = (int((topo / "physical_package_id").read_text()), int((topo / "core_id").read_text()))
+        except (OSError, ValueError):
+            key = ("cpu", c)
+        groups.setdefault(key, []).append(c)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def pin_plan(cores: list[list[int]], server: int = 2, client: int = 1) -> dict[str, list[int]]:
+    """Which CPUs the profiled server, the client and the rest (the neighbours) run on: the server the
+    last `server` physical cores, the client the `client` before them, the rest the others. Whole cores
+    (every SMT sibling), so no busy thread of the profile shares a core with another's thread."""
+    if len(cores) < server + client + 1:
+        raise SystemExit(f"--pin: needs {server + client + 1} physical cores (server {server}, client {client}, "
+                         f"one for the rest); this process may use {len(cores)}: {cores}")
+    flat = lambda groups: sorted(c for g in groups for c in g)   # noqa: E731
+    return {"server": flat(cores[-server:]), "client": flat(cores[-server - client:-server]),
+            "rest": flat(cores[:-server - client])}
+
+
+def pin_threads(pids, cpus) -> int:
+    """Every thread of these processes onto `cpus`, and how many threads that was. One thread at a time:
+    sched_setaffinity sets one thread's mask (a process's other threads keep theirs), and a thread started
+    later inherits the mask of the thread that starts it."""
+    n = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(tid), cpus)
+                    n += 1
+    return n
+
+
 def baseline_share(engine, model, variant, shared_by: int) -> dict:
     """The memory share of one baseline server among `shared_by` (a scheduled run's split)."""
     from evalgate.schedule import memory_shares

@@ -54,6 +54,14 @@ the unit.
 
     python bench/neighbours.py --versus released [--seconds 120] [--levels 1,16,128] [--out F.json]
 
+`--pin` puts the profiled server's processes (every thread) on two physical cores of their own, this
+process (the client) on a third, the neighbours on the others. Why: at c1 a round's throughput follows the
+engine core's Python loop (server ITL 1.5-2.4 ms between rounds of one level, 2026-11-28, H200), and the
+core speed probe came out either ≈ 0.9 or ≈ 1.5 ms, as if it depended on which core, or which core's SMT
+sibling, the thread landed on; rounds with fixed cores may differ less.
+
+    python bench/neighbours.py --versus released --pin [--seconds 150] [--out F.json]
+
 Run in the pipeline's working copy on the GPU host once the fixture and workload exist (gpu/session.sh
 bench NAME neighbours.py …). Hand-written: no serving benchmark pauses other servers between rounds.
 """
@@ -356,6 +364,24 @@ def versus_released(a, cfg, engine, servers: list, ep, requests: list, ladder: l
     return {"seconds_per_level": a.seconds, "levels": levels, "cuda_pids": pids, "toggles": toggles}
 
 
+def pin(servers: list, plan: dict[str, list[int]]) -> dict:
+    """`--pin`: every thread of the profiled server's process group on `plan["server"]`, of the neighbours'
+    on `plan["rest"]`, of this process (the client) on `plan["client"]` (common.pin_plan); what was pinned.
+    Hand-written: vLLM binds an engine core to its GPU's NUMA node (--numa-bind), not a server to cores."""
+    import os
+
+    from common import pin_threads
+
+    from evalgate.engines.vllm import group_processes
+
+    threads = {"server": pin_threads([p.pid for p in group_processes({servers[0].proc.pid})], plan["server"]),
+               "rest": pin_threads([p.pid for p in group_processes({s.proc.pid for s in servers[1:]})], plan["rest"]),
+               "client": pin_threads([os.getpid()], plan["client"])}
+    print("neighbours: pinned " + ", ".join(f"{k} ({threads[k]} threads) on CPUs {v}" for k, v in plan.items()),
+          flush=True)
+    return {"cpus": plan, "threads": threads}
+
+
 def versus_gone(a, cfg, engine, servers: list, ep, requests: list, ladder: list[int], t0: float) -> dict:
     """Held (SIGSTOP, as the scheduler holds a profile's neighbours) against gone (terminated): what holding
     leaves of the neighbours, against a profile with no neighbour at all. A terminated server cannot come
@@ -448,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", nargs="+", type=Path, metavar="RUN.json",
                     help="no servers: these runs (of one --versus) together, `by_cycle`: the cycles of --versus "
                          "gone runs, each run's levels for the paired modes")
+    ap.add_argument("--pin", action="store_true",
+                    help="the profiled server on two physical cores of its own, the client on a third, the "
+                         "neighbours on the rest")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     if a.pool:
@@ -457,16 +486,18 @@ def main(argv: list[str] | None = None) -> int:
             a.out.write_text(json.dumps(out, indent=1) + "\n")
         return 0
 
-    from common import baseline_servers  # bench/common.py (these scripts run as `python bench/X.py`)
+    from common import baseline_servers, physical_cores, pin_plan  # bench/common.py (run as `python bench/X.py`)
 
     from evalgate.profile import SWEEPING
 
+    plan = pin_plan(physical_cores()) if a.pin else None   # too few cores: said before any server starts
     n = 1 + a.neighbours
     t0 = time.time()
     with baseline_servers(a.params, n, n, "neighbours-") as (cfg, engine, requests, servers, eps):
         up_s = round(time.time() - t0, 1)
         print(f"neighbours: {n} server(s) up in {up_s} s; profiling the first, {a.neighbours} idle beside it", flush=True)
         ladder = [int(c) for c in a.levels.split(",")] if a.levels else [int(c) for c in cfg.load.get("concurrency", [1])]
+        pinned = pin(servers, plan) if plan else None
         SWEEPING.set()   # nothing of ours polls the driver while rounds run
         try:
             versus = {"gone": versus_gone, "released": versus_released, "running": versus_running}[a.versus]
@@ -479,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     levels["all"] = {"pairs": [], "compare": {m: compare(every, m, a=first, b=second) for m in METRICS}}
     if a.versus == "gone":
         levels["all"]["by_cycle"] = by_cycle(every, first, second)
-    out = {"neighbours": a.neighbours, "servers_up_s": up_s, "versus": a.versus, **out,
+    out = {"neighbours": a.neighbours, "servers_up_s": up_s, "versus": a.versus, "pinned": pinned, **out,
            "seconds": round(time.time() - t0, 1)}
     print(json.dumps({lv: r["compare"] for lv, r in levels.items()}, indent=1))
     if a.out:

@@ -345,3 +345,71 @@ def test_held_against_released_toggles_the_neighbours_gpu_state_once_per_pair(mo
     assert per_pid == ["Lock", "Checkpoint", "Restore", "Unlock"] * 4
     assert abs(out["levels"]["c1"]["compare"]["output_throughput"]["diff_pct"] + 9.09) < 0.01   # held / released
     assert all(after)                                                       # all continued at the end
+
+
+def test_pin_groups_smt_siblings_and_gives_the_profile_whole_cores_of_its_own(tmp_path):
+    """--pin's plan from sysfs's topology: SMT siblings are one core; the profiled server gets the last two
+    whole cores, the client the one before, the neighbours the rest; too few cores is one clear line."""
+    import common
+
+    for cpu in range(8):   # 4 cores × 2 threads, siblings i and i + 4 (as many x86 hosts number them)
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text("0\n")
+        (topo / "core_id").write_text(f"{cpu % 4}\n")
+    (tmp_path / "cpu8").mkdir()   # no topology: a core of its own
+    cores = common.physical_cores(range(9), sysfs=tmp_path)
+    assert cores == [[0, 4], [1, 5], [2, 6], [3, 7], [8]]
+    plan = common.pin_plan(cores)
+    assert plan == {"server": [3, 7, 8], "client": [2, 6], "rest": [0, 1, 4, 5]}
+    with pytest.raises(SystemExit, match=r"--pin: needs 4 physical cores .* may use 3"):
+        common.pin_plan(cores[:3])
+
+
+def test_pin_puts_every_thread_of_each_group_on_its_cpus(tmp_path):
+    """pin(): every thread of the profiled server's group (a server and its child, each with a second
+    thread) on the server's CPUs, the neighbours' on the rest, this process's (the client) on the client's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to tell the masks apart")
+    plan = {"server": [cpus[-1]], "client": [cpus[0]], "rest": cpus}
+    family = tmp_path / "family.py"   # a "server" starting a child ("engine core"), each with a second thread
+    family.write_text("import subprocess, sys, threading, time\n"
+                      "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+                      "if len(sys.argv) < 2:\n    subprocess.Popen([sys.executable, __file__, 'child'])\n"
+                      "time.sleep(60)\n")
+    procs = [subprocess.Popen([sys.executable, str(family)], start_new_session=True) for _ in range(2)]
+    mine = os.sched_getaffinity(0)
+    try:
+        import psutil
+
+        end = time.time() + 20
+        while not all(psutil.Process(p.pid).children() for p in procs) and time.time() < end:
+            time.sleep(0.1)
+        time.sleep(0.5)   # their second threads started
+        servers = [types.SimpleNamespace(proc=p) for p in procs]
+        out = neighbours.pin(servers, plan)
+        groups = {}
+        for name, p in (("server", procs[0]), ("rest", procs[1])):
+            pids = [p.pid] + [c.pid for c in psutil.Process(p.pid).children()]
+            groups[name] = {tid: os.sched_getaffinity(tid) for pid in pids for tid in map(int, os.listdir(f"/proc/{pid}/task"))}
+        client = {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{os.getpid()}/task")}
+    finally:
+        sys.modules["common"].pin_threads([os.getpid()], mine)   # this test process back on all its CPUs
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert len(groups["server"]) == 4 and set(map(frozenset, groups["server"].values())) == {frozenset(plan["server"])}
+    assert len(groups["rest"]) == 4 and set(map(frozenset, groups["rest"].values())) == {frozenset(plan["rest"])}
+    assert client == {frozenset(plan["client"])}
+    assert out == {"cpus": plan, "threads": {"server": 4, "rest": 4, "client": out["threads"]["client"]}}
+    assert out["threads"]["client"] >= 1
+
+
+def test_pin_with_too_few_cores_stops_before_any_server_starts(monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "physical_cores", lambda: [[0], [1]])
+    monkeypatch.setattr(common, "baseline_servers", lambda *a, **k: pytest.fail("a server was started"))
+    with pytest.raises(SystemExit, match="--pin: needs 4 physical cores"):
+        neighbours.main(["--pin", "--versus", "released"])
