@@ -50,7 +50,8 @@ drift on both conditions alike. For the driver it is not: a locked process's sta
 H200 (2026-11-28, docs/results/h200-2026-11-28-4) vLLM's engine cores released and restored 150 times (the
 card's used memory 40.6 GB held, 6.3 GB released; 3.6 s a release, 2.0 s a restore). Consecutive pairs
 of one level are not independent either (lag-1 correlation up to 0.4), so `--pool` takes a run's level as
-the unit.
+the unit. Four runs on two leases pooled that way (docs/results/h200-2026-11-28-5): held / released
+output throughput +0.09 %, 95 % interval −2.31, +2.54, inside ±3 %.
 
     python bench/neighbours.py --versus released [--seconds 120] [--levels 1,16,128] [--out F.json]
 
@@ -58,7 +59,10 @@ the unit.
 process (the client) on a third, the neighbours on the others. Why: at c1 a round's throughput follows the
 engine core's Python loop (server ITL 1.5-2.4 ms between rounds of one level, 2026-11-28, H200), and the
 core speed probe came out either ≈ 0.9 or ≈ 1.5 ms, as if it depended on which core, or which core's SMT
-sibling, the thread landed on; rounds with fixed cores may differ less.
+sibling, the thread landed on; rounds with fixed cores might differ less. They did not (H200, 2026-11-28,
+docs/results/h200-2026-11-28-5: pair SD 12.8/16.2/13.2 % pinned, 12.0/17.0/9.0 % not, same lease), and
+bench/cpu_map.py found every vCPU alike (fastest probe ≈ 1.0 ms, median ≈ 1.7 ms on each): the speed
+depends on when, not where.
 
     python bench/neighbours.py --versus released --pin [--seconds 150] [--out F.json]
 
@@ -142,7 +146,8 @@ def pool(files: list[Path]) -> dict:
     its pairs take (`by_cycle` keyed by (run, level)): consecutive pairs there are not independent either
     (lag-1 correlation of the pair ratios up to 0.4 within a level, H200 2026-11-28, and one level's
     mean moved from +4.6 to -2.7 % between two runs), so the per-pair interval (`by_pair`, kept for
-    reference) is too narrow."""
+    reference) is too narrow. `by_run` takes the run as the unit (its pairs' geometric mean), the coarsest
+    one: runs of two leases (two machines) differed by ≈ 4 % on average (H200, 2026-11-28)."""
     pairs, kinds = [], set()
     for i, f in enumerate(files):
         run = json.loads(f.read_text())
@@ -156,7 +161,9 @@ def pool(files: list[Path]) -> dict:
         raise SystemExit(f"neighbours: runs of different --versus cannot be pooled: {', '.join(sorted(kinds))}")
     kind = kinds.pop()
     a, b = CONDITIONS[kind]
-    out = {"files": [str(f) for f in files], "versus": kind, "by_cycle": by_cycle(pairs, a, b)}
+    out = {"files": [str(f) for f in files], "versus": kind, "by_cycle": by_cycle(pairs, a, b),
+           # the coarsest unit: a run (its pairs' geometric mean), for a lease or a machine of its own
+           "by_run": by_cycle([dict(p, cycle=p["cycle"][0]) for p in pairs], a, b)}
     if kind != "gone":
         out["by_pair"] = {m: compare(pairs, m, a=a, b=b) for m in METRICS}
     return out

@@ -227,6 +227,8 @@ def test_paired_runs_pool_by_level_of_each_run(tmp_path):
     stretch = out["by_cycle"]["output_throughput"]
     assert stretch["n"] == 4 and stretch["per_cycle_pct"] == [4.0, -2.0, 1.0, 3.0]
     assert out["by_pair"]["output_throughput"]["n"] == 32
+    # a run as the unit: each run's pairs' geometric mean (1.04 · 0.98 and 1.01 · 1.03, 8 pairs of each)
+    assert out["by_run"]["output_throughput"] == {"n": 2, "per_cycle_pct": [1.0, 2.0]}
     assert out["by_pair"]["output_throughput"]["ci95_pct"][1] - out["by_pair"]["output_throughput"]["ci95_pct"][0] \
         < stretch["ci95_pct"][1] - stretch["ci95_pct"][0]
     (tmp_path / "bad.json").write_text(json.dumps({"versus": "sideways", "levels": {}}))
