@@ -147,7 +147,7 @@ def pool(files: list[Path]) -> dict:
     (lag-1 correlation of the pair ratios up to 0.4 within a level, H200 2026-11-28, and one level's
     mean moved from +4.6 to -2.7 % between two runs), so the per-pair interval (`by_pair`, kept for
     reference) is too narrow. `by_run` takes the run as the unit (its pairs' geometric mean), the coarsest
-    one: runs of two leases (two machines) differed by ≈ 4 % on average (H200, 2026-11-28)."""
+    one: the two leases (two machines) of four runs leaned +2.4 and −2.1 % (H200, 2026-11-28)."""
     pairs, kinds = [], set()
     for i, f in enumerate(files):
         run = json.loads(f.read_text())
